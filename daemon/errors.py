@@ -1,0 +1,25 @@
+"""The one exception a handler raises to answer `ok: false` with a machine code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def invalid_argument(message: str) -> CommandError:
+    return CommandError("invalid_argument", message)
+
+
+def not_found(message: str) -> CommandError:
+    return CommandError("not_found", message)
+
+
+def conflict(message: str) -> CommandError:
+    return CommandError("conflict", message)

@@ -1,0 +1,131 @@
+"""`berthd`: parse the command line, open the store and the socket, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config
+from daemon.context import Services
+from daemon.listener import ListenerError, open_listener
+from daemon.log import LOG, setup_logging
+from daemon.notify import sd_notify
+from daemon.registry import REGISTRY
+from daemon.server import Server
+from daemon.store import Store
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"Error: {message}\nTry 'berthd -h' for help.\n")
+
+
+class VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"Version {__version__}")
+        parser.exit(0)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="berthd",
+        description="berthd: a deploy daemon. One command a line on a UNIX socket; answers are JSON lines.",
+        epilog="Environment: BERTHD_SOCK_PATH, BERTHD_LOGFILE, BERTHD_DATA_DIR, BERTHD_<OPTION>.",
+    )
+    parser.add_argument("-v", "--version", action=VersionAction)
+    parser.add_argument("--config", metavar="FILE", help="a TOML file with any of the settings below")
+    parser.add_argument("--socket", metavar="PATH", help="the socket's path")
+    parser.add_argument("--socket-mode", metavar="MODE", help="the socket's mode, octal (default 0660)")
+    parser.add_argument("--socket-group", metavar="GROUP", help="the socket's group")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the database and the apps' files live")
+    parser.add_argument("--log-file", metavar="FILE", help="also log to this file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
+    parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
+    parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
+    parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load_config(args.config or os.environ.get("BERTHD_CONFIG"), os.environ, flags)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.log_level, config.log_file)
+    try:
+        return trio.run(serve, config)
+    except (ListenerError, OSError) as exc:
+        LOG.error("%s", exc)
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    (data_dir / "apps").mkdir(exist_ok=True)
+
+
+async def sweep_orphaned_app_dirs(services: Services) -> None:
+    """Folders of apps the database no longer has (a crash between the row and the files)."""
+    known = {record.name for record in await services.store.list_apps()}
+    apps_dir = services.data_dir / "apps"
+
+    def sweep() -> None:
+        for entry in apps_dir.iterdir():
+            if entry.name not in known and entry.is_dir():
+                LOG.info("removing files of destroyed app %s", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    await trio.to_thread.run_sync(sweep)
+
+
+async def serve(config: Config) -> int:
+    import daemon.commands  # noqa: F401 - fills the registry
+
+    data_dir = config.data_path()
+    await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+    store = await Store.open(data_dir, config.sync.upper())
+    services = Services(config, store, REGISTRY, data_dir)
+    listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
+    try:
+        await sweep_orphaned_app_dirs(services)
+        server = Server(services, listener.sock)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve)
+                LOG.info(
+                    "berthd %s listening on %s (data in %s)",
+                    __version__,
+                    listener.path or "a socket from systemd",
+                    data_dir,
+                )
+                sd_notify("READY=1")
+                async for signum in signals:
+                    LOG.info("received %s: finishing the commands in progress", signal.Signals(signum).name)
+                    sd_notify("STOPPING=1")
+                    server.shutdown()
+                    with trio.move_on_after(config.shutdown_grace):
+                        await server.idle.wait()
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        listener.remove()
+        store.close()
+    LOG.info("berthd stopped")
+    return 0

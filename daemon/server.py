@@ -1,0 +1,145 @@
+"""The socket server: accepts connections, frames lines, hands each to the dispatcher, writes answers.
+
+It knows sockets and JSON lines, not apps. Each connection is a nursery with a reader task and the
+command loop; commands on one connection run in order. Shutdown stops accepting, stops reading, lets
+each connection finish the command in progress, then closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+
+import trio
+
+from daemon.context import Services
+from daemon.dispatch import dispatch
+from daemon.log import LOG
+from daemon.peercred import Peer, peer_of
+from protocol.framing import LineSplitter, TooLong
+from protocol.messages import Event, Response, encode_line
+
+# accept() failures that mean "out of resources for now": wait a little and go on (as trio does).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_CAPACITY_SLEEP = 0.1
+READ_SIZE = 65536
+QUEUED_LINES = 16
+
+BUSY = Response(False, "Too many clients: try again later", error="busy")
+
+
+class ClientGone(Exception):
+    """The client closed its end while we were answering."""
+
+
+class Connection:
+    def __init__(self, server: Server, stream: trio.SocketStream, peer: Peer) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        self.reader_scope = trio.CancelScope()
+        self.gone = False
+
+    async def send(self, message: Response | Event) -> None:
+        if self.gone:
+            raise ClientGone
+        try:
+            await self.stream.send_all(encode_line(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone = True
+            raise ClientGone from None
+
+    async def serve(self) -> None:
+        sender, receiver = trio.open_memory_channel[bytes | TooLong](QUEUED_LINES)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, sender)
+            async with receiver:
+                async for line in receiver:
+                    if self.server.draining or self.gone:
+                        break
+                    await self._answer(line)
+            nursery.cancel_scope.cancel()
+
+    async def _read(self, sender: trio.MemorySendChannel[bytes | TooLong]) -> None:
+        splitter = LineSplitter(self.server.services.config.max_line)
+        async with sender:
+            with self.reader_scope:
+                while True:
+                    try:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    if not data:
+                        for line in splitter.end():
+                            await sender.send(line)
+                        return
+                    for item in splitter.feed(data):
+                        await sender.send(item)
+
+    async def _answer(self, line: bytes | TooLong) -> None:
+        async def emit(event: Event) -> None:
+            await self.send(event)
+
+        response = await dispatch(self.server.services, line, self.peer, emit)
+        if response is None:
+            return
+        try:
+            await self.send(response)
+        except ClientGone:
+            LOG.debug("client %s left before its answer", self.peer)
+
+
+class Server:
+    def __init__(self, services: Services, sock: socket.socket) -> None:
+        self.services = services
+        self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._accept_scope = trio.CancelScope()
+        self.idle = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            with self._accept_scope:
+                while True:
+                    try:
+                        stream = await self.listener.accept()
+                    except OSError as exc:
+                        if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                            LOG.error("accept() failed (%s); retrying in %.1f s", exc, ACCEPT_CAPACITY_SLEEP)
+                            await trio.sleep(ACCEPT_CAPACITY_SLEEP)
+                            continue
+                        raise
+                    nursery.start_soon(self._serve_one, stream)
+            await self.listener.aclose()
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        peer = peer_of(stream.socket)  # type: ignore[arg-type]
+        async with stream:
+            if len(self.connections) >= self.services.config.max_clients:
+                LOG.warning("refusing %s: %d clients already", peer, len(self.connections))
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(encode_line(BUSY))
+                return
+            connection = Connection(self, stream, peer)
+            self.connections.add(connection)
+            try:
+                await connection.serve()
+            except Exception:
+                logging.getLogger("berthd").exception("connection of %s failed", peer)
+            finally:
+                self.connections.discard(connection)
+                if self.draining and not self.connections:
+                    self.idle.set()
+
+    def shutdown(self) -> None:
+        """Stop accepting and reading; connections end after the command each is running."""
+        self.draining = True
+        self._accept_scope.cancel()
+        for connection in self.connections:
+            connection.reader_scope.cancel()
+        if not self.connections:
+            self.idle.set()

@@ -1,0 +1,178 @@
+"""berthd's state: one SQLite file in the data dir (WAL), every change one transaction.
+
+The methods are async: each runs the blocking sqlite3 call on a worker thread, one at a time on the one
+connection, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+import msgspec
+import trio
+
+from daemon.errors import conflict, not_found
+from daemon.store.migrations import MIGRATIONS
+from daemon.store.records import AppRecord, AppSettings, AppSource
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DB_NAME = "berthd.db"
+
+
+def threaded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], Awaitable[R]]:
+    """A blocking method made awaitable: it runs on a worker thread, one call at a time."""
+
+    async def run(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        call = functools.partial(method, self, *args, **kwargs)
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    run.__name__ = method.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open_sync(cls, data_dir: Path, synchronous: str = "FULL") -> Store:
+        path = data_dir / DB_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        store = cls(conn, path)
+        store._migrate()
+        return store
+
+    @classmethod
+    async def open(cls, data_dir: Path, synchronous: str = "FULL") -> Store:
+        return await trio.to_thread.run_sync(cls.open_sync, data_dir, synchronous)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema {version} is newer than this berthd knows ({len(MIGRATIONS)})"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._write() as conn:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # apps
+
+    @staticmethod
+    def _app(row: tuple[str, float, bytes, bytes]) -> AppRecord:
+        name, created_at, settings, source = row
+        return AppRecord(
+            name,
+            created_at,
+            msgspec.json.decode(settings, type=AppSettings),
+            msgspec.json.decode(source, type=AppSource),
+        )
+
+    @threaded
+    def create_app(self, name: str) -> AppRecord:
+        record = AppRecord(name, time.time(), AppSettings(), AppSource())
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO apps (name, created_at, settings, source) VALUES (?, ?, ?, ?)",
+                    (
+                        name,
+                        record.created_at,
+                        msgspec.json.encode(record.settings),
+                        msgspec.json.encode(record.source),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise conflict(f"App {name} already exists") from None
+        return record
+
+    @threaded
+    def get_app(self, name: str) -> AppRecord | None:
+        row = self._conn.execute(
+            "SELECT name, created_at, settings, source FROM apps WHERE name = ?", (name,)
+        ).fetchone()
+        return self._app(row) if row else None
+
+    @threaded
+    def list_apps(self) -> list[AppRecord]:
+        rows = self._conn.execute(
+            "SELECT name, created_at, settings, source FROM apps ORDER BY name"
+        ).fetchall()
+        return [self._app(row) for row in rows]
+
+    @threaded
+    def delete_app(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount > 0
+
+    @threaded
+    def save_settings(self, name: str, settings: AppSettings) -> None:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE apps SET settings = ? WHERE name = ?", (msgspec.json.encode(settings), name)
+            )
+            if cursor.rowcount == 0:
+                raise not_found(f"App {name} does not exist")
+
+    # app environment
+
+    @threaded
+    def set_config(self, name: str, values: dict[str, str]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO app_config (app, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+                [(name, key, value) for key, value in values.items()],
+            )
+
+    @threaded
+    def unset_config(self, name: str, keys: list[str]) -> list[str]:
+        removed = []
+        with self._write() as conn:
+            for key in keys:
+                if conn.execute("DELETE FROM app_config WHERE app = ? AND key = ?", (name, key)).rowcount:
+                    removed.append(key)
+        return removed
+
+    @threaded
+    def get_config(self, name: str) -> dict[str, str]:
+        rows = self._conn.execute("SELECT key, value FROM app_config WHERE app = ? ORDER BY key", (name,))
+        return dict(rows.fetchall())
