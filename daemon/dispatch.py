@@ -72,7 +72,7 @@ async def _run(services: Services, request: Request, peer: Peer, emit: Emit) -> 
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
     ctx = Context(services, peer, emit)
-    outcome = Outcome(Response(False), shown, command.secret_output)
+    outcome = Outcome(Response(False, ""), shown, command.secret_output)
 
     async def queued(position: int) -> None:
         if command.streaming:

@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -95,6 +95,36 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
     await trio.to_thread.run_sync(sweep)
 
 
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _late_signal(signum: int, frame: object) -> None:
+    LOG.info("received %s while stopping", signal.Signals(signum).name)
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int], server: Server, scope: trio.CancelScope, grace: float
+) -> None:
+    """First signal: finish what is in progress, then stop. A second one: stop now."""
+    async for signum in signals:
+        LOG.info("received %s: finishing the commands in progress", signal.Signals(signum).name)
+        sd_notify("STOPPING=1")
+        server.shutdown()
+        break
+    with trio.move_on_after(grace):
+        async with trio.open_nursery() as nursery:
+
+            async def second_signal() -> None:
+                async for signum in signals:
+                    LOG.warning("received %s again: stopping now", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(second_signal)
+            await server.idle.wait()
+            nursery.cancel_scope.cancel()
+    scope.cancel()
+
+
 async def serve(config: Config) -> int:
     import daemon.commands  # noqa: F401 - fills the registry
 
@@ -103,10 +133,14 @@ async def serve(config: Config) -> int:
     store = await Store.open(data_dir, config.sync.upper())
     services = Services(config, store, REGISTRY, data_dir)
     listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
+    # A signal that comes after shutdown began (the receiver below is gone) must not kill berthd
+    # mid-cleanup. A handler, not SIG_IGN: handlers reset to the default in children at exec.
+    for signum in SHUTDOWN_SIGNALS:
+        signal.signal(signum, _late_signal)
     try:
         await sweep_orphaned_app_dirs(services)
         server = Server(services, listener.sock)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve)
                 LOG.info(
@@ -116,14 +150,9 @@ async def serve(config: Config) -> int:
                     data_dir,
                 )
                 sd_notify("READY=1")
-                async for signum in signals:
-                    LOG.info("received %s: finishing the commands in progress", signal.Signals(signum).name)
-                    sd_notify("STOPPING=1")
-                    server.shutdown()
-                    with trio.move_on_after(config.shutdown_grace):
-                        await server.idle.wait()
-                    nursery.cancel_scope.cancel()
-                    break
+                nursery.start_soon(
+                    _stop_on_signal, signals, server, nursery.cancel_scope, config.shutdown_grace
+                )
     finally:
         listener.remove()
         store.close()

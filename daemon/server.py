@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 
 import trio
@@ -26,6 +27,7 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 ACCEPT_CAPACITY_SLEEP = 0.1
 READ_SIZE = 65536
 QUEUED_LINES = 16
+DRAIN_LIMIT = 1024 * 1024
 
 BUSY = Response(False, "Too many clients: try again later", error="busy")
 
@@ -57,7 +59,7 @@ class Connection:
             nursery.start_soon(self._read, sender)
             async with receiver:
                 async for line in receiver:
-                    if self.server.draining or self.gone:
+                    if self.gone:
                         break
                     await self._answer(line)
             nursery.cancel_scope.cancel()
@@ -77,6 +79,23 @@ class Connection:
                         return
                     for item in splitter.feed(data):
                         await sender.send(item)
+            # Shutting down: lines the client sent before the signal are still answered.
+            for item in splitter.feed(self._already_received()):
+                await sender.send(item)
+
+    def _already_received(self) -> bytes:
+        """What the kernel holds for us right now, read without waiting."""
+        chunks: list[bytes] = []
+        with socket.socket(fileno=os.dup(self.stream.socket.fileno())) as sock:
+            while sum(map(len, chunks)) < DRAIN_LIMIT:
+                try:
+                    data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks)
 
     async def _answer(self, line: bytes | TooLong) -> None:
         async def emit(event: Event) -> None:

@@ -39,7 +39,7 @@ class Response(msgspec.Struct, omit_defaults=True):
     """The final line of every request."""
 
     ok: bool
-    output: str = ""
+    output: str
     data: Any = None
     error: str | None = None
     id: str | int | None = None

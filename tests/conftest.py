@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_proc import Berthd
+
+
+@pytest.fixture
+def start_berthd(tmp_path: Path) -> Iterator[Callable[..., Berthd]]:
+    """Start berthd processes (stopped at the end of the test): `start_berthd(extra_args=[...], env={...})`."""
+    started: list[Berthd] = []
+
+    def start(name: str = "berthd", **kwargs: object) -> Berthd:
+        workdir = tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        daemon = Berthd(workdir, **kwargs).start()  # type: ignore[arg-type]
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def berthd(start_berthd: Callable[..., Berthd]) -> Berthd:
+    """One berthd on a temporary socket with its own data dir."""
+    return start_berthd()
