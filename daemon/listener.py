@@ -53,6 +53,11 @@ def adopt_systemd_socket(environ: dict[str, str]) -> socket.socket | None:
     sock = socket.socket(fileno=SD_LISTEN_FDS_START)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         raise ListenerError("the socket passed by systemd is not a UNIX stream socket")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ListenerError("the socket passed by systemd is not listening (Accept=yes is not supported)")
+    for extra in range(SD_LISTEN_FDS_START + 1, SD_LISTEN_FDS_START + count):
+        with contextlib.suppress(OSError):
+            os.close(extra)
     os.set_inheritable(sock.fileno(), False)
     return sock
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 
+# Taken out of the environment at import, so no child of berthd talks to systemd in berthd's name.
+_ADDRESS = os.environ.pop("NOTIFY_SOCKET", None)
+
 
 def sd_notify(state: str) -> bool:
-    address = os.environ.get("NOTIFY_SOCKET")
+    address = _ADDRESS
     if not address:
         return False
     if address.startswith("@"):

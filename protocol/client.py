@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from protocol.messages import JsonRequest, Response, decode_line
-from protocol.paths import default_socket_path
+from protocol.paths import client_socket_path
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -47,7 +47,7 @@ def encode_request(
 
 class Client:
     def __init__(self, path: str | Path | None = None, timeout: float | None = None) -> None:
-        self.path = str(path or default_socket_path())
+        self.path = str(path or client_socket_path())
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""

@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+SYSTEM_SOCKET = Path("/run/berthd/berthd.sock")
+
+
+def client_socket_path() -> Path:
+    """The daemon's default, or the system-wide socket when there is no per-user one."""
+    path = default_socket_path()
+    if not os.environ.get("BERTHD_SOCK_PATH") and not path.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return path
+
 
 def default_socket_path() -> Path:
     explicit = os.environ.get("BERTHD_SOCK_PATH")

@@ -10,12 +10,12 @@ import trio
 
 from protocol.client import CommandFailed, EventHandler, encode_request
 from protocol.messages import Response, decode_line
-from protocol.paths import default_socket_path
+from protocol.paths import client_socket_path
 
 
 class TrioClient:
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = str(path or default_socket_path())
+        self.path = str(path or client_socket_path())
         self._stream: trio.SocketStream | None = None
         self._buffer = b""
 

@@ -7,6 +7,8 @@ import pytest
 
 from tests.daemon_proc import Berthd
 
+pytest_plugins = ["tests.docker_engine"]
+
 
 @pytest.fixture
 def start_berthd(tmp_path: Path) -> Iterator[Callable[..., Berthd]]:

@@ -132,6 +132,7 @@ def test_bad_configuration_is_refused_with_error(tmp_path: Path, args: list[str]
 
 def test_sigterm_finishes_the_command_in_progress_and_exits_0(berthd: Berthd) -> None:
     with RawConnection(berthd.socket) as conn:
+        assert conn.request(b"ping")["output"] == "pong"  # the connection is accepted and served
         conn.send(b"apps:create last-one\n")
         assert berthd.proc is not None
         berthd.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,103 @@
+"""`python -m bench [BENCHMARK ...]`: run the benchmarks (all by default) and print their tables.
+
+Every process it starts is stopped and its temp dir removed on the way out, Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pstats
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from bench import latency, memory, startup, throughput
+from bench.machine import print_machine
+from bench.processes import STOP_TIMEOUT, BenchError, ServerProcess, Session
+
+BENCHMARKS = ("latency", "throughput", "startup", "memory")
+PROFILE_LINES = 25
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"any of {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        type=Path,
+        help="run the berthd of the latency and throughput benchmarks under cProfile, write its stats to "
+        "FILE and print the top functions (its figures are then slower than usual)",
+    )
+    return parser
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    # As a SIGINT, so that inside trio.run trio's own handler turns it into a clean KeyboardInterrupt.
+    signal.raise_signal(signal.SIGINT)
+
+
+def run(selected: Sequence[str], session: Session, profile: Path | None) -> None:
+    if "startup" in selected:
+        startup.run(session)
+    loaded: tuple[ServerProcess, ServerProcess] | None = None
+    if "latency" in selected or "throughput" in selected:
+        # One berthd and one echo server for both; memory reads their size afterwards.
+        berthd, echo = session.start_berthd(profile_to=profile), session.start_echo()
+        berthd.wait_ready()
+        echo.wait_ready()
+        loaded = (berthd, echo)
+        if "latency" in selected:
+            latency.run(session, berthd, echo)
+        if "throughput" in selected:
+            throughput.run(berthd, echo)
+    if "memory" in selected:
+        memory.run(session, loaded)
+    if profile is not None and loaded is not None:
+        session.stop(loaded[0])  # cProfile writes its file as berthd exits
+        print(f"\n== profile of the loaded berthd ({profile}), top {PROFILE_LINES} by own time ==")
+        pstats.Stats(str(profile), stream=sys.stdout).sort_stats("tottime").print_stats(PROFILE_LINES)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.benchmarks) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"no benchmark {', '.join(unknown)}; there are {', '.join(BENCHMARKS)}")
+    selected = args.benchmarks or BENCHMARKS
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    began = time.perf_counter()
+    print("berthd benchmarks: figures only; nothing here passes or fails on a timing")
+    print_machine()
+    session = Session()
+    try:
+        run(selected, session, args.profile.resolve() if args.profile else None)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the servers", file=sys.stderr)
+        return 130
+    except (BenchError, OSError) as exc:
+        print(f"\nbench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # a second Ctrl-C must not leave servers or the temp dir behind
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        session.close()
+        for server in session.killed:
+            print(
+                f"bench: {server} did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM: killed",
+                file=sys.stderr,
+            )
+    print(f"\ndone in {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

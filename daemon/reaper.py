@@ -1,0 +1,86 @@
+"""Orphans of berthd's process groups come back to berthd (a child subreaper) and are reaped here.
+
+Without this, a grandchild that outlives its parent is re-parented to PID 1, which on some hosts
+(containers, microVMs) never reaps it. berthd only reaps zombies in the process groups it created, and
+never their leaders (each leader has its own waiter), so other libraries' children are left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def become_subreaper() -> bool:
+    return _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _state_and_group(pid: int) -> tuple[str, int] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+class Reaper:
+    def __init__(self) -> None:
+        self.groups: set[int] = set()  # process groups berthd created (their leaders' pids)
+
+    def sweep(self) -> int:
+        """Reap the zombies in our groups other than the leaders; how many were reaped."""
+        reaped = 0
+        for pid in _children():
+            if pid in self.groups:
+                continue
+            info = _state_and_group(pid)
+            if info and info[0] == "Z" and info[1] in self.groups:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                    reaped += 1
+                except ChildProcessError:
+                    pass
+        return reaped
+
+    def group_alive(self, pgid: int) -> bool:
+        """Is anything but zombies left in the group? Our zombies are reaped first."""
+        self.sweep()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return any(state != "Z" for state, group in _all_processes() if group == pgid)
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGCHLD) as signals:
+            async for _ in signals:
+                self.sweep()
+
+
+def _all_processes() -> list[tuple[str, int]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (info := _state_and_group(int(entry.name))) is not None:
+            found.append(info)
+    return found
