@@ -6,7 +6,6 @@ This is the only place that turns a handler's result or failure into a `Response
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 
@@ -121,7 +120,7 @@ def _log(
     secret_output: bool = False,
     held: tuple[int, int] | None = None,
 ) -> None:
-    if not COMMAND_LOG.isEnabledFor(logging.INFO):
+    if not COMMAND_LOG.enabled:
         return
     elapsed_ms = (time.perf_counter() - started) * 1000
     logged = response
@@ -130,11 +129,5 @@ def _log(
     else:
         logged = msgspec.structs.replace(response, data=None)
     lock = f" lock={held[0]}-{held[1]}" if held else ""
-    COMMAND_LOG.info(
-        "%s cmd=%s -> %s (%.1f ms)%s",
-        peer,
-        json.dumps(shown),
-        encode_line(logged).decode().rstrip(),
-        elapsed_ms,
-        lock,
-    )
+    answer = encode_line(logged).decode().rstrip()
+    COMMAND_LOG.write(f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}")

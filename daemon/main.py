@@ -128,33 +128,36 @@ async def _stop_on_signal(
 async def serve(config: Config) -> int:
     import daemon.commands  # noqa: F401 - fills the registry
 
-    data_dir = config.data_path()
-    await trio.to_thread.run_sync(prepare_data_dir, data_dir)
-    store = await Store.open(data_dir, config.sync.upper())
-    services = Services(config, store, REGISTRY, data_dir)
-    listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
-    # A signal that comes after shutdown began (the receiver below is gone) must not kill berthd
-    # mid-cleanup. A handler, not SIG_IGN: handlers reset to the default in children at exec.
+    # A signal after shutdown began (when the receiver below is gone) must not kill berthd mid-cleanup.
+    # A handler, not SIG_IGN: handlers fall back to the default in children at exec, SIG_IGN would not.
     for signum in SHUTDOWN_SIGNALS:
         signal.signal(signum, _late_signal)
-    try:
-        await sweep_orphaned_app_dirs(services)
-        server = Server(services, listener.sock)
-        with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.serve)
-                LOG.info(
-                    "berthd %s listening on %s (data in %s)",
-                    __version__,
-                    listener.path or "a socket from systemd",
-                    data_dir,
-                )
-                sd_notify("READY=1")
-                nursery.start_soon(
-                    _stop_on_signal, signals, server, nursery.cancel_scope, config.shutdown_grace
-                )
-    finally:
-        listener.remove()
-        store.close()
+    # The receiver opens before the socket does: a signal from the first instant on is acted upon.
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        data_dir = config.data_path()
+        await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+        store = await Store.open(data_dir, config.sync.upper())
+        try:
+            services = Services(config, store, REGISTRY, data_dir)
+            listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
+            try:
+                await sweep_orphaned_app_dirs(services)
+                server = Server(services, listener.sock)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve)
+                    LOG.info(
+                        "berthd %s listening on %s (data in %s)",
+                        __version__,
+                        listener.path or "a socket from systemd",
+                        data_dir,
+                    )
+                    sd_notify("READY=1")
+                    nursery.start_soon(
+                        _stop_on_signal, signals, server, nursery.cancel_scope, config.shutdown_grace
+                    )
+            finally:
+                listener.remove()
+        finally:
+            store.close()
     LOG.info("berthd stopped")
     return 0

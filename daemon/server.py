@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Iterable
 
 import trio
 
@@ -26,7 +27,6 @@ from protocol.messages import Event, Response, encode_line
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_CAPACITY_SLEEP = 0.1
 READ_SIZE = 65536
-QUEUED_LINES = 16
 DRAIN_LIMIT = 1024 * 1024
 
 BUSY = Response(False, "Too many clients: try again later", error="busy")
@@ -41,7 +41,7 @@ class Connection:
         self.server = server
         self.stream = stream
         self.peer = peer
-        self.reader_scope = trio.CancelScope()
+        self.receive_scope = trio.CancelScope()  # cancelled at shutdown to stop waiting for input
         self.gone = False
 
     async def send(self, message: Response | Event) -> None:
@@ -54,34 +54,29 @@ class Connection:
             raise ClientGone from None
 
     async def serve(self) -> None:
-        sender, receiver = trio.open_memory_channel[bytes | TooLong](QUEUED_LINES)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, sender)
-            async with receiver:
-                async for line in receiver:
-                    if self.gone:
-                        break
-                    await self._answer(line)
-            nursery.cancel_scope.cancel()
-
-    async def _read(self, sender: trio.MemorySendChannel[bytes | TooLong]) -> None:
+        """Read a batch, answer its complete lines in order, read again: one task, no hand-offs."""
         splitter = LineSplitter(self.server.services.config.max_line)
-        async with sender:
-            with self.reader_scope:
-                while True:
-                    try:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-                    if not data:
-                        for line in splitter.end():
-                            await sender.send(line)
-                        return
-                    for item in splitter.feed(data):
-                        await sender.send(item)
-            # Shutting down: lines the client sent before the signal are still answered.
-            for item in splitter.feed(self._already_received()):
-                await sender.send(item)
+        while not self.gone:
+            if self.server.draining:
+                # Shutting down: lines the client sent before the signal are still answered.
+                await self._answer_all(splitter.feed(self._already_received()))
+                return
+            data = b""
+            with trio.CancelScope() as self.receive_scope:
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    await self._answer_all(splitter.end())
+                    return
+            await self._answer_all(splitter.feed(data))
+
+    async def _answer_all(self, lines: Iterable[bytes | TooLong]) -> None:
+        for line in lines:
+            if self.gone:
+                return
+            await self._answer(line)
 
     def _already_received(self) -> bytes:
         """What the kernel holds for us right now, read without waiting."""
@@ -159,6 +154,6 @@ class Server:
         self.draining = True
         self._accept_scope.cancel()
         for connection in self.connections:
-            connection.reader_scope.cancel()
+            connection.receive_scope.cancel()
         if not self.connections:
             self.idle.set()
