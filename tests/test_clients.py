@@ -1,0 +1,82 @@
+"""The clients: `berth` on the command line, the blocking client and the trio client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from protocol.client import Client, CommandFailed
+from protocol.trio_client import TrioClient
+from tests.daemon_proc import ROOT, Berthd
+
+
+def berth(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "protocol.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_berth_prints_the_output_and_exits_0_when_ok(berthd: Berthd) -> None:
+    result = berth("--socket", str(berthd.socket), "apps:create", "cli-app")
+    assert (result.returncode, result.stdout) == (0, "Creating cli-app... done\n")
+
+
+def test_berth_exits_1_and_prints_to_stderr_when_not_ok(berthd: Berthd) -> None:
+    result = berth("--socket", str(berthd.socket), "apps:destroy", "nope")
+    assert result.returncode == 1
+    assert "Requires --force flag" in result.stderr
+
+
+def test_berth_sends_words_without_quoting_trouble(berthd: Berthd) -> None:
+    berth("--socket", str(berthd.socket), "apps:create", "q")
+    assert berth("--socket", str(berthd.socket), "config:set", "q", 'A=it\'s "quoted" $HOME').returncode == 0
+    assert berthd.call("config:get q A").output == 'it\'s "quoted" $HOME'
+
+
+def test_berth_json_prints_raw_lines_and_uses_the_environment(berthd: Berthd) -> None:
+    result = berth("--json", "ping", env={"BERTHD_SOCK_PATH": str(berthd.socket)})
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"ok": True, "output": "pong"}
+
+
+def test_berth_without_a_daemon_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = berth("--socket", str(tmp_path / "none.sock"), "ping")
+    assert result.returncode == 1
+    assert "cannot talk to berthd" in result.stderr
+
+
+def test_blocking_client_keeps_one_connection_and_can_check(berthd: Berthd) -> None:
+    with Client(berthd.socket) as client:
+        assert client.call("ping").output == "pong"
+        assert client.call(["apps:create", "blocking"]).ok
+        assert client.call("apps:info", {"app": "blocking"}).data["name"] == "blocking"
+        with pytest.raises(CommandFailed) as excinfo:
+            client.call("apps:info ghost", check=True)
+        assert excinfo.value.response.error == "not_found"
+
+
+def test_trio_client_runs_commands_concurrently(berthd: Berthd) -> None:
+    async def main() -> list[str]:
+        outputs: list[str] = []
+
+        async def one(index: int) -> None:
+            async with TrioClient(berthd.socket) as client:
+                outputs.append((await client.call(["apps:create", f"t{index}"], check=True)).output)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(10):
+                nursery.start_soon(one, index)
+        return outputs
+
+    outputs = trio.run(main)
+    assert sorted(outputs) == sorted(f"Creating t{i}... done" for i in range(10))
