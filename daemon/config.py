@@ -25,6 +25,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str | None = None
     sync: Literal["full", "normal"] = "full"
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    log_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
+    log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
 
     @property
     def socket_mode_bits(self) -> int:
@@ -54,6 +57,9 @@ ENVIRONMENT = {
     "BERTHD_DATA_DIR": "data_dir",
     "BERTHD_SYNC": "sync",
     "BERTHD_SHUTDOWN_GRACE": "shutdown_grace",
+    "BERTHD_STOP_TIMEOUT": "stop_timeout",
+    "BERTHD_LOG_MAX_BYTES": "log_max_bytes",
+    "BERTHD_LOG_BACKUPS": "log_backups",
 }
 
 

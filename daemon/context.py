@@ -10,6 +10,7 @@ from pathlib import Path
 from daemon.config import Config
 from daemon.lock import CommandLock
 from daemon.peercred import Peer
+from daemon.processes import ProcessManager
 from daemon.registry import Registry
 from daemon.store import Store
 from protocol.messages import Event
@@ -21,6 +22,7 @@ class Services:
     store: Store
     registry: Registry
     data_dir: Path
+    processes: ProcessManager
     lock: CommandLock = field(default_factory=CommandLock)
     started_at: float = field(default_factory=time.time)
 
@@ -40,7 +42,19 @@ class Context:
     services: Services
     peer: Peer
     emit: Emit = _discard
+    unlock: Callable[[], None] | None = None  # set while a state-changing command holds the lock
+    client_gone: Callable[[], bool] = lambda: False  # noqa: E731 - has the client closed the connection?
 
     @property
     def store(self) -> Store:
         return self.services.store
+
+    @property
+    def processes(self) -> ProcessManager:
+        return self.services.processes
+
+    def release_lock(self) -> None:
+        """The state change is recorded; what follows waits on the outside world, not on the lock."""
+        if self.unlock is not None:
+            self.unlock()
+            self.unlock = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -24,7 +25,13 @@ from protocol.request import Request, RequestError, parse_request
 INVALID_COMMAND = "Invalid command"
 
 
-async def dispatch(services: Services, raw: bytes | TooLong, peer: Peer, emit: Emit) -> Response | None:
+async def dispatch(
+    services: Services,
+    raw: bytes | TooLong,
+    peer: Peer,
+    emit: Emit,
+    client_gone: Callable[[], bool] = lambda: False,
+) -> Response | None:
     """The final answer to one line, or None for a blank line (which gets none)."""
     started = time.perf_counter()
     if isinstance(raw, TooLong):
@@ -39,7 +46,7 @@ async def dispatch(services: Services, raw: bytes | TooLong, peer: Peer, emit: E
         return response
     if request is None:
         return None
-    outcome = await _run(services, request, peer, emit)
+    outcome = await _run(services, request, peer, emit, client_gone)
     outcome.response.id = request.id
     _log(peer, outcome.shown, outcome.response, started, outcome.secret_output, outcome.held)
     return outcome.response
@@ -53,7 +60,9 @@ class Outcome:
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
 
 
-async def _run(services: Services, request: Request, peer: Peer, emit: Emit) -> Outcome:
+async def _run(
+    services: Services, request: Request, peer: Peer, emit: Emit, client_gone: Callable[[], bool]
+) -> Outcome:
     registry = services.registry
     command = registry.lookup(request.cmd)
     if command is None:
@@ -70,7 +79,7 @@ async def _run(services: Services, request: Request, peer: Peer, emit: Emit) -> 
     except CommandError as exc:
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
-    ctx = Context(services, peer, emit)
+    ctx = Context(services, peer, emit, client_gone=client_gone)
     outcome = Outcome(Response(False, ""), shown, command.secret_output)
 
     async def queued(position: int) -> None:
@@ -79,12 +88,18 @@ async def _run(services: Services, request: Request, peer: Peer, emit: Emit) -> 
 
     try:
         if command.mutating:
-            async with services.lock.held(queued):
-                began = time.monotonic_ns()
-                try:
-                    result = await command.handler(ctx, bound.params)
-                finally:
-                    outcome.held = (began, time.monotonic_ns())
+            await services.lock.acquire(queued)
+            began = time.monotonic_ns()
+
+            def unlock() -> None:
+                outcome.held = (began, time.monotonic_ns())
+                services.lock.release()
+
+            ctx.unlock = unlock
+            try:
+                result = await command.handler(ctx, bound.params)
+            finally:
+                ctx.release_lock()
         else:
             result = await command.handler(ctx, bound.params)
     except CommandError as exc:

@@ -6,7 +6,7 @@ from typing import Any
 
 
 class CommandError(Exception):
-    def __init__(self, code: str, message: str, data: Any = None) -> None:
+    def __init__(self, code: str | None, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -19,8 +19,7 @@ class CommandLock:
     def waiting(self) -> int:
         return self._waiting
 
-    @asynccontextmanager
-    async def held(self, on_queued: Callable[[int], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+    async def acquire(self, on_queued: Callable[[int], Awaitable[None]] | None = None) -> None:
         if self._lock.locked() and on_queued is not None:
             await on_queued(self._waiting + 1)
         self._waiting += 1
@@ -28,7 +27,14 @@ class CommandLock:
             await self._lock.acquire()
         finally:
             self._waiting -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+
+    @asynccontextmanager
+    async def held(self, on_queued: Callable[[int], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+        await self.acquire(on_queued)
         try:
             yield
         finally:
-            self._lock.release()
+            self.release()

@@ -49,6 +49,27 @@ def parse_line(raw: bytes, process: str = "") -> LogLine:
 
 
 @dataclass
+class LineCutter:
+    """Output comes in pieces; lines come out whole. A partial last line waits for its end, per stream."""
+
+    partial: dict[str, bytes] = field(default_factory=dict)
+
+    def complete(self, stream: str, data: bytes) -> bytes:
+        """The complete lines (with their newlines) that `data` finishes, or b\"\"."""
+        data = self.partial.pop(stream, b"") + data
+        cut = data.rfind(b"\n")
+        if cut + 1 < len(data):
+            self.partial[stream] = data[cut + 1 :]
+        return data[: cut + 1]
+
+    def rest(self) -> list[tuple[str, bytes]]:
+        """What is left at the end, each unfinished line given its newline."""
+        left = [(stream, data + b"\n") for stream, data in self.partial.items()]
+        self.partial.clear()
+        return left
+
+
+@dataclass
 class LogFile:
     """The log of one process: `NAME.log`, rotated to `NAME.log.1` ... `NAME.log.BACKUPS`."""
 
@@ -59,7 +80,7 @@ class LogFile:
     lines_per_generation: dict[int, int] = field(default_factory=dict)
     _size: int = -1
     _fd: int = -1
-    _partial: dict[str, bytes] = field(default_factory=dict)
+    _cutter: LineCutter = field(default_factory=LineCutter)
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def _open(self) -> None:
@@ -79,18 +100,13 @@ class LogFile:
 
     def write(self, stream: str, data: bytes) -> None:
         """Output as it comes from a pipe: complete lines are logged, a partial one waits for its end."""
-        data = self._partial.pop(stream, b"") + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._partial[stream] = data
-            return
-        if cut + 1 < len(data):
-            self._partial[stream] = data[cut + 1 :]
-        self._append(stream, data[:cut].split(b"\n"))
+        block = self._cutter.complete(stream, data)
+        if block:
+            self._append(stream, block[:-1].split(b"\n"))
 
     def flush_partial(self) -> None:
-        for stream in list(self._partial):
-            self._append(stream, [self._partial.pop(stream)])
+        for stream, block in self._cutter.rest():
+            self._append(stream, block[:-1].split(b"\n"))
 
     def note(self, text: str) -> None:
         """A line from berthd itself (a start, an exit) in the process's log."""
@@ -125,7 +141,7 @@ class LogFile:
                     older.rename(self.path.with_name(f"{self.path.name}.{age + 1}"))
             self.path.rename(self.path.with_name(f"{self.path.name}.1"))
         self.generation += 1
-        for gone in [g for g in self.lines_per_generation if g < self.generation - self.backups - 64]:
+        for gone in [g for g in self.lines_per_generation if g < self.generation - self.backups - 100_000]:
             del self.lines_per_generation[gone]
         self._open()
 

@@ -19,6 +19,7 @@ from daemon.context import Services
 from daemon.listener import ListenerError, open_listener
 from daemon.log import LOG, setup_logging
 from daemon.notify import sd_notify
+from daemon.processes import ProcessManager
 from daemon.registry import REGISTRY
 from daemon.server import Server
 from daemon.store import Store
@@ -56,6 +57,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
     parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
     parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="SIGTERM to SIGKILL for app processes (default 10)",
+    )
+    parser.add_argument(
+        "--log-max-bytes", type=int, metavar="BYTES", help="rotate a process log at this size"
+    )
+    parser.add_argument("--log-backups", type=int, metavar="N", help="rotated process logs kept (default 5)")
     return parser
 
 
@@ -103,7 +114,11 @@ def _late_signal(signum: int, frame: object) -> None:
 
 
 async def _stop_on_signal(
-    signals: AsyncIterator[int], server: Server, scope: trio.CancelScope, grace: float
+    signals: AsyncIterator[int],
+    server: Server,
+    processes: ProcessManager,
+    scope: trio.CancelScope,
+    grace: float,
 ) -> None:
     """First signal: finish what is in progress, then stop. A second one: stop now."""
     async for signum in signals:
@@ -122,6 +137,8 @@ async def _stop_on_signal(
             nursery.start_soon(second_signal)
             await server.idle.wait()
             nursery.cancel_scope.cancel()
+    # every process group gets SIGTERM, then SIGKILL after the stop timeout
+    await processes.shutdown()
     scope.cancel()
 
 
@@ -137,13 +154,16 @@ async def serve(config: Config) -> int:
         data_dir = config.data_path()
         await trio.to_thread.run_sync(prepare_data_dir, data_dir)
         store = await Store.open(data_dir, config.sync.upper())
+        await store.interrupt_running_jobs()
+        processes = ProcessManager(config, store, data_dir)
         try:
-            services = Services(config, store, REGISTRY, data_dir)
+            services = Services(config, store, REGISTRY, data_dir, processes)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 await sweep_orphaned_app_dirs(services)
                 server = Server(services, listener.sock)
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(processes.run)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",
@@ -153,7 +173,12 @@ async def serve(config: Config) -> int:
                     )
                     sd_notify("READY=1")
                     nursery.start_soon(
-                        _stop_on_signal, signals, server, nursery.cancel_scope, config.shutdown_grace
+                        _stop_on_signal,
+                        signals,
+                        server,
+                        processes,
+                        nursery.cancel_scope,
+                        config.shutdown_grace,
                     )
             finally:
                 listener.remove()

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 from collections.abc import Iterable
 
@@ -52,6 +53,16 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.gone = True
             raise ClientGone from None
+
+    def client_gone(self) -> bool:
+        """Has the client closed its end completely? (A half-close, as `nc -N` does, is not leaving.)"""
+        if self.gone:
+            return True
+        poller = select.poll()
+        poller.register(self.stream.socket.fileno(), select.POLLHUP)
+        if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0)):
+            self.gone = True
+        return self.gone
 
     async def serve(self) -> None:
         """Read a batch, answer its complete lines in order, read again: one task, no hand-offs."""
@@ -96,7 +107,7 @@ class Connection:
         async def emit(event: Event) -> None:
             await self.send(event)
 
-        response = await dispatch(self.server.services, line, self.peer, emit)
+        response = await dispatch(self.server.services, line, self.peer, emit, self.client_gone)
         if response is None:
             return
         try:

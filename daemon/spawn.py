@@ -93,14 +93,19 @@ class Child:
     returncode: int | None = None
     _reaped: trio.Event = field(default_factory=trio.Event)
 
-    async def wait(self) -> int:
-        """Wait until the child exits and reap it; its exit code, or -SIGNAL."""
-        if self.returncode is None:
+    async def watch(self) -> None:
+        """The one task that waits on the pidfd and reaps the child; any number may `wait`."""
+        try:
             await trio.lowlevel.wait_readable(self.pidfd)
-            if self.returncode is None:
-                self.returncode = self.popen.wait()
-                os.close(self.pidfd)
-                self._reaped.set()
+            self.returncode = self.popen.wait()
+        finally:
+            os.close(self.pidfd)
+            self._reaped.set()
+
+    async def wait(self) -> int:
+        """Wait until the child has exited and was reaped; its exit code, or -SIGNAL."""
+        await self._reaped.wait()
+        assert self.returncode is not None
         return self.returncode
 
     def signal_group(self, signum: int) -> bool:

@@ -80,7 +80,7 @@ async def info(ctx: Context, params: AppParams) -> Result:
         "source_detail": record.source.detail,
         "settings": msgspec.to_builtins(record.settings),
         "config_keys": config_keys,
-        "processes": [],
+        "processes": ctx.processes.report(params.app),
     }
     rows = [
         ("Name", record.name),
@@ -90,7 +90,7 @@ async def info(ctx: Context, params: AppParams) -> Result:
         ("Daemon", record.settings.daemon or "-"),
         *[(f"Setting {k}", v) for k, v in describe_settings(record.settings) if v],
         ("Config keys", ", ".join(config_keys) or "-"),
-        ("Processes", "none"),
+        ("Processes", ", ".join(f"{p['process']} {p['state']}" for p in data["processes"]) or "none"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"=====> {record.name}", *(f"{(k + ':').ljust(width + 1)} {v}" for k, v in rows)]
@@ -102,8 +102,10 @@ async def destroy(ctx: Context, params: DestroyParams) -> Result:
     if not params.force:
         raise CommandError("invalid_argument", "Requires --force flag")
     await load_app(ctx, params.app)
+    await ctx.processes.remove_app(params.app)
     # The row goes first: a crash after it leaves only files, which the start-up sweep removes.
     await ctx.store.delete_app(params.app)
+    await ctx.store.delete_jobs(params.app)
     folder = ctx.services.app_dir(params.app)
     await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     return Result(f"Destroying {params.app}... done")

@@ -51,7 +51,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _parse_pairs(pairs: list[str]) -> dict[str, str]:
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -65,7 +65,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
 
 @REGISTRY.command("config:set", summary="set environment variables of an app", mutating=True)
 async def set_(ctx: Context, params: SetParams) -> Result:
-    values = _parse_pairs(params.pairs)
+    values = parse_pairs(params.pairs)
     await load_app(ctx, params.app)
     await ctx.store.set_config(params.app, values)
     return Result(f"Setting config vars of {params.app}: {', '.join(values)}", {"keys": list(values)})

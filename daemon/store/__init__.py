@@ -20,7 +20,7 @@ import trio
 
 from daemon.errors import conflict, not_found
 from daemon.store.migrations import MIGRATIONS
-from daemon.store.records import AppRecord, AppSettings, AppSource
+from daemon.store.records import AppRecord, AppSettings, AppSource, JobRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -176,3 +176,97 @@ class Store:
     def get_config(self, name: str) -> dict[str, str]:
         rows = self._conn.execute("SELECT key, value FROM app_config WHERE app = ? ORDER BY key", (name,))
         return dict(rows.fetchall())
+
+    # what should run
+
+    @threaded
+    def set_desired(self, name: str, desired: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE apps SET desired = ? WHERE name = ?", (desired, name))
+
+    @threaded
+    def apps_desired_running(self) -> list[str]:
+        rows = self._conn.execute("SELECT name FROM apps WHERE desired = 'running' ORDER BY name")
+        return [row[0] for row in rows.fetchall()]
+
+    @threaded
+    def get_runtime(self, name: str) -> tuple[str, dict[str, int]]:
+        row = self._conn.execute("SELECT desired, scale FROM apps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise not_found(f"App {name} does not exist")
+        return row[0], msgspec.json.decode(row[1], type=dict[str, int])
+
+    @threaded
+    def set_scale(self, name: str, scale: dict[str, int]) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE apps SET scale = ? WHERE name = ?", (msgspec.json.encode(scale), name))
+
+    @threaded
+    def save_source(self, name: str, source: AppSource, settings: AppSettings) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE apps SET source = ?, settings = ? WHERE name = ?",
+                (msgspec.json.encode(source), msgspec.json.encode(settings), name),
+            )
+
+    @threaded
+    def save_handle(self, app: str, process: str, handle: bytes | None) -> None:
+        with self._write() as conn:
+            if handle is None:
+                conn.execute("DELETE FROM process_handles WHERE app = ? AND process = ?", (app, process))
+            else:
+                conn.execute(
+                    "INSERT INTO process_handles (app, process, handle) VALUES (?, ?, ?)"
+                    " ON CONFLICT (app, process) DO UPDATE SET handle = excluded.handle",
+                    (app, process, handle),
+                )
+
+    @threaded
+    def all_handles(self) -> list[tuple[str, str, bytes]]:
+        return list(self._conn.execute("SELECT app, process, handle FROM process_handles").fetchall())
+
+    # jobs
+
+    @threaded
+    def save_job(self, job: JobRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, app, started_at, finished_at, state, record) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at, state = excluded.state,"
+                " record = excluded.record",
+                (job.id, job.app, job.started_at, job.finished_at, job.state, msgspec.json.encode(job)),
+            )
+
+    @threaded
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return msgspec.json.decode(row[0], type=JobRecord) if row else None
+
+    @threaded
+    def list_jobs(self, app: str | None, limit: int = 100) -> list[JobRecord]:
+        if app is None:
+            rows = self._conn.execute("SELECT record FROM jobs ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._conn.execute(
+                "SELECT record FROM jobs WHERE app = ? ORDER BY started_at DESC LIMIT ?", (app, limit)
+            )
+        return [msgspec.json.decode(row[0], type=JobRecord) for row in rows.fetchall()]
+
+    @threaded
+    def interrupt_running_jobs(self) -> int:
+        """Jobs that were running when berthd last stopped: they ended with it."""
+        with self._write() as conn:
+            rows = conn.execute("SELECT record FROM jobs WHERE state = 'running'").fetchall()
+            for (raw,) in rows:
+                job = msgspec.json.decode(raw, type=JobRecord)
+                job = msgspec.structs.replace(job, state="failed", error="berthd stopped while it ran")
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', record = ? WHERE id = ?",
+                    (msgspec.json.encode(job), job.id),
+                )
+        return len(rows)
+
+    @threaded
+    def delete_jobs(self, app: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM jobs WHERE app = ?", (app,))

@@ -16,4 +16,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (app, key)
     );
     """,
+    # 2: what should run (desired state, scale), the handles of what runs, one-shot jobs
+    """
+    ALTER TABLE apps ADD COLUMN desired TEXT NOT NULL DEFAULT 'stopped';
+    ALTER TABLE apps ADD COLUMN scale BLOB NOT NULL DEFAULT '{}';
+    CREATE TABLE process_handles (
+        app     TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        process TEXT NOT NULL,
+        handle  BLOB NOT NULL,
+        PRIMARY KEY (app, process)
+    );
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY,
+        app         TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        finished_at REAL,
+        state       TEXT NOT NULL,
+        record      BLOB NOT NULL
+    );
+    CREATE INDEX jobs_by_app ON jobs (app, started_at);
+    """,
 )

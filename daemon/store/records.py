@@ -37,3 +37,20 @@ class AppRecord(msgspec.Struct):
     created_at: float
     settings: AppSettings
     source: AppSource
+
+
+class JobRecord(msgspec.Struct):
+    """One execution of `run`: what ran, how it ended, where its output is."""
+
+    id: str
+    app: str
+    argv: list[str]
+    started_at: float
+    output_dir: str
+    state: str = "running"  # running, finished, timed_out, failed
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    duration_s: float | None = None
+    error: str | None = None

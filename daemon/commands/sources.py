@@ -1,0 +1,110 @@
+"""How code reaches an app. The options every source command shares, and `apps:from-local`."""
+
+from __future__ import annotations
+
+import msgspec
+import trio
+
+from daemon.commands.config import parse_pairs
+from daemon.context import Context
+from daemon.errors import CommandError
+from daemon.launch import sanitise_args
+from daemon.params import AppName, Params
+from daemon.registry import REGISTRY, Result
+from daemon.requirements import parse_requirement_pair
+from daemon.settings import (
+    check_cwd,
+    check_executable,
+    check_mount,
+    check_restart_policy,
+    check_timeout,
+    check_user,
+)
+from daemon.store.records import AppRecord, AppSettings, AppSource
+
+
+class SourceOptions(Params):
+    """`--cwd --env --timeout --user --description --require --mount --restart-policy --daemon -- ARG ...`"""
+
+    cwd: str | None = None
+    env: list[str] = msgspec.field(default_factory=list)
+    timeout: int | None = None
+    user: str | None = None
+    description: str | None = None
+    require: list[str] = msgspec.field(default_factory=list)
+    mount: list[str] = msgspec.field(default_factory=list)
+    restart_policy: str | None = None
+    daemon: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    rest = "args"
+    metavars = {
+        "env": "KEY=VALUE",
+        "require": "KEY=VALUE",
+        "mount": "PATH:INPUT|OUTPUT",
+        "timeout": "SECONDS",
+    }
+
+
+def apply_options(settings: AppSettings, options: SourceOptions) -> tuple[AppSettings, dict[str, str]]:
+    """The options checked and folded into the settings; the environment to add to the app's config."""
+    changes: dict[str, object] = {}
+    if options.cwd is not None:
+        changes["cwd"] = check_cwd(options.cwd)
+    if options.timeout is not None:
+        changes["timeout"] = check_timeout(options.timeout)
+    if options.user is not None:
+        changes["user"] = check_user(options.user)
+    if options.description is not None:
+        changes["description"] = options.description
+    if options.restart_policy is not None:
+        changes["restart_policy"] = check_restart_policy(options.restart_policy)
+    if options.daemon is not None:
+        changes["daemon"] = options.daemon
+    if options.mount:
+        changes["mounts"] = [check_mount(m) for m in options.mount]
+    if options.require:
+        changes["requirements"] = dict(parse_requirement_pair(pair) for pair in options.require)
+    if options.args:
+        changes["args"] = sanitise_args(options.args)
+    return msgspec.structs.replace(settings, **changes), parse_pairs(options.env)
+
+
+async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
+    """The app, created when it does not exist yet (and whether it was)."""
+    record = await ctx.store.get_app(name)
+    if record is not None:
+        return record, False
+    return await ctx.store.create_app(name), True
+
+
+async def save_source(
+    ctx: Context, record: AppRecord, source: AppSource, settings: AppSettings, env: dict[str, str]
+) -> None:
+    await ctx.store.save_source(record.name, source, settings)
+    if env:
+        await ctx.store.set_config(record.name, env)
+
+
+class FromLocalParams(SourceOptions, kw_only=True):
+    app: AppName
+    executable: str
+    positional = ("app", "executable")
+
+
+@REGISTRY.command("apps:from-local", summary="run an executable already on this host", mutating=True)
+async def from_local(ctx: Context, params: FromLocalParams) -> Result:
+    executable = await trio.to_thread.run_sync(check_executable, params.executable)
+    existing = await ctx.store.get_app(params.app)
+    base = existing.settings if existing else AppSettings()
+    settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)
+    record, created = await app_for_source(ctx, params.app)
+    try:
+        await save_source(ctx, record, AppSource("local", {"executable": executable}), settings, env)
+    except CommandError:
+        if created:
+            await ctx.store.delete_app(params.app)
+        raise
+    verb = "Creating" if created else "Updating"
+    return Result(
+        f"{verb} {params.app} from {executable}... done", {"app": params.app, "executable": executable}
+    )

@@ -1,0 +1,195 @@
+"""One-shot runs (`run APP`): one execution with a timeout, its output kept in files and streamed.
+
+The job's folder holds `stdout.txt`, `stderr.txt` and `logs.txt` (both streams, line by line, in the
+order they came). The client gets `log` events as lines come; a client too slow to keep up is told
+how many lines it missed, and never slows the process down.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import trio
+
+from daemon.context import Emit
+from daemon.errors import CommandError
+from daemon.launch import environment, mount_directories, process_types, resolve_identity, working_directory
+from daemon.logs import LineCutter
+from daemon.processes import ProcessManager
+from daemon.runners import ExitStatus, ProcessSpec, RunnerError
+from daemon.store.records import AppRecord, JobRecord
+from protocol.messages import LogEvent
+
+EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
+TIMED_OUT = "Process execution timed out"
+
+
+def new_job_id() -> str:
+    return f"job-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class JobOutput:
+    """Writes the three files and hands lines to the client's emitter; never waits for either."""
+
+    folder: Path
+    app: str
+    process: str
+    channel: trio.MemorySendChannel[list[LogEvent]]
+    missed: int = 0
+    _cutter: LineCutter = field(default_factory=LineCutter)
+    _fds: dict[str, int] = field(default_factory=dict)
+
+    def open(self) -> None:
+        for name in ("stdout", "stderr", "logs"):
+            path = self.folder / f"{name}.txt"
+            self._fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            os.chmod(path, 0o644)
+
+    def write(self, stream: str, data: bytes) -> None:
+        os.write(self._fds[stream], data)
+        block = self._cutter.complete(stream, data)
+        if block:
+            self._lines(stream, block)
+
+    def _lines(self, stream: str, block: bytes) -> None:
+        os.write(self._fds["logs"], block)
+        lines = block.decode("utf-8", "replace").split("\n")[:-1]
+        events = [LogEvent(self.app, self.process, stream, line.removesuffix("\r")) for line in lines]
+        if self.missed and events:
+            events[0] = msgspec.structs.replace(events[0], missed=self.missed)
+        try:
+            self.channel.send_nowait(events)
+            self.missed = 0
+        except trio.WouldBlock:
+            self.missed += len(events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def close(self) -> None:
+        for stream, block in self._cutter.rest():
+            self._lines(stream, block)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
+    async with receiver:
+        async for events in receiver:
+            try:
+                for event in events:
+                    await emit(event)
+            except Exception:  # noqa: BLE001 - the client left; the job goes on without it
+                async for _ in receiver:
+                    pass
+                return
+
+
+async def run_job(
+    manager: ProcessManager,
+    record: AppRecord,
+    app_dir: Path,
+    extra_args: list[str],
+    timeout: float,
+    stdin: str | None,
+    emit: Emit,
+) -> JobRecord:
+    argv_by_type = process_types(record)
+    if not argv_by_type:
+        raise CommandError(
+            "invalid_argument", f"App {record.name} has nothing to run yet: give it a source first"
+        )
+    argv = [*next(iter(argv_by_type.values())), *extra_args]
+    identity = resolve_identity(record.settings.user)
+    job_id = new_job_id()
+    folder = app_dir / "jobs" / job_id
+    await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))
+    folder.chmod(0o755)
+    env = environment(record, await manager.store.get_config(record.name), identity)
+    env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
+    env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
+    spec = ProcessSpec(
+        app=record.name,
+        process=job_id,
+        argv=argv,
+        cwd=working_directory(record, app_dir),
+        env=env,
+        user=record.settings.user,
+        stdin=stdin is not None,
+    )
+    job = JobRecord(job_id, record.name, argv, time.time(), str(folder))
+    await manager.store.save_job(job)
+    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
+    output = JobOutput(folder, record.name, job_id, sender)
+    output.open()
+    started = time.monotonic()
+    status: ExitStatus | None = None
+    timed_out = False
+    error: str | None = None
+    runner = manager.native
+    assert runner is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_emit_events, receiver, emit)
+        try:
+            try:
+                handle = await runner.start(spec, output.write)
+            except RunnerError as exc:
+                error = str(exc)
+                if "No such file" in error:
+                    status, error = ExitStatus(127), None
+            else:
+                if stdin is not None:
+                    nursery.start_soon(_feed_stdin, runner.stdin_of(handle), stdin.encode())
+                with trio.move_on_after(timeout) as deadline:
+                    status = await runner.wait(handle)
+                if deadline.cancelled_caught:
+                    timed_out = True
+                    with trio.CancelScope(shield=True):
+                        status = await runner.stop(handle, 0, signal.SIGKILL)
+        finally:
+            with trio.CancelScope(shield=True):
+                output.close()
+                await sender.aclose()
+                duration = round(time.monotonic() - started, 3)
+                job = msgspec.structs.replace(
+                    job,
+                    state="timed_out" if timed_out else ("failed" if error else "finished"),
+                    finished_at=time.time(),
+                    exit_code=status.code if status else None,
+                    signal=status.signal if status else None,
+                    timed_out=timed_out,
+                    duration_s=duration,
+                    error=error,
+                )
+                await manager.store.save_job(job)
+    return job
+
+
+async def _feed_stdin(stream: trio.lowlevel.FdStream | None, data: bytes) -> None:
+    if stream is None:
+        return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+def describe_job(job: JobRecord) -> str:
+    if job.timed_out:
+        return f"{TIMED_OUT} after {job.duration_s} s"
+    if job.error:
+        return f"Process could not start: {job.error}"
+    if job.exit_code == 127:
+        return "Process exited with code 127: executable not found"
+    if job.signal is not None:
+        return f"Process killed by signal {job.signal}"
+    return f"Process exited with code {job.exit_code}"

@@ -1,0 +1,242 @@
+"""All supervised processes of all apps: started from what the store says should run, stopped on demand.
+
+Desired state (running or not, and how many of each process type) lives in the store, so berthd
+started after a crash brings back exactly what was meant to run. Each process is one task in this
+manager's nursery, supervised by `daemon.supervisor.SupervisedProcess`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import trio
+
+from daemon.config import Config
+from daemon.errors import CommandError, invalid_argument, not_found
+from daemon.launch import (
+    default_scale,
+    environment,
+    mount_directories,
+    process_types,
+    resolve_identity,
+    working_directory,
+)
+from daemon.log import LOG
+from daemon.logs import LogFile
+from daemon.reaper import Reaper, become_subreaper
+from daemon.runners import Handle, ProcessSpec, Runner
+from daemon.runners.native import NativeRunner
+from daemon.spawn import Spawner
+from daemon.store import Store
+from daemon.supervisor import RestartPolicy, State, SupervisedProcess
+
+RUNNING = "running"
+STOPPED = "stopped"
+
+
+class ProcessManager:
+    def __init__(self, config: Config, store: Store, data_dir: Path) -> None:
+        self.config = config
+        self.store = store
+        self.data_dir = data_dir
+        self.spawner = Spawner()
+        self.reaper = Reaper()
+        self.processes: dict[tuple[str, str], SupervisedProcess] = {}
+        self.logs: dict[tuple[str, str], LogFile] = {}
+        self._nursery: trio.Nursery | None = None
+        self.native: NativeRunner | None = None
+
+    # life of the manager
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        become_subreaper()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.native = NativeRunner(nursery, self.spawner, self.reaper)
+                nursery.start_soon(self.reaper.run)
+                await self._recover()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.spawner.close()
+            for log in self.logs.values():
+                log.close()
+
+    async def _recover(self) -> None:
+        """End what a previous berthd left behind, then start what should run."""
+        assert self.native is not None
+        for app, process, raw in await self.store.all_handles():
+            handle = msgspec.json.decode(raw, type=Handle)
+            if handle.runner == self.native.name:
+                await self.native.recover(handle, self.log_of(app, process).write)
+            await self.store.save_handle(app, process, None)
+        for app in await self.store.apps_desired_running():
+            try:
+                await self.start_app(app)
+            except CommandError as exc:
+                LOG.error("cannot bring back %s: %s", app, exc.message)
+
+    async def shutdown(self) -> None:
+        """Stop every process (desired state unchanged: they come back when berthd does)."""
+        async with trio.open_nursery() as nursery:
+            for process in list(self.processes.values()):
+                nursery.start_soon(process.stop)
+
+    # apps
+
+    def log_of(self, app: str, process: str) -> LogFile:
+        key = (app, process)
+        if key not in self.logs:
+            path = self.data_dir / "apps" / app / "logs" / f"{process}.log"
+            self.logs[key] = LogFile(path, self.config.log_max_bytes, self.config.log_backups)
+        return self.logs[key]
+
+    def runner_for(self, app: str) -> Runner:
+        assert self.native is not None
+        return self.native
+
+    def processes_of(self, app: str) -> list[SupervisedProcess]:
+        return sorted((p for (a, _), p in self.processes.items() if a == app), key=lambda p: _order(p.name))
+
+    async def desired_scale(self, app: str) -> dict[str, int]:
+        record = await self.store.get_app(app)
+        if record is None:
+            raise not_found(f"App {app} does not exist")
+        _, scale = await self.store.get_runtime(app)
+        types = process_types(record)
+        if not types:
+            raise invalid_argument(f"App {app} has nothing to run yet: give it a source first")
+        merged = default_scale(record) | {k: v for k, v in scale.items() if k in types}
+        return merged
+
+    async def start_app(self, app: str) -> list[SupervisedProcess]:
+        scale = await self.desired_scale(app)
+        await self.store.set_desired(app, RUNNING)
+        wanted = {f"{kind}.{index}" for kind, count in scale.items() for index in range(1, count + 1)}
+        await self._stop_processes(app, [p for p in self.processes_of(app) if p.name not in wanted])
+        for name in sorted(wanted, key=_order):
+            current = self.processes.get((app, name))
+            if current is not None and current.state not in (State.EXITED, State.FAILED, State.STOPPED):
+                continue
+            await self._supervise(app, name)
+        return self.processes_of(app)
+
+    async def stop_app(self, app: str) -> None:
+        await self.store.set_desired(app, STOPPED)
+        await self._stop_processes(app, self.processes_of(app), forget=False)
+
+    async def remove_app(self, app: str) -> None:
+        await self._stop_processes(app, self.processes_of(app))
+        for key in [k for k in self.logs if k[0] == app]:
+            self.logs.pop(key).close()
+
+    async def scale(self, app: str, counts: dict[str, int]) -> dict[str, int]:
+        record = await self.store.get_app(app)
+        if record is None:
+            raise not_found(f"App {app} does not exist")
+        types = process_types(record)
+        unknown = [kind for kind in counts if kind not in types]
+        if unknown:
+            known = ", ".join(types) or "none yet"
+            raise invalid_argument(f"unknown process type {unknown[0]!r}; {app} has: {known}")
+        _, scale = await self.store.get_runtime(app)
+        scale = (default_scale(record) | scale) | counts
+        await self.store.set_scale(app, scale)
+        desired, _ = await self.store.get_runtime(app)
+        if desired == RUNNING:
+            await self.start_app(app)
+        return scale
+
+    async def restart_policy_changed(self, app: str, policy: RestartPolicy) -> None:
+        for process in self.processes_of(app):
+            process.policy = policy
+
+    async def _stop_processes(
+        self, app: str, processes: Iterable[SupervisedProcess], forget: bool = True
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            for process in processes:
+                nursery.start_soon(self._stop_one, app, process, forget)
+
+    async def _stop_one(self, app: str, process: SupervisedProcess, forget: bool) -> None:
+        """Stop it; keep it in the report as STOPPED unless it is gone for good (scaled down, destroyed)."""
+        await process.stop()
+        if not forget:
+            process.mark_stopped()
+        elif self.processes.get((app, process.name)) is process:
+            del self.processes[(app, process.name)]
+
+    async def _supervise(self, app: str, name: str) -> SupervisedProcess:
+        assert self._nursery is not None
+        record = await self.store.get_app(app)
+        assert record is not None
+        policy = RestartPolicy.parse(record.settings.restart_policy)
+        kind = name.split(".", 1)[0]
+
+        async def build_spec() -> ProcessSpec:
+            current = await self.store.get_app(app)
+            if current is None:
+                raise ValueError(f"App {app} no longer exists")
+            argv = process_types(current).get(kind)
+            if argv is None:
+                raise ValueError(f"process type {kind} is gone from {app}")
+            identity = resolve_identity(current.settings.user)
+            app_dir = self.data_dir / "apps" / app
+            env = environment(current, await self.store.get_config(app), identity)
+            env.update(await trio.to_thread.run_sync(mount_directories, current, app_dir, identity))
+            env["BERTH_PROCESS"] = name
+            cwd = working_directory(current, app_dir)
+            await trio.to_thread.run_sync(lambda: app_dir.mkdir(parents=True, exist_ok=True))
+            return ProcessSpec(app=app, process=name, argv=argv, cwd=cwd, env=env, user=current.settings.user)
+
+        async def save_handle(handle: Handle | None) -> None:
+            await self.store.save_handle(app, name, msgspec.json.encode(handle) if handle else None)
+
+        process = SupervisedProcess(
+            app=app,
+            name=name,
+            runner=self.runner_for(app),
+            build_spec=build_spec,
+            log=self.log_of(app, name),
+            policy=policy,
+            save_handle=save_handle,
+            stop_timeout=self.config.stop_timeout,
+        )
+        self.processes[(app, name)] = process
+        await self._nursery.start(process.supervise)
+        return process
+
+    def report(self, app: str) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for process in self.processes_of(app):
+            rows.append(
+                {
+                    "app": app,
+                    "process": process.name,
+                    "state": str(process.state),
+                    "runner": process.runner.name,
+                    "pid": int(process.handle.ref)
+                    if process.handle and process.handle.runner == "native"
+                    else None,
+                    "ref": process.handle.ref if process.handle else None,
+                    "restarts": process.restarts,
+                    "uptime_s": round(process.uptime, 1) if process.uptime is not None else None,
+                    "last_exit_code": process.last_exit.code if process.last_exit else None,
+                    "last_exit": process.last_exit.describe() if process.last_exit else None,
+                    "last_error": process.last_error,
+                    "restart_policy": str(process.policy),
+                    "next_start_in_s": round(process.next_start_at - time.time(), 1)
+                    if process.next_start_at
+                    else None,
+                }
+            )
+        return rows
+
+
+def _order(name: str) -> tuple[str, int]:
+    kind, _, index = name.partition(".")
+    return kind, int(index) if index.isdigit() else 0
