@@ -28,6 +28,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     log_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
     log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    upload_ttl: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * MIB
 
     @property
     def socket_mode_bits(self) -> int:
@@ -60,6 +62,8 @@ ENVIRONMENT = {
     "BERTHD_STOP_TIMEOUT": "stop_timeout",
     "BERTHD_LOG_MAX_BYTES": "log_max_bytes",
     "BERTHD_LOG_BACKUPS": "log_backups",
+    "BERTHD_UPLOAD_TTL": "upload_ttl",
+    "BERTHD_MAX_UPLOAD_BYTES": "max_upload_bytes",
 }
 
 

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 from daemon.config import Config
 from daemon.lock import CommandLock
 from daemon.peercred import Peer
@@ -25,9 +27,14 @@ class Services:
     processes: ProcessManager
     lock: CommandLock = field(default_factory=CommandLock)
     started_at: float = field(default_factory=time.time)
+    source_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
     def app_dir(self, app: str) -> Path:
         return self.data_dir / "apps" / app
+
+    def source_lock(self, app: str) -> trio.Lock:
+        """One deploy at a time per app (a deploy may run long without the global lock)."""
+        return self.source_locks.setdefault(app, trio.Lock())
 
 
 Emit = Callable[[Event], Awaitable[None]]

@@ -101,18 +101,19 @@ async def run_job(
     stdin: str | None,
     emit: Emit,
 ) -> JobRecord:
-    argv_by_type = process_types(record)
-    if not argv_by_type:
+    types = process_types(record)
+    if not types:
         raise CommandError(
             "invalid_argument", f"App {record.name} has nothing to run yet: give it a source first"
         )
-    argv = [*next(iter(argv_by_type.values())), *extra_args]
+    command = types.get("main") or next(iter(types.values()))
+    argv = [*command.argv, *extra_args]
     identity = resolve_identity(record.settings.user)
     job_id = new_job_id()
     folder = app_dir / "jobs" / job_id
     await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))
     folder.chmod(0o755)
-    env = environment(record, await manager.store.get_config(record.name), identity)
+    env = environment(record, await manager.store.get_config(record.name), identity, command.env)
     env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
     env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
     spec = ProcessSpec(
@@ -126,13 +127,51 @@ async def run_job(
     )
     job = JobRecord(job_id, record.name, argv, time.time(), str(folder))
     await manager.store.save_job(job)
-    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
-    output = JobOutput(folder, record.name, job_id, sender)
-    output.open()
-    started = time.monotonic()
+    try:
+        outcome = await execute(manager, spec, folder, timeout, stdin, emit)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            interrupted = msgspec.structs.replace(
+                job, state="failed", finished_at=time.time(), error="interrupted"
+            )
+            await manager.store.save_job(interrupted)
+        raise
+    duration = round(time.monotonic() - outcome.started, 3)
+    job = msgspec.structs.replace(
+        job,
+        state="timed_out" if outcome.timed_out else ("failed" if outcome.error else "finished"),
+        finished_at=time.time(),
+        exit_code=outcome.status.code if outcome.status else None,
+        signal=outcome.status.signal if outcome.status else None,
+        timed_out=outcome.timed_out,
+        duration_s=duration,
+        error=outcome.error,
+    )
+    await manager.store.save_job(job)
+    return job
+
+
+@dataclass
+class Outcome:
+    started: float
     status: ExitStatus | None = None
-    timed_out = False
-    error: str | None = None
+    timed_out: bool = False
+    error: str | None = None  # could not start
+
+
+async def execute(
+    manager: ProcessManager,
+    spec: ProcessSpec,
+    folder: Path,
+    timeout: float,
+    stdin: str | None,
+    emit: Emit,
+) -> Outcome:
+    """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
+    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
+    output = JobOutput(folder, spec.app, spec.process, sender)
+    output.open()
+    outcome = Outcome(time.monotonic())
     runner = manager.native
     assert runner is not None
     async with trio.open_nursery() as nursery:
@@ -141,35 +180,23 @@ async def run_job(
             try:
                 handle = await runner.start(spec, output.write)
             except RunnerError as exc:
-                error = str(exc)
-                if "No such file" in error:
-                    status, error = ExitStatus(127), None
+                outcome.error = str(exc)
+                if "No such file" in outcome.error:
+                    outcome.status, outcome.error = ExitStatus(127), None
             else:
-                if stdin is not None:
-                    nursery.start_soon(_feed_stdin, runner.stdin_of(handle), stdin.encode())
+                if spec.stdin:
+                    nursery.start_soon(_feed_stdin, runner.stdin_of(handle), (stdin or "").encode())
                 with trio.move_on_after(timeout) as deadline:
-                    status = await runner.wait(handle)
+                    outcome.status = await runner.wait(handle)
                 if deadline.cancelled_caught:
-                    timed_out = True
+                    outcome.timed_out = True
                     with trio.CancelScope(shield=True):
-                        status = await runner.stop(handle, 0, signal.SIGKILL)
+                        outcome.status = await runner.stop(handle, 0, signal.SIGKILL)
         finally:
             with trio.CancelScope(shield=True):
                 output.close()
                 await sender.aclose()
-                duration = round(time.monotonic() - started, 3)
-                job = msgspec.structs.replace(
-                    job,
-                    state="timed_out" if timed_out else ("failed" if error else "finished"),
-                    finished_at=time.time(),
-                    exit_code=status.code if status else None,
-                    signal=status.signal if status else None,
-                    timed_out=timed_out,
-                    duration_s=duration,
-                    error=error,
-                )
-                await manager.store.save_job(job)
-    return job
+    return outcome
 
 
 async def _feed_stdin(stream: trio.lowlevel.FdStream | None, data: bytes) -> None:

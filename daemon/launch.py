@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from daemon.errors import CommandError, invalid_argument
+from daemon.sources.procfile import ProcessType
 from daemon.spawn import Identity, SpawnError
 from daemon.store.records import AppRecord, Mount
 
@@ -26,21 +30,25 @@ def base_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not PRIVATE_VARIABLES.match(k)}
 
 
-def process_types(record: AppRecord) -> dict[str, list[str]]:
-    """Each process type of the app and the argv it runs."""
-    procfile = record.source.detail.get("procfile_types")
+@dataclass(frozen=True)
+class ProcessCommand:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def process_types(record: AppRecord) -> dict[str, ProcessCommand]:
+    """Each process type of the app: the argv it runs and the environment its Procfile line adds."""
+    procfile = record.source.detail.get("procfile")
     if procfile:
+        types = msgspec.json.decode(procfile, type=dict[str, ProcessType])
         # a Procfile line is the user's own shell command: it is the single argument of sh -c
-        return {name: ["/bin/sh", "-c", command] for name, command in _decode_types(procfile).items()}
+        return {
+            name: ProcessCommand(["/bin/sh", "-c", entry.command, *record.settings.args], entry.env)
+            for name, entry in types.items()
+        }
     if record.settings.executable:
-        return {MAIN: [record.settings.executable, *record.settings.args]}
+        return {MAIN: ProcessCommand([record.settings.executable, *record.settings.args])}
     return {}
-
-
-def _decode_types(encoded: str) -> dict[str, str]:
-    import msgspec
-
-    return msgspec.json.decode(encoded, type=dict[str, str])
 
 
 def default_scale(record: AppRecord) -> dict[str, int]:
@@ -50,12 +58,12 @@ def default_scale(record: AppRecord) -> dict[str, int]:
     return {name: 1 if index == 0 else 0 for index, name in enumerate(types)}
 
 
-def environment(record: AppRecord, config: dict[str, str], identity: Identity | None) -> dict[str, str]:
+def environment(
+    record: AppRecord, config: dict[str, str], identity: Identity | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = base_environment()
     env.update(config)
-    procfile_env = record.source.detail.get("procfile_env")
-    if procfile_env:
-        env.update(_decode_types(procfile_env))
+    env.update(extra or {})
     env["BERTH_APP"] = record.name
     if identity is not None:
         env.update({"HOME": identity.home, "USER": identity.user, "LOGNAME": identity.user})

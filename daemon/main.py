@@ -14,6 +14,7 @@ from typing import NoReturn
 import trio
 
 from daemon import __version__
+from daemon.commands.upload import expire_uploads
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import Services
 from daemon.listener import ListenerError, open_listener
@@ -67,6 +68,12 @@ def build_parser() -> ArgumentParser:
         "--log-max-bytes", type=int, metavar="BYTES", help="rotate a process log at this size"
     )
     parser.add_argument("--log-backups", type=int, metavar="N", help="rotated process logs kept (default 5)")
+    parser.add_argument(
+        "--upload-ttl", type=float, metavar="SECONDS", help="unfinished uploads expire (default 1 day)"
+    )
+    parser.add_argument(
+        "--max-upload-bytes", type=int, metavar="BYTES", help="largest upload (default 4 GiB)"
+    )
     return parser
 
 
@@ -164,6 +171,7 @@ async def serve(config: Config) -> int:
                 server = Server(services, listener.sock)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
+                    nursery.start_soon(expire_uploads, services)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",

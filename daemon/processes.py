@@ -125,6 +125,11 @@ class ProcessManager:
             await self._supervise(app, name)
         return self.processes_of(app)
 
+    async def redeploy(self, app: str) -> None:
+        """New code is live: processes that run are replaced; the app is meant to run from now on."""
+        await self._stop_processes(app, self.processes_of(app))
+        await self.start_app(app)
+
     async def stop_app(self, app: str) -> None:
         await self.store.set_desired(app, STOPPED)
         await self._stop_processes(app, self.processes_of(app), forget=False)
@@ -181,17 +186,19 @@ class ProcessManager:
             current = await self.store.get_app(app)
             if current is None:
                 raise ValueError(f"App {app} no longer exists")
-            argv = process_types(current).get(kind)
-            if argv is None:
+            command = process_types(current).get(kind)
+            if command is None:
                 raise ValueError(f"process type {kind} is gone from {app}")
             identity = resolve_identity(current.settings.user)
             app_dir = self.data_dir / "apps" / app
-            env = environment(current, await self.store.get_config(app), identity)
+            env = environment(current, await self.store.get_config(app), identity, command.env)
             env.update(await trio.to_thread.run_sync(mount_directories, current, app_dir, identity))
             env["BERTH_PROCESS"] = name
             cwd = working_directory(current, app_dir)
             await trio.to_thread.run_sync(lambda: app_dir.mkdir(parents=True, exist_ok=True))
-            return ProcessSpec(app=app, process=name, argv=argv, cwd=cwd, env=env, user=current.settings.user)
+            return ProcessSpec(
+                app=app, process=name, argv=command.argv, cwd=cwd, env=env, user=current.settings.user
+            )
 
         async def save_handle(handle: Handle | None) -> None:
             await self.store.save_handle(app, name, msgspec.json.encode(handle) if handle else None)

@@ -183,7 +183,7 @@ def _popen(request: SpawnRequest) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=request.cwd,
-        env=dict(request.env),
+        env={**request.env, "PWD": request.cwd} if request.cwd else dict(request.env),
         start_new_session=True,
         close_fds=True,
         user=identity.uid if identity else None,

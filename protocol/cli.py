@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from protocol.client import Client
+from protocol.client import Client, CommandFailed
 from protocol.messages import Response
+from protocol.upload import DEFAULT_CHUNK, upload_file
 
 
 def _print_event(event: dict[str, Any]) -> None:
@@ -34,6 +36,31 @@ def _print_event(event: dict[str, Any]) -> None:
         print(f"-----> {event.get('process')}: {event.get('state')}", file=sys.stderr, flush=True)
 
 
+def _upload(socket: str | None, args: list[str]) -> int:
+    """`berth upload APP FILE [--chunk-size BYTES] [source options] [-- ARG ...]`"""
+    parser = argparse.ArgumentParser(prog="berth upload", description="Upload an executable in chunks.")
+    parser.add_argument("app")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
+    tail: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, tail = args[:cut], args[cut:]
+    known, rest = parser.parse_known_args(args)
+    rest += tail
+    try:
+        with Client(socket) as client:
+            result = upload_file(client, known.app, known.file, rest, known.chunk_size)
+    except CommandFailed as exc:
+        print(exc.response.output, file=sys.stderr)
+        return 1
+    except (OSError, ConnectionError) as exc:
+        print(f"berth: upload failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{known.app}: {result['executable']} ({result['size']} bytes, sha256 {result['upload_hash']})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="berth", description="Send one command to berthd.")
     parser.add_argument("--socket", metavar="PATH", help="berthd's socket (default: $BERTHD_SOCK_PATH, ...)")
@@ -41,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", help="a berthd command, such as apps:create")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(argv)
+    if options.command == "upload":
+        return _upload(options.socket, options.args)
     words = [options.command, *options.args]
     try:
         with Client(options.socket) as client:

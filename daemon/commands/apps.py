@@ -15,6 +15,18 @@ from daemon.registry import REGISTRY, Result
 from daemon.settings import SETTING_KEYS, apply_setting, describe_settings
 from daemon.store.records import AppRecord
 
+SHOWN_SOURCE_DETAIL = (
+    "repository",
+    "ref",
+    "commit",
+    "url",
+    "status",
+    "error",
+    "filename",
+    "upload_hash",
+    "image",
+)
+
 
 class AppParams(Params):
     app: AppName
@@ -86,6 +98,7 @@ async def info(ctx: Context, params: AppParams) -> Result:
         ("Name", record.name),
         ("Created", str(data["created_at"])),
         ("Source", record.source.kind),
+        *[(f"Source {k}", v) for k, v in record.source.detail.items() if k in SHOWN_SOURCE_DETAIL],
         ("Runner", runner_of(record)),
         ("Daemon", record.settings.daemon or "-"),
         *[(f"Setting {k}", v) for k, v in describe_settings(record.settings) if v],

@@ -20,7 +20,7 @@ import trio
 
 from daemon.errors import conflict, not_found
 from daemon.store.migrations import MIGRATIONS
-from daemon.store.records import AppRecord, AppSettings, AppSource, JobRecord
+from daemon.store.records import AppRecord, AppSettings, AppSource, JobRecord, UploadRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -270,3 +270,44 @@ class Store:
     def delete_jobs(self, app: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM jobs WHERE app = ?", (app,))
+
+    # uploads
+
+    _UPLOAD_COLUMNS = "id, app, filename, total_size, total_chunks, sha256, received, created_at, options"
+
+    @threaded
+    def create_upload(self, upload: UploadRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                msgspec.structs.astuple(upload),
+            )
+
+    @threaded
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
+        ).fetchone()
+        return UploadRecord(*row) if row else None
+
+    @threaded
+    def mark_chunk(self, upload_id: str, index: int) -> None:
+        with self._write() as conn:
+            (received,) = conn.execute("SELECT received FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+            bits = bytearray(received)
+            bits[index // 8] |= 1 << (index % 8)
+            conn.execute("UPDATE uploads SET received = ? WHERE id = ?", (bytes(bits), upload_id))
+
+    @threaded
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    @threaded
+    def uploads_older_than(self, cutoff: float) -> list[str]:
+        rows = self._conn.execute("SELECT id FROM uploads WHERE created_at < ?", (cutoff,)).fetchall()
+        return [row[0] for row in rows]
+
+    @threaded
+    def all_upload_ids(self) -> list[str]:
+        return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]

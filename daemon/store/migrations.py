@@ -36,4 +36,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_app ON jobs (app, started_at);
     """,
+    # 3: chunked uploads in progress
+    """
+    CREATE TABLE uploads (
+        id           TEXT PRIMARY KEY,
+        app          TEXT NOT NULL,
+        filename     TEXT NOT NULL,
+        total_size   INTEGER NOT NULL,
+        total_chunks INTEGER NOT NULL,
+        sha256       TEXT,
+        received     BLOB NOT NULL,
+        created_at   REAL NOT NULL,
+        options      BLOB NOT NULL
+    );
+    """,
 )

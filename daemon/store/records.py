@@ -54,3 +54,31 @@ class JobRecord(msgspec.Struct):
     timed_out: bool = False
     duration_s: float | None = None
     error: str | None = None
+
+
+class UploadRecord(msgspec.Struct):
+    id: str
+    app: str
+    filename: str
+    total_size: int
+    total_chunks: int
+    sha256: str | None
+    received: bytes  # one bit a chunk
+    created_at: float
+    options: bytes  # the source options given at upload:begin, applied at upload:end
+
+    @property
+    def chunk_size(self) -> int:
+        return -(-self.total_size // self.total_chunks)
+
+    def chunk_length(self, index: int) -> int:
+        return min(self.chunk_size, self.total_size - index * self.chunk_size)
+
+    def has(self, index: int) -> bool:
+        return bool(self.received[index // 8] & (1 << (index % 8)))
+
+    def received_indexes(self) -> list[int]:
+        return [i for i in range(self.total_chunks) if self.has(i)]
+
+    def missing_indexes(self) -> list[int]:
+        return [i for i in range(self.total_chunks) if not self.has(i)]
