@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.clients import PING, LineSocket, check_pong
 from bench.processes import ServerProcess, Session
 from bench.report import Comparison, Goal, ms, percentile, print_comparisons, print_table, print_title
+from bench.timing import interleaved
 
 WARMUP = 500
 PINGS = 5_000
@@ -47,23 +47,6 @@ class Series:
                 ms(self.p(50)), ms(self.p(90)), ms(self.p(99)), ms(self.samples[-1]), ms(mean)]  # fmt: skip
 
 
-def interleaved(pingers: Sequence[Callable[[], None]], count: int) -> list[list[float]]:
-    """`count` timed calls of each pinger, alternating in `BLOCKS` blocks so that a change in the
-    machine's load falls on every server alike. Each list comes back sorted."""
-    samples: list[list[float]] = [[] for _ in pingers]
-    block = max(1, count // BLOCKS)
-    deadline = time.perf_counter() + SERIES_TIME_LIMIT
-    while min(map(len, samples)) < count and time.perf_counter() < deadline:
-        for pinger, timings in zip(pingers, samples, strict=True):
-            for _ in range(min(block, count - len(timings))):
-                started = time.perf_counter()
-                pinger()
-                timings.append(time.perf_counter() - started)
-    for timings in samples:
-        timings.sort()
-    return samples
-
-
 def persistent(servers: Sequence[ServerProcess]) -> list[Series]:
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(LineSocket(server.socket)) for server in servers]
@@ -73,7 +56,7 @@ def persistent(servers: Sequence[ServerProcess]) -> list[Series]:
         for pinger in pingers:
             for _ in range(WARMUP):
                 pinger()
-        samples = interleaved(pingers, PINGS)
+        samples = interleaved(pingers, PINGS, BLOCKS, SERIES_TIME_LIMIT)
     return [Series(s.label, "persistent", PINGS, t) for s, t in zip(servers, samples, strict=True)]
 
 
@@ -82,7 +65,7 @@ def per_command(servers: Sequence[ServerProcess]) -> list[Series]:
     for pinger in pingers:
         for _ in range(PER_CONNECTION_WARMUP):
             pinger()
-    samples = interleaved(pingers, PER_CONNECTION_PINGS)
+    samples = interleaved(pingers, PER_CONNECTION_PINGS, BLOCKS, SERIES_TIME_LIMIT)
     return [
         Series(s.label, "new per command", PER_CONNECTION_PINGS, t)
         for s, t in zip(servers, samples, strict=True)

@@ -2,8 +2,9 @@
 
 A `Session` owns one temp dir and the processes started in it. Each runs in its own session (so a
 Ctrl-C at the terminal reaches only the benchmark, which then stops them in order) and is stopped with
-its whole process group, so socat's forked handlers go too. `close()` stops whatever still runs and
-removes the temp dir.
+its whole process group, so socat's forked handlers go too, and with every descendant it had when the
+stop began: the processes berthd and supervisord supervise live in process groups of their own.
+`close()` stops whatever still runs and removes the temp dir.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_SCRIPT = Path(__file__).with_name("handler.sh")
 READY_POLL = 0.002  # the resolution of the start-up figures
@@ -35,6 +38,46 @@ SOCAT_SEPARATORS = frozenset(" ,:!;\\'\"")
 
 class BenchError(Exception):
     """A benchmark could not run: a server did not start, or answered something else than expected."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """A supervisord program: `numprocs` processes of one command (split on spaces by supervisord)."""
+
+    name: str
+    command: str
+    numprocs: int
+
+
+def supervisord_config(workdir: Path, sock: Path, program: Program) -> str:
+    """Socket, logs and pid file in `workdir`. The program's settings are berthd's defaults where it has
+    one (restart always, SIGTERM, 10 s to SIGKILL, output to log files); `startsecs=0` makes a process
+    RUNNING once spawned, as berthd's are, rather than after 1 s up."""
+    return f"""\
+[unix_http_server]
+file={sock}
+chmod=0600
+
+[supervisord]
+nodaemon=true
+logfile={workdir / "supervisord.log"}
+pidfile={workdir / "supervisord.pid"}
+childlogdir={workdir / "childlogs"}
+minfds=4096
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[program:{program.name}]
+command={program.command}
+numprocs={program.numprocs}
+process_name=%(program_name)s_%(process_num)03d
+autostart=false
+autorestart=true
+startsecs=0
+stopsignal=TERM
+stopwaitsecs=10
+"""
 
 
 @dataclass
@@ -78,10 +121,27 @@ def child_environment() -> dict[str, str]:
     return env
 
 
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_survivors(processes: Sequence[psutil.Process]) -> None:
+    """SIGKILL to those still running; psutil checks each is the process it was (not a reused pid)."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
+
+
 def terminate(server: ServerProcess) -> bool:
-    """SIGTERM to the process group, SIGKILL after `STOP_TIMEOUT`; True if SIGTERM did not stop it."""
+    """SIGTERM to the process group, SIGKILL after `STOP_TIMEOUT`; True if SIGTERM did not stop it.
+    Descendants in other groups (a daemon's supervised processes) are killed if they outlive it."""
     proc = server.proc
     killed = False
+    family = descendants(proc.pid) if proc.poll() is None else []
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -95,6 +155,7 @@ def terminate(server: ServerProcess) -> bool:
     # the leader is gone; its group lives on while a forked handler does
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    kill_survivors(family)
     return killed
 
 
@@ -104,6 +165,26 @@ def time_to_exit(args: Sequence[str], timeout: float = READY_TIMEOUT) -> float:
     subprocess.run(args, cwd=ROOT, env=child_environment(), check=True, timeout=timeout,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
     return time.perf_counter() - started
+
+
+def run_in_own_group(args: Sequence[str], timeout: float) -> float:
+    """Seconds from the spawn of `args` to its exit; on a timeout or a Ctrl-C its whole group is killed
+    (a shell's pipeline included) before the exception goes on."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    elapsed = time.perf_counter() - started
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived its leader
+    if returncode != 0:
+        raise BenchError(f"{args[0]} exited with {returncode}")
+    return elapsed
 
 
 class Session:
@@ -126,8 +207,10 @@ class Session:
         path.mkdir()
         return path
 
-    def start_berthd(self, data_dir: Path | None = None, profile_to: Path | None = None) -> ServerProcess:
-        """berthd with its default settings; under cProfile when `profile_to` is given."""
+    def start_berthd(
+        self, data_dir: Path | None = None, profile_to: Path | None = None, options: Sequence[str] = ()
+    ) -> ServerProcess:
+        """berthd with its default settings but for `options`; under cProfile when `profile_to` is given."""
         workdir = self.new_dir("berthd")
         sock = workdir / "berthd.sock"
         profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
@@ -136,8 +219,19 @@ class Session:
             "--socket", str(sock),
             "--data-dir", str(data_dir or workdir / "data"),
             "--log-file", str(workdir / "berthd.log"),
+            *options,
         ]  # fmt: skip
         return self._spawn("berthd", args, sock, workdir)
+
+    def start_supervisord(self, program: Program) -> ServerProcess:
+        """supervisord (PyPI `supervisor`) in the foreground on its own UNIX socket, running `program`."""
+        workdir = self.new_dir("supervisord")
+        sock = workdir / "supervisord.sock"
+        (workdir / "childlogs").mkdir()
+        config = workdir / "supervisord.conf"
+        config.write_text(supervisord_config(workdir, sock, program))
+        args = [sys.executable, "-m", "supervisor.supervisord", "--nodaemon", "--configuration", str(config)]
+        return self._spawn("supervisord", args, sock, workdir)
 
     def start_echo(self) -> ServerProcess:
         workdir = self.new_dir("echo")

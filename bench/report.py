@@ -33,7 +33,9 @@ class Comparison:
     unit: str = "x"
 
     def row(self) -> list[str]:
-        if self.unit != "x":
+        if isinstance(self.value, int):
+            shown = f"{self.value:,} {self.unit}"
+        elif self.unit != "x":
             shown = f"{self.value:.3f} {self.unit}"
         else:
             shown = f"{self.value:.1f}x" if self.value >= 1 else f"{self.value:.2g}x"
@@ -50,6 +52,17 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def median(samples: Sequence[float]) -> float:
     return statistics.median(samples) if samples else math.nan
+
+
+LATENCY_HEADERS = ["what", "n", "p50", "p90", "p99", "max", "mean"]
+
+
+def latency_row(what: str, samples: Sequence[float], requested: int) -> list[str]:
+    """`samples` sorted, in seconds; shown in ms under `LATENCY_HEADERS`."""
+    mean = sum(samples) / len(samples) if samples else math.nan
+    last = samples[-1] if samples else math.nan
+    return [what, f"{len(samples)}/{requested}", ms(percentile(samples, 50)), ms(percentile(samples, 90)),
+            ms(percentile(samples, 99)), ms(last), ms(mean)]  # fmt: skip
 
 
 def ms(seconds: float) -> str:

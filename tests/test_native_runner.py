@@ -425,7 +425,7 @@ def test_a_follower_that_falls_behind_is_told_what_it_missed(
 
 
 def test_kill_9_leaves_no_child_and_restart_brings_the_app_back(berthd: Berthd) -> None:
-    create(berthd, "survivor", "/bin/sleep", "--", "1000")
+    create(berthd, "survivor", "/bin/sleep", "--", "987.65")  # a duration no other test uses
     berthd.call("ps:scale survivor main=2")
     berthd.call("ps:start survivor")
     pids = [pid_of(berthd, "survivor", name) for name in ("main.1", "main.2")]
@@ -445,7 +445,7 @@ def test_kill_9_leaves_no_child_and_restart_brings_the_app_back(berthd: Berthd) 
     wait_for(lambda: {r["state"] for r in report(berthd, "survivor")} == {"RUNNING"})
     new_pids = [pid_of(berthd, "survivor", name) for name in ("main.1", "main.2")]
     assert set(new_pids).isdisjoint(pids)
-    sleepers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", "1000"]]
+    sleepers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", "987.65"]]
     assert sorted(p.pid for p in sleepers if p.status() != psutil.STATUS_ZOMBIE) == sorted(new_pids)
     berthd.call("ps:stop survivor")
 
