@@ -30,6 +30,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     upload_ttl: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * MIB
+    max_archive_bytes: Annotated[int, msgspec.Meta(ge=1)] = 512 * MIB
+    max_unpacked_bytes: Annotated[int, msgspec.Meta(ge=1)] = 2 * 1024 * MIB
 
     @property
     def socket_mode_bits(self) -> int:
@@ -64,6 +66,8 @@ ENVIRONMENT = {
     "BERTHD_LOG_BACKUPS": "log_backups",
     "BERTHD_UPLOAD_TTL": "upload_ttl",
     "BERTHD_MAX_UPLOAD_BYTES": "max_upload_bytes",
+    "BERTHD_MAX_ARCHIVE_BYTES": "max_archive_bytes",
+    "BERTHD_MAX_UNPACKED_BYTES": "max_unpacked_bytes",
 }
 
 

@@ -74,6 +74,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--max-upload-bytes", type=int, metavar="BYTES", help="largest upload (default 4 GiB)"
     )
+    parser.add_argument("--max-archive-bytes", type=int, metavar="BYTES", help="largest download (512 MiB)")
+    parser.add_argument(
+        "--max-unpacked-bytes", type=int, metavar="BYTES", help="largest unpacked archive (2 GiB)"
+    )
     return parser
 
 

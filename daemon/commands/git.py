@@ -31,8 +31,6 @@ from daemon.store.records import AppRecord, AppSettings, AppSource
 from protocol.messages import ProgressEvent
 
 DEFAULT_BUILD_TIMEOUT = 300
-MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
-MAX_UNPACKED_BYTES = 2 * 1024 * 1024 * 1024
 MAX_ENTRIES = 100_000
 REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
 
@@ -146,7 +144,8 @@ async def _download_and_unpack(
             progress_events.append((done, total))
 
     try:
-        size = await trio.to_thread.run_sync(archive.download, url, incoming, MAX_ARCHIVE_BYTES, progress)
+        limit = ctx.services.config.max_archive_bytes
+        size = await trio.to_thread.run_sync(archive.download, url, incoming, limit, progress)
     except archive.ArchiveError as exc:
         raise DeployFailed("download failure", str(exc)) from None
     for done, total in progress_events:
@@ -156,7 +155,8 @@ async def _download_and_unpack(
     await _record_status(ctx, app, "unpacking")
     await ctx.emit(ProgressEvent("unpacking"))
     try:
-        await trio.to_thread.run_sync(archive.unpack, incoming, release, MAX_UNPACKED_BYTES, MAX_ENTRIES)
+        unpacked_limit = ctx.services.config.max_unpacked_bytes
+        await trio.to_thread.run_sync(archive.unpack, incoming, release, unpacked_limit, MAX_ENTRIES)
     except archive.ArchiveError as exc:
         raise DeployFailed("unpack failure", str(exc)) from None
     root = await trio.to_thread.run_sync(archive.source_root, release)

@@ -137,7 +137,7 @@ def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_entries: int) -
                 raise ArchiveError(
                     f"archive entry {entry.filename!r} is a symbolic link (not allowed in zip)"
                 )
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise ArchiveError(f"archive entry {entry.filename!r} is not a file or folder")
         for entry in entries:
             destination = target / _safe_name(entry.filename)
