@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from daemon.capabilities import CapabilityCache
 from daemon.config import Config
 from daemon.lock import CommandLock
 from daemon.peercred import Peer
@@ -25,6 +26,7 @@ class Services:
     registry: Registry
     data_dir: Path
     processes: ProcessManager
+    capabilities: CapabilityCache
     lock: CommandLock = field(default_factory=CommandLock)
     started_at: float = field(default_factory=time.time)
     source_locks: dict[str, trio.Lock] = field(default_factory=dict)

@@ -14,6 +14,7 @@ from typing import NoReturn
 import trio
 
 from daemon import __version__
+from daemon.capabilities import CapabilityCache, default_docker_url
 from daemon.commands.upload import expire_uploads
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import Services
@@ -168,13 +169,15 @@ async def serve(config: Config) -> int:
         await store.interrupt_running_jobs()
         processes = ProcessManager(config, store, data_dir)
         try:
-            services = Services(config, store, REGISTRY, data_dir, processes)
+            capabilities = CapabilityCache(data_dir, docker_url=default_docker_url())
+            services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 await sweep_orphaned_app_dirs(services)
                 server = Server(services, listener.sock)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
+                    nursery.start_soon(capabilities.run)
                     nursery.start_soon(expire_uploads, services)
                     await nursery.start(server.serve)
                     LOG.info(

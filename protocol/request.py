@@ -7,6 +7,7 @@ that takes a value is written `--flag=value`.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ import msgspec
 from protocol.messages import JsonRequest
 
 _QUOTING = frozenset("'\"\\")
+BLANK = " \t\r\n\x0b\x0c"  # what separates words, as in the shell; other control characters are not blank
+_WORDS = re.compile(r"[ \t\r\n\x0b\x0c]+")
 
 
 class RequestError(Exception):
@@ -42,7 +45,7 @@ def parse_request(raw: bytes) -> Request | None:
         raise RequestError(f"request is not valid UTF-8 (byte {exc.start})") from None
     if "\x00" in line:
         raise RequestError("request contains a NUL byte")
-    stripped = line.strip()
+    stripped = line.strip(BLANK)
     if not stripped:
         return None
     if stripped.startswith("{"):
@@ -64,7 +67,7 @@ def _parse_json(text: str) -> Request:
 
 def _parse_text(text: str) -> Request:
     if _QUOTING.isdisjoint(text):
-        tokens = text.split()
+        tokens = [word for word in _WORDS.split(text) if word]
     else:
         try:
             tokens = shlex.split(text, posix=True)

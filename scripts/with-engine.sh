@@ -140,10 +140,17 @@ start_engine() {
   mkdir -p "$engine_dir/cli" || return 1
   # An empty config, so the host's /etc/docker/daemon.json changes nothing here.
   echo '{}' >"$engine_dir/daemon.json" || return 1
+  # No GPU here: a stand-in for NVIDIA's OCI prestart hook. dockerd registers its "nvidia" device
+  # driver when this program is on its PATH, so containers with NVIDIA device requests are created
+  # and started for real, their HostConfig as on a GPU host; the stand-in attaches nothing.
+  mkdir -p "$engine_dir/gpu-stub" || return 1
+  printf '#!/bin/sh\ncat >/dev/null\nexit 0\n' >"$engine_dir/gpu-stub/nvidia-container-runtime-hook" || return 1
+  chmod 755 "$engine_dir/gpu-stub/nvidia-container-runtime-hook" || return 1
   # setsid: a Ctrl-C meant for the command does not reach the engine; cleanup stops it in order.
   env -u NO_PROXY -u no_proxy \
     HTTP_PROXY="$NO_REGISTRY_PROXY" HTTPS_PROXY="$NO_REGISTRY_PROXY" \
     http_proxy="$NO_REGISTRY_PROXY" https_proxy="$NO_REGISTRY_PROXY" \
+    PATH="$engine_dir/gpu-stub:$PATH" \
     setsid dockerd \
     --config-file "$engine_dir/daemon.json" \
     --data-root "$engine_dir/data" \
