@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from daemon.errors import invalid_argument
+from daemon.errors import CommandError, invalid_argument
+
+if TYPE_CHECKING:
+    from daemon.capabilities import Capabilities
 
 PLATFORMS = ("linux", "darwin", "windows")
 ARCHITECTURES = ("amd64", "arm64", "386", "arm")
@@ -86,3 +90,50 @@ def parse_requirement_pair(pair: str) -> tuple[str, str]:
     if not sep:
         raise invalid_argument(f"invalid requirement {pair!r}: expected KEY=VALUE")
     return parse_requirement(key.strip(), value)
+
+
+def unmet(requirements: dict[str, str], host: Capabilities, where: str = "host") -> list[str]:
+    """Every requirement the capabilities do not meet, each saying what was needed and what there is."""
+    problems: list[str] = []
+    platform = requirements.get("platform", "any")
+    if platform != "any" and host.platform != platform:
+        problems.append(f"incompatible platform: needs {platform}, {where} is {host.platform or 'unknown'}")
+    architectures = requirements.get("architectures", "any")
+    if architectures != "any" and host.architecture not in architectures.split(","):
+        problems.append(
+            f"incompatible architecture: needs {architectures.replace(',', ' or ')}, "
+            f"{where} is {host.architecture or 'unknown'}"
+        )
+    for key, figure, label in (
+        ("min_memory_mb", host.available_memory_mb, "memory available"),
+        ("min_cpu_cores", host.cpu_cores, "CPU cores"),
+        ("min_disk_mb", host.available_disk_mb, "disk available"),
+    ):
+        if key in requirements and (figure is None or figure < int(requirements[key])):
+            unit = "" if key == "min_cpu_cores" else " MB"
+            has = "unknown" if figure is None else f"{figure}{unit}"
+            problems.append(f"not enough {label}: needs {requirements[key]}{unit}, {where} has {has}")
+    gpus = [gpu for gpu in host.gpus if not gpu.mig_enabled]
+    vendor = requirements.get("gpu_vendor")
+    if vendor:
+        gpus = [gpu for gpu in gpus if gpu.vendor == vendor]
+    needs_gpu = requirements.get("requires_gpu") == "true" or vendor or "min_gpu_memory_mb" in requirements
+    if needs_gpu and not gpus:
+        kind = f"{vendor} GPU" if vendor else "GPU"
+        problems.append(f"no {kind}: needs one, {where} has {len(host.gpus) or 'none'}")
+    elif "min_gpu_memory_mb" in requirements:
+        wanted = int(requirements["min_gpu_memory_mb"])
+        largest = max((gpu.memory_mb or 0 for gpu in gpus), default=0)
+        if largest < wanted:
+            problems.append(
+                f"not enough GPU memory: needs one GPU with {wanted} MB, {where}'s largest has {largest} MB"
+            )
+    return problems
+
+
+def incompatible(app: str, problems: list[str]) -> CommandError:
+    return CommandError(
+        "incompatible",
+        f"{app} cannot run here:\n" + "\n".join(f"- {p}" for p in problems),
+        {"unmet": problems},
+    )

@@ -1,5 +1,5 @@
 """The commands, grouped by topic. Importing this package fills the registry."""
 
-from daemon.commands import apps, config, core, git, logs, ps, run, sources, system, upload
+from daemon.commands import apps, config, core, daemons, git, logs, ps, run, sources, system, upload
 
-__all__ = ["apps", "config", "core", "git", "logs", "ps", "run", "sources", "system", "upload"]
+__all__ = ["apps", "config", "core", "daemons", "git", "logs", "ps", "run", "sources", "system", "upload"]

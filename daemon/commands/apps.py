@@ -132,6 +132,10 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     if params.key not in SETTING_KEYS and not params.key.startswith("require."):
         raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
     settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
+    if params.key.startswith("require."):
+        from daemon.commands.sources import ensure_compatible
+
+        await ensure_compatible(ctx, params.app, settings.requirements, record.source.kind == "image")
     await ctx.store.save_settings(params.app, settings)
     shown = dict(describe_settings(settings)).get(params.key, params.value)
     if params.value == "":

@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 import trio
 
-from daemon.commands.sources import SourceOptions, app_for_source, apply_options
+from daemon.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
 from daemon.context import Context
 from daemon.errors import CommandError, invalid_argument
 from daemon.jobs import execute
@@ -60,6 +60,7 @@ async def _prepare(
 ) -> tuple[AppRecord, AppSettings, dict[str, str]]:
     existing = await ctx.store.get_app(app)
     settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    await ensure_compatible(ctx, app, settings.requirements, kind == "image")
     record, _ = await app_for_source(ctx, app)
     if record.source.kind != kind:
         detail = {"status": "pending"}

@@ -8,6 +8,7 @@ import msgspec
 import trio
 
 from daemon.commands.apps import load_app
+from daemon.commands.sources import ensure_compatible
 from daemon.context import Context
 from daemon.errors import invalid_argument
 from daemon.params import AppName, Params
@@ -74,7 +75,8 @@ async def _settled(ctx: Context, app: str) -> None:
 
 
 async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
-    await load_app(ctx, app)
+    record = await load_app(ctx, app)
+    await ensure_compatible(ctx, app, record.settings.requirements, record.source.kind == "image")
     if stop_first:
         await ctx.processes.stop_app(app)
     await ctx.processes.start_app(app)

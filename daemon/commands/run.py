@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from daemon.commands.apps import load_app
+from daemon.commands.sources import ensure_compatible
 from daemon.context import Context
 from daemon.errors import CommandError, not_found
 from daemon.jobs import describe_job, run_job
@@ -45,6 +46,7 @@ def job_data(job: JobRecord) -> dict[str, object]:
 @REGISTRY.command("run", summary="run the app once; streams its output", mutating=False, streaming=True)
 async def run(ctx: Context, params: RunParams) -> Result:
     record = await load_app(ctx, params.app)
+    await ensure_compatible(ctx, params.app, record.settings.requirements, record.source.kind == "image")
     timeout = check_timeout(
         params.timeout if params.timeout is not None else record.settings.timeout or DEFAULT_TIMEOUT
     )

@@ -11,7 +11,7 @@ from daemon.errors import CommandError
 from daemon.launch import sanitise_args
 from daemon.params import AppName, Params
 from daemon.registry import REGISTRY, Result
-from daemon.requirements import parse_requirement_pair
+from daemon.requirements import incompatible, parse_requirement_pair, unmet
 from daemon.settings import (
     check_cwd,
     check_executable,
@@ -69,6 +69,19 @@ def apply_options(settings: AppSettings, options: SourceOptions) -> tuple[AppSet
     return msgspec.structs.replace(settings, **changes), parse_pairs(options.env)
 
 
+async def ensure_compatible(
+    ctx: Context, name: str, requirements: dict[str, str], image: bool = False
+) -> None:
+    """Refuse (`incompatible`, every unmet requirement named) an app this host cannot run.
+    Image apps are judged by their daemon's engine when they are placed, not by this host."""
+    if not requirements or image:
+        return
+    report = await ctx.services.capabilities.current()
+    problems = unmet(requirements, report.capabilities)
+    if problems:
+        raise incompatible(name, problems)
+
+
 async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
     """The app, created when it does not exist yet (and whether it was)."""
     record = await ctx.store.get_app(name)
@@ -97,6 +110,7 @@ async def from_local(ctx: Context, params: FromLocalParams) -> Result:
     existing = await ctx.store.get_app(params.app)
     base = existing.settings if existing else AppSettings()
     settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)
+    await ensure_compatible(ctx, params.app, settings.requirements)
     record, created = await app_for_source(ctx, params.app)
     try:
         await save_source(ctx, record, AppSource("local", {"executable": executable}), settings, env)

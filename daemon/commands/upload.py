@@ -22,7 +22,7 @@ from typing import Annotated
 import msgspec
 import trio
 
-from daemon.commands.sources import SourceOptions, app_for_source, apply_options
+from daemon.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
 from daemon.context import Context, Services
 from daemon.errors import CommandError, invalid_argument, not_found
 from daemon.log import LOG
@@ -209,6 +209,11 @@ async def end(ctx: Context, params: SessionParams) -> Result:
     options = msgspec.json.decode(upload.options, type=BeginParams)
     existing = await ctx.store.get_app(upload.app)
     settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    try:
+        await ensure_compatible(ctx, upload.app, settings.requirements)
+    except CommandError:
+        await _drop(ctx.services, upload.id)
+        raise
     record, created = await app_for_source(ctx, upload.app)
     app_dir = ctx.services.app_dir(upload.app)
     target = app_dir / "bin" / upload.filename
