@@ -20,7 +20,15 @@ import trio
 
 from daemon.errors import conflict, not_found
 from daemon.store.migrations import MIGRATIONS
-from daemon.store.records import AppRecord, AppSettings, AppSource, JobRecord, UploadRecord
+from daemon.store.records import (
+    AppRecord,
+    AppSettings,
+    AppSource,
+    DaemonRecord,
+    DeployConfig,
+    JobRecord,
+    UploadRecord,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -311,3 +319,93 @@ class Store:
     @threaded
     def all_upload_ids(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]
+
+    # deploy daemons
+
+    _DAEMON_COLUMNS = "name, display_name, deploy_id, protocol, host, deploy_config, is_default, created_at"
+
+    @staticmethod
+    def _daemon(row: tuple[str, str, str, str, str | None, bytes, int, float]) -> DaemonRecord:
+        name, display_name, deploy_id, protocol, host, deploy_config, is_default, created_at = row
+        config = msgspec.json.decode(deploy_config, type=DeployConfig)
+        return DaemonRecord(
+            name, display_name, deploy_id, protocol, host, config, bool(is_default), created_at
+        )
+
+    @threaded
+    def register_daemon(self, record: DaemonRecord, make_default: bool = False) -> bool:
+        """Insert the daemon (and make it the default), or answer False when the name is taken."""
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO daemons (name, display_name, deploy_id, protocol, host, nextcloud_url,"
+                    " deploy_config, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (
+                        record.name,
+                        record.display_name,
+                        record.deploy_id,
+                        record.protocol,
+                        record.host,
+                        record.deploy_config.nextcloud_url,
+                        msgspec.json.encode(record.deploy_config),
+                        record.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            if make_default:
+                self._make_default(conn, record.name)
+        return True
+
+    @threaded
+    def get_daemon(self, name: str) -> DaemonRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._DAEMON_COLUMNS} FROM daemons WHERE name = ?", (name,)
+        ).fetchone()
+        return self._daemon(row) if row else None
+
+    @threaded
+    def list_daemons(self) -> list[DaemonRecord]:
+        rows = self._conn.execute(f"SELECT {self._DAEMON_COLUMNS} FROM daemons ORDER BY name").fetchall()
+        return [self._daemon(row) for row in rows]
+
+    @threaded
+    def delete_daemon(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM daemons WHERE name = ?", (name,)).rowcount > 0
+
+    @staticmethod
+    def _make_default(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("UPDATE daemons SET is_default = 0 WHERE is_default = 1 AND name != ?", (name,))
+        if conn.execute("UPDATE daemons SET is_default = 1 WHERE name = ?", (name,)).rowcount == 0:
+            raise not_found(f"Daemon config {name} not found.")
+
+    @threaded
+    def set_default_daemon(self, name: str) -> None:
+        """Make NAME the one default daemon, in one transaction."""
+        with self._write() as conn:
+            self._make_default(conn, name)
+
+    @threaded
+    def get_default_daemon(self) -> DaemonRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._DAEMON_COLUMNS} FROM daemons WHERE is_default = 1"
+        ).fetchone()
+        return self._daemon(row) if row else None
+
+    # The settings column is msgspec JSON stored as a BLOB; SQLite's JSON functions want TEXT.
+    _APPS_USING_DAEMON = "FROM apps WHERE json_extract(CAST(settings AS TEXT), '$.daemon') = ?"
+
+    @threaded
+    def count_apps_using(self, name: str) -> int:
+        """How many apps have `daemon` set to NAME."""
+        (count,) = self._conn.execute(f"SELECT count(*) {self._APPS_USING_DAEMON}", (name,)).fetchone()
+        return int(count)
+
+    @threaded
+    def apps_using_daemon(self, name: str) -> list[str]:
+        rows = self._conn.execute(f"SELECT name {self._APPS_USING_DAEMON} ORDER BY name", (name,))
+        return [row[0] for row in rows.fetchall()]
+
+
+# Appended with the deploy daemons (at the top with the other records when this file is next reordered).

@@ -50,4 +50,19 @@ MIGRATIONS: tuple[str, ...] = (
         options      BLOB NOT NULL
     );
     """,
+    # 4: deploy daemons (AppAPI's DaemonConfigs); at most one is the default
+    """
+    CREATE TABLE daemons (
+        name          TEXT PRIMARY KEY,
+        display_name  TEXT NOT NULL,
+        deploy_id     TEXT NOT NULL,
+        protocol      TEXT NOT NULL,
+        host          TEXT,
+        nextcloud_url TEXT NOT NULL,
+        deploy_config BLOB NOT NULL,
+        is_default    INTEGER NOT NULL DEFAULT 0,
+        created_at    REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX daemons_one_default ON daemons (is_default) WHERE is_default = 1;
+    """,
 )

@@ -82,3 +82,48 @@ class UploadRecord(msgspec.Struct):
 
     def missing_indexes(self) -> list[int]:
         return [i for i in range(self.total_chunks) if not self.has(i)]
+
+
+class ComputeDevice(msgspec.Struct, frozen=True):
+    """The GPU a daemon's containers get: `cpu`, `cuda` or `rocm`, with AppAPI's label."""
+
+    id: str = "cpu"
+    label: str = "CPU"
+
+
+class HarpConfig(msgspec.Struct, frozen=True):
+    """A daemon reached through HaRP: its FRP server, the shared key, the remote Docker socket port."""
+
+    frp_address: str
+    shared_key: str
+    docker_socket_port: str = "24000"
+    exapp_direct: bool = False
+
+
+class DeployConfig(msgspec.Struct, frozen=True):
+    """AppAPI's DeployConfig of a daemon (the seed's JSON; `computeDevice` keeps AppAPI's spelling)."""
+
+    net: str = "host"
+    nextcloud_url: str = ""
+    haproxy_password: str = ""
+    computeDevice: ComputeDevice = msgspec.field(default_factory=ComputeDevice)
+    harp: HarpConfig | None = None
+    additional_options: dict[str, str] = msgspec.field(default_factory=dict)
+    docker_api_version: str = "auto"
+
+
+class DaemonRecord(msgspec.Struct, frozen=True):
+    """A registered deploy daemon (AppAPI's DaemonConfig). `host` is None for `null` (manual-install)."""
+
+    name: str
+    display_name: str
+    deploy_id: str  # docker-install or manual-install
+    protocol: str  # http or https
+    host: str | None
+    deploy_config: DeployConfig
+    is_default: bool = False
+    created_at: float = 0.0
+
+    @property
+    def nextcloud_url(self) -> str:
+        return self.deploy_config.nextcloud_url
