@@ -8,4 +8,10 @@ clients are the least code that can send a line and read the answer (`clients`).
     throughput  64 concurrent connections: `ping`, and `apps:create`/`apps:destroy`
     startup     process start to accepting connections
     memory      idle RSS after start (and after the load benchmarks)
+
+and the native runner's, each with a berthd of its own:
+
+    run          `run APP` of /bin/true, request to final answer, vs `subprocess.run` in the bench
+    log-capture  200 MB of lines from a supervised child into berthd's logs vs `writer > file`
+    supervision  200 supervised processes: start, status, stop and memory, berthd vs supervisord
 """

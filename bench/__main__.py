@@ -10,15 +10,21 @@ import pstats
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import latency, memory, startup, throughput
+from bench import latency, logcapture, memory, oneshot, startup, supervision, throughput
 from bench.machine import print_machine
 from bench.processes import STOP_TIMEOUT, BenchError, ServerProcess, Session
 
-BENCHMARKS = ("latency", "throughput", "startup", "memory")
+# The native runner's: each starts a berthd of its own, with the options it needs.
+NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
+    "run": oneshot.run,
+    "log-capture": logcapture.run,
+    "supervision": supervision.run,
+}
+BENCHMARKS = ("latency", "throughput", "startup", "memory", *NATIVE_RUNNER)
 PROFILE_LINES = 25
 
 
@@ -31,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         metavar="FILE",
         type=Path,
-        help="run the berthd of the latency and throughput benchmarks under cProfile, write its stats to "
-        "FILE and print the top functions (its figures are then slower than usual)",
+        help="run berthd under cProfile and print the top functions: the berthd of the latency and "
+        "throughput benchmarks writes its stats to FILE, that of run, log-capture and supervision to "
+        "FILE.run and so on (the figures are then slower than usual)",
     )
     return parser
 
@@ -60,8 +67,18 @@ def run(selected: Sequence[str], session: Session, profile: Path | None) -> None
         memory.run(session, loaded)
     if profile is not None and loaded is not None:
         session.stop(loaded[0])  # cProfile writes its file as berthd exits
-        print(f"\n== profile of the loaded berthd ({profile}), top {PROFILE_LINES} by own time ==")
-        pstats.Stats(str(profile), stream=sys.stdout).sort_stats("tottime").print_stats(PROFILE_LINES)
+        print_profile("the loaded berthd", profile)
+    for name, run_benchmark in NATIVE_RUNNER.items():
+        if name in selected:
+            own_profile = profile.with_name(f"{profile.name}.{name}") if profile else None
+            run_benchmark(session, own_profile)  # its berthd has stopped when it returns
+            if own_profile is not None:
+                print_profile(f"the berthd of {name}", own_profile)
+
+
+def print_profile(whose: str, path: Path) -> None:
+    print(f"\n== profile of {whose} ({path}), top {PROFILE_LINES} by own time ==")
+    pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(PROFILE_LINES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

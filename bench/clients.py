@@ -32,6 +32,14 @@ def check_pong(answer: bytes, server: str) -> None:
         raise BenchError(f"{server} answered `ping` with {answer[:200]!r}, not {PONG!r}")
 
 
+def request_ok(conn: LineSocket, line: str) -> bytes:
+    """The answer to a berthd command that has to succeed."""
+    answer = conn.request(f"{line}\n".encode())
+    if not answer.startswith(OK_PREFIX):
+        raise BenchError(f"berthd answered {line} with {answer[:300]!r}")
+    return answer
+
+
 class LineSocket:
     """One blocking connection."""
 

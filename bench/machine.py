@@ -51,7 +51,8 @@ def describe() -> list[tuple[str, str]]:
         ("system", platform.platform()),
         ("load average", f"{load} (1, 5, 15 min) at the start"),
         ("versions", f"berthd {berthd_version}, trio {package_version('trio')}, "
-                     f"msgspec {package_version('msgspec')}, socat {socat_version()}"),
+                     f"msgspec {package_version('msgspec')}, socat {socat_version()}, "
+                     f"supervisor {package_version('supervisor')}"),
     ]  # fmt: skip
 
 

@@ -123,9 +123,10 @@ def child_environment() -> dict[str, str]:
 
 def descendants(pid: int) -> list[psutil.Process]:
     try:
-        return psutil.Process(pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+    return children
 
 
 def kill_survivors(processes: Sequence[psutil.Process]) -> None:
