@@ -14,7 +14,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import latency, logcapture, memory, oneshot, startup, supervision, throughput
+from bench import (
+    capabilities,
+    gitsync,
+    latency,
+    logcapture,
+    memory,
+    oneshot,
+    startup,
+    supervision,
+    throughput,
+    uploads,
+)
 from bench.machine import print_machine
 from bench.processes import STOP_TIMEOUT, BenchError, ServerProcess, Session
 
@@ -23,8 +34,10 @@ NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
     "run": oneshot.run,
     "log-capture": logcapture.run,
     "supervision": supervision.run,
+    "uploads": uploads.run,
+    "git-sync": gitsync.run,
 }
-BENCHMARKS = ("latency", "throughput", "startup", "memory", *NATIVE_RUNNER)
+BENCHMARKS = ("latency", "throughput", "startup", "memory", "capabilities", *NATIVE_RUNNER)
 PROFILE_LINES = 25
 
 
@@ -65,6 +78,8 @@ def run(selected: Sequence[str], session: Session, profile: Path | None) -> None
             throughput.run(berthd, echo)
     if "memory" in selected:
         memory.run(session, loaded)
+    if "capabilities" in selected:
+        capabilities.run(session)
     if profile is not None and loaded is not None:
         session.stop(loaded[0])  # cProfile writes its file as berthd exits
         print_profile("the loaded berthd", profile)

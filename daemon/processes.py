@@ -10,12 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
 
+from daemon import dockerclient
 from daemon.config import Config
 from daemon.errors import CommandError, invalid_argument, not_found
+from daemon.exapp import app_host, container_name, container_request, free_port, volume_name
 from daemon.launch import (
     default_scale,
     environment,
@@ -28,9 +31,12 @@ from daemon.log import LOG
 from daemon.logs import LogFile
 from daemon.reaper import Reaper, become_subreaper
 from daemon.runners import Handle, ProcessSpec, Runner
+from daemon.runners.docker import DockerRunner
+from daemon.runners.manual import ManualRunner
 from daemon.runners.native import NativeRunner
 from daemon.spawn import Spawner
 from daemon.store import Store
+from daemon.store.records import AppRecord, DaemonRecord
 from daemon.supervisor import RestartPolicy, State, SupervisedProcess
 
 RUNNING = "running"
@@ -48,6 +54,25 @@ class ProcessManager:
         self.logs: dict[tuple[str, str], LogFile] = {}
         self._nursery: trio.Nursery | None = None
         self.native: NativeRunner | None = None
+        self.docker = DockerRunner(self._docker_client, dockerclient.unavailable)
+        self.manual = ManualRunner()
+
+    def _docker_client(self, daemon: str) -> Any:
+        """On a worker thread: the engine client of a daemon config, looked up in the store."""
+        record = trio.from_thread.run(self.store.get_daemon, daemon)
+        if record is None:
+            raise not_found(f"no deploy daemon {daemon!r}")
+        return dockerclient.client_for(record)
+
+    async def daemon_for(self, record: AppRecord) -> DaemonRecord:
+        """The deploy daemon of an image app: its own, else the default."""
+        name = record.settings.daemon or record.source.detail.get("daemon")
+        daemon = await (self.store.get_daemon(name) if name else self.store.get_default_daemon())
+        if daemon is None:
+            raise not_found(
+                f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one"
+            )
+        return daemon
 
     # life of the manager
 
@@ -73,6 +98,7 @@ class ProcessManager:
             handle = msgspec.json.decode(raw, type=Handle)
             if handle.runner == self.native.name:
                 await self.native.recover(handle, self.log_of(app, process).write)
+            # containers are found again by their name when their app starts
             await self.store.save_handle(app, process, None)
         for app in await self.store.apps_desired_running():
             try:
@@ -95,9 +121,27 @@ class ProcessManager:
             self.logs[key] = LogFile(path, self.config.log_max_bytes, self.config.log_backups)
         return self.logs[key]
 
-    def runner_for(self, app: str) -> Runner:
+    async def runner_for(self, record: AppRecord) -> Runner:
         assert self.native is not None
-        return self.native
+        if record.source.kind != "image":
+            return self.native
+        daemon = await self.daemon_for(record)
+        return self.manual if daemon.deploy_id == "manual-install" else self.docker
+
+    async def image_spec(self, record: AppRecord, name: str) -> ProcessSpec:
+        daemon = await self.daemon_for(record)
+        host = app_host(daemon)
+        secret, port = await self.store.exapp_identity(record.name, lambda taken: free_port(taken))
+        config = await self.store.get_config(record.name)
+        options: dict[str, Any]
+        if daemon.deploy_id == "manual-install":
+            options = {"host": host, "port": port}
+        else:
+            request = container_request(record, daemon, secret, port, config)
+            options = {"container": msgspec.to_builtins(request)}
+            if record.source.detail.get("heartbeat") == "true":
+                options["heartbeat"] = {"host": "127.0.0.1" if host == "0.0.0.0" else host, "port": port}
+        return ProcessSpec(app=record.name, process=name, argv=[], options=options)
 
     def processes_of(self, app: str) -> list[SupervisedProcess]:
         return sorted((p for (a, _), p in self.processes.items() if a == app), key=lambda p: _order(p.name))
@@ -134,8 +178,14 @@ class ProcessManager:
         await self.store.set_desired(app, STOPPED)
         await self._stop_processes(app, self.processes_of(app), forget=False)
 
-    async def remove_app(self, app: str) -> None:
+    async def remove_app(self, app: str, keep_data: bool = False) -> None:
         await self._stop_processes(app, self.processes_of(app))
+        record = await self.store.get_app(app)
+        if record is not None and record.source.kind == "image":
+            daemon = await self.daemon_for(record)
+            if daemon.deploy_id == "docker-install":
+                volume = None if keep_data else volume_name(app)
+                await self.docker.remove_by_name(daemon.name, container_name(app), volume)
         for key in [k for k in self.logs if k[0] == app]:
             self.logs.pop(key).close()
 
@@ -148,6 +198,8 @@ class ProcessManager:
         if unknown:
             known = ", ".join(types) or "none yet"
             raise invalid_argument(f"unknown process type {unknown[0]!r}; {app} has: {known}")
+        if record.source.kind == "image" and any(count > 1 for count in counts.values()):
+            raise invalid_argument(f"{app} runs as one container ({container_name(app)}): main=0 or main=1")
         _, scale = await self.store.get_runtime(app)
         scale = (default_scale(record) | scale) | counts
         await self.store.set_scale(app, scale)
@@ -186,6 +238,8 @@ class ProcessManager:
             current = await self.store.get_app(app)
             if current is None:
                 raise ValueError(f"App {app} no longer exists")
+            if current.source.kind == "image":
+                return await self.image_spec(current, name)
             command = process_types(current).get(kind)
             if command is None:
                 raise ValueError(f"process type {kind} is gone from {app}")
@@ -206,7 +260,7 @@ class ProcessManager:
         process = SupervisedProcess(
             app=app,
             name=name,
-            runner=self.runner_for(app),
+            runner=await self.runner_for(record),
             build_spec=build_spec,
             log=self.log_of(app, name),
             policy=policy,
@@ -216,6 +270,17 @@ class ProcessManager:
         self.processes[(app, name)] = process
         await self._nursery.start(process.supervise)
         return process
+
+    async def report_detailed(self, app: str) -> list[dict[str, object]]:
+        """The report, with what the runner can tell of each process (a container's state and health)."""
+        rows = self.report(app)
+        for row, process in zip(rows, self.processes_of(app), strict=True):
+            if process.handle is not None and process.runner is not self.native:
+                try:
+                    row.update(await process.runner.inspect(process.handle))
+                except CommandError as exc:
+                    row["engine"] = exc.message
+        return rows
 
     def report(self, app: str) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
@@ -229,7 +294,11 @@ class ProcessManager:
                     "pid": int(process.handle.ref)
                     if process.handle and process.handle.runner == "native"
                     else None,
-                    "ref": process.handle.ref if process.handle else None,
+                    "ref": (
+                        process.handle.ref[:12] if process.handle.runner == "docker" else process.handle.ref
+                    )
+                    if process.handle
+                    else None,
                     "restarts": process.restarts,
                     "uptime_s": round(process.uptime, 1) if process.uptime is not None else None,
                     "last_exit_code": process.last_exit.code if process.last_exit else None,
