@@ -38,6 +38,8 @@ class ProcessCommand:
 
 def process_types(record: AppRecord) -> dict[str, ProcessCommand]:
     """Each process type of the app: the argv it runs and the environment its Procfile line adds."""
+    if record.source.kind == "image":
+        return {MAIN: ProcessCommand([])}  # one container, named for the app
     procfile = record.source.detail.get("procfile")
     if procfile:
         types = msgspec.json.decode(procfile, type=dict[str, ProcessType])

@@ -36,6 +36,7 @@ class AppParams(Params):
 class DestroyParams(Params):
     app: AppName
     force: bool = False
+    keep_data: bool = False
     positional = ("app",)
 
 
@@ -115,7 +116,7 @@ async def destroy(ctx: Context, params: DestroyParams) -> Result:
     if not params.force:
         raise CommandError("invalid_argument", "Requires --force flag")
     await load_app(ctx, params.app)
-    await ctx.processes.remove_app(params.app)
+    await ctx.processes.remove_app(params.app, keep_data=params.keep_data)
     # The row goes first: a crash after it leaves only files, which the start-up sweep removes.
     await ctx.store.delete_app(params.app)
     await ctx.store.delete_jobs(params.app)

@@ -18,7 +18,7 @@ import trio
 
 from daemon.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
 from daemon.context import Context
-from daemon.errors import CommandError, invalid_argument
+from daemon.errors import CommandError, invalid_argument, not_found
 from daemon.jobs import execute
 from daemon.launch import environment
 from daemon.params import AppName
@@ -317,3 +317,47 @@ async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: P
         return await trio.to_thread.run_sync(gitsrc.check_executable_in, release, params.executable)
     except gitsrc.GitError as exc:
         raise DeployFailed("build failure", str(exc)) from None
+
+
+# images
+
+IMAGE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+class FromImageParams(SourceOptions, kw_only=True):
+    app: AppName
+    image: str
+    heartbeat: bool = False
+    positional = ("app", "image")
+
+
+@REGISTRY.command(
+    "git:from-image", summary="a Docker image, deployed through the app's daemon", mutating=True
+)
+async def from_image(ctx: Context, params: FromImageParams) -> Result:
+    if len(params.image) > 255 or not IMAGE.match(params.image):
+        raise invalid_argument(f"invalid image reference {params.image!r}")
+    existing = await ctx.store.get_app(params.app)
+    settings, env = apply_options(existing.settings if existing else AppSettings(), params)
+    name = settings.daemon
+    daemon = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
+    if daemon is None:
+        raise not_found(
+            f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
+        )
+    record, created = await app_for_source(ctx, params.app)
+    detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
+    if params.heartbeat:
+        detail["heartbeat"] = "true"
+    settings = msgspec.structs.replace(settings, daemon=daemon.name)
+    await ctx.store.save_source(params.app, AppSource("image", detail), settings)
+    if env:
+        await ctx.store.set_config(params.app, env)
+    verb = "Creating" if created else "Updating"
+    return Result(
+        f"{verb} {params.app} from image {params.image} on {daemon.name}... done",
+        {"app": params.app, "image": params.image, "daemon": daemon.name},
+    )

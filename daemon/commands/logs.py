@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Annotated
 
@@ -11,9 +12,11 @@ import trio
 from daemon.commands.apps import load_app
 from daemon.context import Context
 from daemon.errors import invalid_argument
+from daemon.exapp import container_name
 from daemon.logs import LogFile, Missed, follow, parse_line, tail_lines
 from daemon.params import AppName, Params
 from daemon.registry import REGISTRY, Result
+from daemon.store.records import AppRecord
 from protocol.messages import LogEvent
 
 MAX_LINES = 100_000
@@ -43,7 +46,9 @@ def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[str, Log
 
 @REGISTRY.command("logs", summary="the app's last log lines; --tail follows", mutating=False, streaming=True)
 async def logs(ctx: Context, params: LogsParams) -> Result:
-    await load_app(ctx, params.app)
+    record = await load_app(ctx, params.app)
+    if record.source.kind == "image":
+        return await _engine_logs(ctx, record, params)
     sources = _logs_of(ctx, params.app, params.process)
     lines = []
     for name, log in sources:
@@ -79,3 +84,49 @@ async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
     while not ctx.client_gone():
         await trio.sleep(0.5)
     scope.cancel()
+
+
+async def _engine_logs(ctx: Context, record: AppRecord, params: LogsParams) -> Result:
+    """An image app's output comes from its daemon's engine."""
+    daemon = await ctx.processes.daemon_for(record)
+    if daemon.deploy_id != "docker-install":
+        return Result(f"{record.name} is a manual-install app: berthd does not run it and has no logs of it")
+    name = container_name(record.name)
+    lines = await ctx.processes.docker.logs(daemon.name, name, params.num)
+    if not params.tail:
+        text = "\n".join(f"{stamp} main.1 {stream}: {line}" for stamp, stream, line in lines)
+        data = [{"timestamp": s, "stream": st, "text": t, "process": "main.1"} for s, st, t in lines]
+        return Result(text, data)
+    for _, stream, line in lines:
+        await ctx.emit(LogEvent(record.name, "main.1", stream, line))
+    token = trio.lowlevel.current_trio_token()
+    sender, receiver = trio.open_memory_channel[LogEvent](4096)
+    missed = [0]
+
+    def send(stream: str, line: str) -> None:
+        def offer() -> None:
+            event = LogEvent(record.name, "main.1", stream, line, missed[0])
+            try:
+                sender.send_nowait(event)
+                missed[0] = 0
+            except trio.WouldBlock:
+                missed[0] += 1
+            except trio.ClosedResourceError:
+                pass
+
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(offer)
+
+    async with trio.open_nursery() as nursery:
+
+        async def follow() -> None:
+            await ctx.processes.docker.follow_logs(daemon.name, name, send)
+
+        async def forward() -> None:
+            async for event in receiver:
+                await ctx.emit(event)
+
+        nursery.start_soon(follow)
+        nursery.start_soon(forward)
+        nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
+    return Result("end of logs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import msgspec
@@ -10,11 +11,14 @@ import trio
 from daemon.commands.apps import load_app
 from daemon.commands.sources import ensure_compatible
 from daemon.context import Context
-from daemon.errors import invalid_argument
+from daemon.errors import CommandError, invalid_argument
 from daemon.params import AppName, Params
 from daemon.registry import REGISTRY, Result
+from daemon.runners import RunnerError
 from daemon.settings import check_restart_policy
+from daemon.store.records import AppRecord
 from daemon.supervisor import RestartPolicy, State
+from protocol.messages import ProgressEvent
 
 START_WAIT = 3.0  # how long ps:start waits to see each process leave STARTING
 SCALE_PAIR = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})=(?P<count>-?[0-9]+)$")
@@ -43,6 +47,39 @@ class SetParams(Params):
     key: str
     value: str
     positional = ("app", "key", "value")
+
+
+async def _pull(ctx: Context, record: AppRecord) -> None:
+    """The image, pulled when the engine lacks it, with progress events (before any container exists)."""
+    daemon = await ctx.processes.daemon_for(record)
+    if daemon.deploy_id != "docker-install":
+        return
+    token = trio.lowlevel.current_trio_token()
+    events: trio.MemorySendChannel[ProgressEvent]
+    events, received = trio.open_memory_channel[ProgressEvent](256)
+
+    def progress(stage: str, done: int | None, total: int | None) -> None:
+        with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
+            token.run_sync_soon(lambda: _offer(events, ProgressEvent(stage, done, total)))
+
+    async def forward() -> None:
+        async for event in received:
+            await ctx.emit(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward)
+        try:
+            await ctx.processes.docker.ensure_image(daemon.name, record.source.detail["image"], progress)
+        except RunnerError as exc:
+            raise CommandError("unavailable", str(exc)) from None
+        finally:
+            await trio.sleep(0)  # let the last events through
+            await events.aclose()
+
+
+def _offer(channel: trio.MemorySendChannel[ProgressEvent], event: ProgressEvent) -> None:
+    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+        channel.send_nowait(event)
 
 
 def _table(rows: list[dict[str, object]]) -> str:
@@ -77,6 +114,8 @@ async def _settled(ctx: Context, app: str) -> None:
 async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
     record = await load_app(ctx, app)
     await ensure_compatible(ctx, app, record.settings.requirements, record.source.kind == "image")
+    if record.source.kind == "image":
+        await _pull(ctx, record)
     if stop_first:
         await ctx.processes.stop_app(app)
     await ctx.processes.start_app(app)
@@ -86,7 +125,9 @@ async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
     return Result(f"{verb} {app}... done\n{_table(rows)}", rows)
 
 
-@REGISTRY.command("ps:start", summary="start the app's processes (and keep them running)", mutating=True)
+@REGISTRY.command(
+    "ps:start", summary="start the app's processes (and keep them running)", mutating=True, streaming=True
+)
 async def start(ctx: Context, params: AppParams) -> Result:
     return await _start(ctx, params.app, "Starting", stop_first=False)
 
@@ -142,5 +183,5 @@ async def report(ctx: Context, params: ReportParams) -> Result:
         apps = [params.app]
     else:
         apps = [r.name for r in await ctx.store.list_apps()]
-    rows = [row for app in apps for row in ctx.processes.report(app)]
+    rows = [row for app in apps for row in await ctx.processes.report_detailed(app)]
     return Result(_table(rows), rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -25,6 +25,7 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     user: str | None = None
     stdin: bool = False
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # what one runner needs beyond this
 
 
 class Handle(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -407,5 +408,18 @@ class Store:
         rows = self._conn.execute(f"SELECT name {self._APPS_USING_DAEMON} ORDER BY name", (name,))
         return [row[0] for row in rows.fetchall()]
 
+    # Appended with the deploy daemons (at the top with the other records when this file is next reordered).
 
-# Appended with the deploy daemons (at the top with the other records when this file is next reordered).
+    # ExApps
+
+    @threaded
+    def exapp_identity(self, app: str, choose_port: Callable[[set[int]], int]) -> tuple[str, int]:
+        """The app's APP_SECRET and APP_PORT, made (and kept) the first time they are asked for."""
+        row = self._conn.execute("SELECT secret, port FROM exapps WHERE app = ?", (app,)).fetchone()
+        if row:
+            return str(row[0]), int(row[1])
+        with self._write() as conn:
+            taken = {int(port) for (port,) in conn.execute("SELECT port FROM exapps").fetchall()}
+            secret, port = secrets.token_urlsafe(32), choose_port(taken)
+            conn.execute("INSERT INTO exapps (app, secret, port) VALUES (?, ?, ?)", (app, secret, port))
+        return secret, port

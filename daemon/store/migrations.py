@@ -65,4 +65,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE UNIQUE INDEX daemons_one_default ON daemons (is_default) WHERE is_default = 1;
     """,
+    # 5: what an image app is given once and keeps: its APP_SECRET and APP_PORT
+    """
+    CREATE TABLE exapps (
+        app    TEXT PRIMARY KEY REFERENCES apps(name) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        port   INTEGER NOT NULL UNIQUE
+    );
+    """,
 )
