@@ -105,12 +105,24 @@ async def _run(
     except CommandError as exc:
         outcome.response = _failed(exc)
         return outcome
+    except BaseExceptionGroup as group:
+        # a handler's nursery wraps what its tasks raised: a refusal inside one is still a refusal
+        refusals, rest = group.split(CommandError)
+        if refusals is None or rest is not None:
+            raise
+        outcome.response = _failed(_first_leaf(refusals))
+        return outcome
     except Exception:  # noqa: BLE001 - the one place an unexpected failure becomes `internal`
         LOG.exception("command %s failed", shown)
         outcome.response = Response(False, "Internal error (see the daemon log)", error="internal")
         return outcome
     outcome.response = _ok(result)
     return outcome
+
+
+def _first_leaf(group: BaseExceptionGroup[CommandError]) -> CommandError:
+    first = group.exceptions[0]
+    return first if isinstance(first, CommandError) else _first_leaf(first)
 
 
 def _bind(command: Command, request: Request) -> Bound:
