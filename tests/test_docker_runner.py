@@ -278,3 +278,33 @@ def test_an_engine_gone_mid_test_is_unavailable(
     assert "gone" in answer.output
     assert berthd.call("ping").output == "pong"
     assert berthd.call("apps:list").ok
+
+
+def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
+    engine: Berthd, docker_host: str, docker_client: docker.DockerClient
+) -> None:
+    assert engine.call(
+        ["daemons:register", "gpu", "GPU", "docker-install", "http", socket_path(docker_host), NC_URL,
+         "--compute_device", "cuda"]
+    ).ok  # fmt: skip
+    answer = engine.call(["git:from-image", "placed", BUSYBOX_IMAGE, "--require", "requires_gpu=true"])
+    assert answer.ok, answer.output
+    info = engine.call("apps:info placed").data
+    assert info["daemon"] == "gpu"
+    placement = info["source_detail"]["placement"]
+    assert placement.startswith("gpu meets every requirement")
+    assert "local (no GPU: needs one, engine of local has none)" in placement
+    # no requirement of the GPU kind: the default daemon comes first
+    assert engine.call(["git:from-image", "plain", BUSYBOX_IMAGE, "--require", "min_cpu_cores=1"]).ok
+    assert engine.call("apps:info plain").data["daemon"] == "local"
+    # nothing fits: every daemon's reason
+    refused = engine.call(
+        ["git:from-image", "nowhere", BUSYBOX_IMAGE, "--require", "min_memory_mb=100000000"]
+    )
+    assert refused.error == "incompatible"
+    assert "local: not enough memory available" in refused.output
+    assert "gpu: not enough memory available" in refused.output
+    assert (
+        engine.call(["git:from-image", "amd", BUSYBOX_IMAGE, "--require", "gpu_vendor=amd"]).error
+        == "incompatible"
+    )

@@ -25,6 +25,7 @@ SHOWN_SOURCE_DETAIL = (
     "filename",
     "upload_hash",
     "image",
+    "placement",
 )
 
 

@@ -22,6 +22,7 @@ from daemon.errors import CommandError, invalid_argument, not_found
 from daemon.jobs import execute
 from daemon.launch import environment
 from daemon.params import AppName
+from daemon.placement import place
 from daemon.registry import REGISTRY, Result
 from daemon.runners import ProcessSpec
 from daemon.sources import archive, releases
@@ -344,14 +345,21 @@ async def from_image(ctx: Context, params: FromImageParams) -> Result:
         raise invalid_argument(f"invalid image reference {params.image!r}")
     existing = await ctx.store.get_app(params.app)
     settings, env = apply_options(existing.settings if existing else AppSettings(), params)
-    name = settings.daemon
-    daemon = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
-    if daemon is None:
-        raise not_found(
-            f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
-        )
+    name = None if settings.daemon == "auto" else settings.daemon
+    placement = None
+    if settings.requirements and name is None:
+        daemon, placement = await place(params.app, settings.requirements, ctx.store, ctx.processes.docker)
+    else:
+        found = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
+        if found is None:
+            raise not_found(
+                f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
+            )
+        daemon = found
     record, created = await app_for_source(ctx, params.app)
     detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
+    if placement:
+        detail["placement"] = placement
     if params.heartbeat:
         detail["heartbeat"] = "true"
     settings = msgspec.structs.replace(settings, daemon=daemon.name)

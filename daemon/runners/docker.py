@@ -158,6 +158,9 @@ class DockerRunner:
     async def logs(self, daemon: str, name: str, tail: int) -> list[tuple[str, str, str]]:
         return list(await self._call(daemon, _logs, name, tail))
 
+    async def engine_info(self, daemon: str) -> dict[str, Any]:
+        return dict(await self._call(daemon, lambda client: client.info()))
+
     async def ensure_image(self, daemon: str, image: str, progress: Progress | None) -> None:
         await self._call(daemon, _ensure_image, image, progress)
 
