@@ -7,6 +7,7 @@ import functools
 import http.server
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,3 +309,49 @@ def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
         engine.call(["git:from-image", "amd", BUSYBOX_IMAGE, "--require", "gpu_vendor=amd"]).error
         == "incompatible"
     )
+
+
+def test_the_engine_going_away_mid_test(
+    start_berthd: Callable[..., Berthd], docker_host: str, tmp_path: Path
+) -> None:
+    """The daemon reaches the engine through socat; socat stops (the engine, as berthd sees it, is gone)."""
+    proxy = tmp_path / "engine-proxy.sock"
+    socat = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{proxy},fork", f"UNIX-CONNECT:{socket_path(docker_host)}"],
+        stderr=subprocess.DEVNULL,
+    )
+    daemon = start_berthd(extra_args=["--stop-timeout", "1"])
+    try:
+        wait_for(proxy.exists)
+        assert daemon.call(
+            [
+                "daemons:register",
+                "flaky",
+                "Flaky",
+                "docker-install",
+                "http",
+                str(proxy),
+                NC_URL,
+                "--set-default",
+            ]
+        ).ok
+        deploy(daemon, "midway")
+        assert daemon.call("ps:start midway").ok
+        socat.terminate()
+        socat.wait(10)
+        proxy.unlink(missing_ok=True)
+        check = daemon.call("daemons:check flaky")
+        assert (check.ok, check.error) == (False, "unavailable")
+        assert "flaky" in check.output
+        report = daemon.call("ps:report midway")
+        assert report.ok and "unavailable" in str(report.data[0].get("engine", ""))
+        assert daemon.call("ping").output == "pong"
+        stop = daemon.call("ps:stop midway")
+        assert stop.ok or stop.error == "unavailable"
+        assert daemon.call("apps:create still-serving").ok
+    finally:
+        socat.kill()
+        socat.wait()
+        client = docker.DockerClient(base_url=docker_host)
+        for container in client.containers.list(all=True, filters={"name": "nc_app_midway"}):
+            container.remove(force=True)
