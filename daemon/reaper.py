@@ -62,7 +62,9 @@ class Reaper:
         return reaped
 
     def group_alive(self, pgid: int) -> bool:
-        """Is anything but zombies left in the group? Our zombies are reaped first."""
+        """Is anything but zombies left in the group? Asked once its leader was reaped: our zombies in
+        it are reaped first, then one `killpg(pgid, 0)` answers (ESRCH: empty). A zombie still counts
+        while its parent lives, but then so does the parent. Never a scan of /proc."""
         self.sweep()
         try:
             os.killpg(pgid, 0)
@@ -70,17 +72,9 @@ class Reaper:
             return False
         except PermissionError:
             return True
-        return any(state != "Z" for state, group in _all_processes() if group == pgid)
+        return True
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGCHLD) as signals:
             async for _ in signals:
                 self.sweep()
-
-
-def _all_processes() -> list[tuple[str, int]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (info := _state_and_group(int(entry.name))) is not None:
-            found.append(info)
-    return found

@@ -151,6 +151,29 @@ def test_stop_takes_the_grandchildren_too_and_leaves_no_zombies(berthd: Berthd) 
     assert state_of(berthd, "family") == "STOPPED"
 
 
+def test_stop_kills_a_grandchild_that_ignores_sigterm_once_its_leader_is_gone(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    daemon = start_berthd(extra_args=["--stop-timeout", "1"])
+    family = script(
+        tmp_path,
+        "family.py",
+        f"#!{sys.executable}\nimport os, signal, time\nif os.fork() == 0:\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    print('ready', flush=True)\n"
+        "    while True:\n        time.sleep(0.1)\ntime.sleep(1000)\n",
+    )
+    create(daemon, "family", family)
+    daemon.call("ps:start family")
+    wait_for(lambda: "ready" in daemon.call("logs family").output)
+    pid = pid_of(daemon, "family")
+    assert len(group_members(pid)) == 2
+    started = time.monotonic()
+    assert daemon.call("ps:stop family").ok
+    assert time.monotonic() - started < 5  # what a leader leaves behind is killed when it exits
+    assert group_members(pid) == []
+    wait_for(lambda: not berthd_zombies(daemon), timeout=5)
+
+
 def test_scale_names_processes_and_refuses_bad_counts(berthd: Berthd) -> None:
     create(berthd, "scaled", "/bin/sleep", "--", "1000")
     assert berthd.call("ps:scale scaled main=3").ok

@@ -16,6 +16,7 @@ from daemon.spawn import Child, Spawner, SpawnError, SpawnRequest, check_identit
 
 PIPE_READ = 65536
 GROUP_POLL = 0.05
+KILL_WAIT = 2.0
 PIPE_DRAIN_TIMEOUT = 5.0
 
 
@@ -114,22 +115,22 @@ class NativeRunner:
         return await self.wait(handle)
 
     async def _end_group(self, child: Child, signum: int, timeout: float) -> None:
-        pgid = child.pid
+        """`signum` to the group, SIGKILL to it once `timeout` has passed (at most KILL_WAIT more)."""
         if not child.signal_group(signum):
             return
         if signum != signal.SIGKILL:
             with trio.move_on_after(timeout):
-                while self._reaper.group_alive(pgid):
-                    await trio.sleep(GROUP_POLL)
-        if self._reaper.group_alive(pgid):
-            child.signal_group(signal.SIGKILL)
-            with trio.move_on_after(2.0):
-                while child.returncode is None or self._reaper.group_alive(pgid):
-                    if child.returncode is None:
-                        with trio.move_on_after(GROUP_POLL):
-                            await child.wait()
-                    else:
-                        await trio.sleep(GROUP_POLL)
+                await self._group_ended(child)
+                return
+        child.signal_group(signal.SIGKILL)
+        with trio.move_on_after(KILL_WAIT):
+            await self._group_ended(child)
+
+    async def _group_ended(self, child: Child) -> None:
+        """The leader's exit is awaited on its pidfd; only then is the rest of the group looked at."""
+        await child.wait()
+        while self._reaper.group_alive(child.pid):
+            await trio.sleep(GROUP_POLL)
 
     async def destroy(self, handle: Handle) -> None:
         await self.stop(handle, 0, signal.SIGKILL)
