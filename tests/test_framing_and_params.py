@@ -63,13 +63,13 @@ def test_unparseable_requests_raise(line: bytes) -> None:
 def test_binding_and_usage_come_from_the_struct() -> None:
     command = REGISTRY.lookup("apps:destroy")
     assert command is not None
-    assert usage(command.name, command.params) == "apps:destroy APP [--force]"
+    assert usage(command.name, command.params) == "apps:destroy APP [--force] [--keep-data]"
     bound = bind_tokens(command.name, command.params, ["x", "--force"])
     assert bound.params.app == "x" and bound.params.force is True  # type: ignore[attr-defined]
     with pytest.raises(CommandError) as excinfo:
         bind_tokens(command.name, command.params, [])
     assert "missing APP" in excinfo.value.message
-    assert "Usage: apps:destroy APP [--force]" in excinfo.value.message
+    assert "Usage: apps:destroy APP [--force] [--keep-data]" in excinfo.value.message
 
 
 def test_secret_values_are_redacted_in_the_bound_form() -> None:
