@@ -108,9 +108,15 @@ class ProcessManager:
 
     async def shutdown(self) -> None:
         """Stop every process (desired state unchanged: they come back when berthd does)."""
+        async def stop(process: SupervisedProcess) -> None:
+            try:
+                await process.stop()
+            except CommandError as exc:  # an engine away: its containers keep running, as Docker keeps them
+                LOG.warning("could not stop %s/%s: %s", process.app, process.name, exc.message)
+
         async with trio.open_nursery() as nursery:
             for process in list(self.processes.values()):
-                nursery.start_soon(process.stop)
+                nursery.start_soon(stop, process)
 
     # apps
 

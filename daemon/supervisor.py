@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from daemon.errors import CommandError
 from daemon.log import LOG
 from daemon.logs import LogFile
 from daemon.runners import ExitStatus, Handle, ProcessSpec, Runner, RunnerError
@@ -113,6 +114,7 @@ class SupervisedProcess:
     started_at: float | None = None
     next_start_at: float | None = None
     history: list[tuple[float, State]] = field(default_factory=list)
+    failure: BaseException | None = None
     _wanted: bool = False
     _stop_requested: trio.Event = field(default_factory=trio.Event)
     _finished: trio.Event = field(default_factory=trio.Event)
@@ -190,8 +192,13 @@ class SupervisedProcess:
             if self.state != State.STOPPED:
                 self._enter(State.STOPPED)
         except Exception as exc:  # noqa: BLE001 - one broken process must not take berthd down
-            LOG.exception("supervision of %s/%s failed", self.app, self.name)
-            self.last_error = f"supervision failed: {exc}"
+            failure = exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
+            if isinstance(failure, CommandError):  # a runner's refusal (an engine away): no traceback needed
+                LOG.warning("supervision of %s/%s: %s", self.app, self.name, failure.message)
+            else:
+                LOG.exception("supervision of %s/%s failed", self.app, self.name)
+            self.failure = failure
+            self.last_error = f"supervision failed: {getattr(failure, 'message', failure)}"
             self.state = State.FAILED
             self.log.note(f"FAILED: {self.last_error}")
         finally:
@@ -225,7 +232,11 @@ class SupervisedProcess:
             self._enter(State.STOPPED, "stopped")
 
     async def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after the stop timeout) and wait until it is STOPPED."""
+        """Stop the process (SIGTERM, then SIGKILL after the stop timeout) and wait until it is STOPPED.
+        A stop the runner could not carry out (its engine is away) is raised, not reported as done."""
         self._wanted = False
         self._stop_requested.set()
         await self._finished.wait()
+        if isinstance(self.failure, CommandError):
+            failure, self.failure = self.failure, None
+            raise failure
