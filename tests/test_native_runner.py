@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -471,6 +472,19 @@ def test_kill_9_leaves_no_child_and_restart_brings_the_app_back(berthd: Berthd) 
     sleepers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", "987.65"]]
     assert sorted(p.pid for p in sleepers if p.status() != psutil.STATUS_ZOMBIE) == sorted(new_pids)
     berthd.call("ps:stop survivor")
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="the exec helper needs a C compiler")
+def test_children_are_started_through_the_exec_helper(berthd: Berthd) -> None:
+    create(berthd, "quick", "/bin/sleep", "--", "1000")
+    berthd.call("ps:start quick")
+    pid = pid_of(berthd, "quick")
+    assert psutil.Process(pid).cmdline() == ["/bin/sleep", "1000"]
+    assert berthd.proc is not None
+    fds = Path(f"/proc/{berthd.proc.pid}/fd")
+    assert any("berthd-exec-helper" in os.readlink(fd) for fd in fds.iterdir())  # built, and kept
+    assert sorted(int(fd.name) for fd in Path(f"/proc/{pid}/fd").iterdir()) == [0, 1, 2]  # no leak
+    berthd.call("ps:stop quick")
 
 
 def test_sigterm_stops_every_group_before_exiting(berthd: Berthd) -> None:
