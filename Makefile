@@ -27,7 +27,7 @@ test: setup
 
 bench: setup
 	bash scripts/test-deps.sh
-	$(BIN)/python -m bench
+	bash scripts/with-engine.sh $(BIN)/python -m bench
 
 lint: setup
 	$(BIN)/ruff check daemon protocol tests bench

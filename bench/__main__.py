@@ -16,6 +16,7 @@ from types import FrameType
 
 from bench import (
     capabilities,
+    docker,
     gitsync,
     latency,
     logcapture,
@@ -36,6 +37,7 @@ NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
     "supervision": supervision.run,
     "uploads": uploads.run,
     "git-sync": gitsync.run,
+    "docker": docker.run,
 }
 BENCHMARKS = ("latency", "throughput", "startup", "memory", "capabilities", *NATIVE_RUNNER)
 PROFILE_LINES = 25

@@ -7,6 +7,7 @@ manager's nursery, supervised by `daemon.supervisor.SupervisedProcess`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,14 +56,28 @@ class ProcessManager:
         self._nursery: trio.Nursery | None = None
         self.native: NativeRunner | None = None
         self.docker = DockerRunner(self._docker_client, dockerclient.unavailable)
+        self._clients: dict[str, tuple[bytes, Any]] = {}
+        self._clients_lock = threading.Lock()
         self.manual = ManualRunner()
 
     def _docker_client(self, daemon: str) -> Any:
-        """On a worker thread: the engine client of a daemon config, looked up in the store."""
+        """On a worker thread: the engine client of a daemon config, kept while the config is the same
+        (a new client costs a version round trip that makes dockerd run two programs)."""
         record = trio.from_thread.run(self.store.get_daemon, daemon)
         if record is None:
             raise not_found(f"no deploy daemon {daemon!r}")
-        return dockerclient.client_for(record)
+        fingerprint = msgspec.json.encode(record)
+        with self._clients_lock:
+            cached = self._clients.get(daemon)
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+        client = dockerclient.client_for(record)
+        with self._clients_lock:
+            old = self._clients.get(daemon)
+            self._clients[daemon] = (fingerprint, client)
+        if old is not None and old[1] is not client:
+            old[1].close()
+        return client
 
     async def daemon_for(self, record: AppRecord) -> DaemonRecord:
         """The deploy daemon of an image app: its own, else the default."""
@@ -108,6 +123,7 @@ class ProcessManager:
 
     async def shutdown(self) -> None:
         """Stop every process (desired state unchanged: they come back when berthd does)."""
+
         async def stop(process: SupervisedProcess) -> None:
             try:
                 await process.stop()

@@ -192,7 +192,9 @@ class SupervisedProcess:
             if self.state != State.STOPPED:
                 self._enter(State.STOPPED)
         except Exception as exc:  # noqa: BLE001 - one broken process must not take berthd down
-            failure = exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
+            failure = (
+                exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
+            )
             if isinstance(failure, CommandError):  # a runner's refusal (an engine away): no traceback needed
                 LOG.warning("supervision of %s/%s: %s", self.app, self.name, failure.message)
             else:

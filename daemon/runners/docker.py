@@ -20,7 +20,8 @@ from daemon.heartbeat import wait_heartbeat
 from daemon.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
 
 HEALTH_TIMEOUT = 120.0
-POLL = 0.5
+POLL = 0.5  # while starting
+WATCH = 2.0  # while running: how soon berthd notices the engine gave up on a container
 
 
 class ContainerRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,13 +126,13 @@ class DockerRunner:
             try:
                 state = await self._call(daemon, _state, handle.ref)
             except RunnerError:
-                await trio.sleep(POLL * 4)  # the engine is away: the container may well still run
+                await trio.sleep(WATCH)  # the engine is away: the container may well still run
                 continue
             if state is None:
                 return ExitStatus(None, 9)
             if state["Status"] in ("exited", "dead") and not state.get("Restarting"):
                 return ExitStatus(int(state.get("ExitCode", 1)))
-            await trio.sleep(POLL)
+            await trio.sleep(WATCH)
 
     async def stop(self, handle: Handle, timeout: float, signum: int = 15) -> ExitStatus | None:
         daemon = handle.detail["daemon"]
