@@ -6,6 +6,7 @@ import contextlib
 import functools
 import http.server
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -43,11 +44,18 @@ def engine(
     )  # fmt: skip
     assert answer.ok, answer.output
     yield berthd
-    for container in docker_client.containers.list(all=True, filters={"label": "berthd.app"}):
-        container.remove(force=True)
-    for volume in docker_client.volumes.list():
-        if volume.name.startswith("nc_app_"):
-            volume.remove(force=True)
+    remove_containers_of(berthd, docker_client)
+
+
+def remove_containers_of(berthd: Berthd, client: docker.DockerClient) -> None:
+    """This test's containers and volumes only: tests run in parallel on one engine."""
+    apps = [app["name"] for app in berthd.call("apps:list").data]
+    for app in apps:
+        for container in client.containers.list(all=True, filters={"name": f"^/nc_app_{app}$"}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        with contextlib.suppress(docker.errors.APIError):
+            client.volumes.get(f"nc_app_{app}_data").remove(force=True)
 
 
 def deploy(daemon: Berthd, app: str, *options: str, command: list[str] | None = None) -> None:
@@ -138,28 +146,24 @@ def test_a_restarted_berthd_reattaches_and_makes_no_second_container(
 def test_a_failing_health_check_removes_the_container(
     engine: Berthd, docker_client: docker.DockerClient
 ) -> None:
-    image = "berth-test/unhealthy:1"
-    docker_client.images.get(BUSYBOX_IMAGE).tag("berth-test/unhealthy", "1")
-    with contextlib.suppress(docker.errors.APIError):
-        # a healthcheck that always fails, fast
+    # an image whose health check always fails, fast: the test image with a HEALTHCHECK committed on it
+    base = docker_client.containers.create(BUSYBOX_IMAGE, ["true"])
+    try:
         docker_client.api.commit(
-            docker_client.containers.create(BUSYBOX_IMAGE, ["true"]).id,
+            base.id,
             repository="berth-test/unhealthy",
             tag="1",
             conf={"Healthcheck": {"Test": ["CMD", "false"], "Interval": 200_000_000, "Retries": 1}},
         )
-    answer = engine.call(["git:from-image", "sick", image, "--", "sleep", "1000"])
-    assert answer.ok
+    finally:
+        base.remove(force=True)
+    assert engine.call(["git:from-image", "sick", "berth-test/unhealthy:1", "--", "sleep", "1000"]).ok
     started = engine.call("ps:start sick")
     wait_for(lambda: engine.call("ps:report sick").data[0]["state"] in ("BACKOFF", "FAILED"), timeout=30)
     report = engine.call("ps:report sick").data[0]
     assert "health check failed" in str(report["last_error"]), (started.output, report)
-    assert not docker_client.containers.list(all=True, filters={"name": "nc_app_sick"})
+    assert not docker_client.containers.list(all=True, filters={"name": "^/nc_app_sick$"})
     engine.call("ps:stop sick")
-    for container in docker_client.containers.list(
-        all=True, filters={"ancestor": BUSYBOX_IMAGE, "status": "created"}
-    ):
-        container.remove(force=True)
 
 
 def test_cuda_daemon_asks_for_nvidia_gpus(
@@ -319,6 +323,7 @@ def test_the_engine_going_away_mid_test(
     socat = subprocess.Popen(
         ["socat", f"UNIX-LISTEN:{proxy},fork", f"UNIX-CONNECT:{socket_path(docker_host)}"],
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its forked children carry open connections: they go too
     )
     daemon = start_berthd(extra_args=["--stop-timeout", "1"])
     try:
@@ -337,7 +342,7 @@ def test_the_engine_going_away_mid_test(
         ).ok
         deploy(daemon, "midway")
         assert daemon.call("ps:start midway").ok
-        socat.terminate()
+        os.killpg(socat.pid, signal.SIGTERM)
         socat.wait(10)
         proxy.unlink(missing_ok=True)
         check = daemon.call("daemons:check flaky")
@@ -350,7 +355,8 @@ def test_the_engine_going_away_mid_test(
         assert (stop.ok, stop.error) == (False, "unavailable")  # never "done" while the container may run
         assert daemon.call("apps:create still-serving").ok
     finally:
-        socat.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(socat.pid, signal.SIGKILL)
         socat.wait()
         client = docker.DockerClient(base_url=docker_host)
         for container in client.containers.list(all=True, filters={"name": "nc_app_midway"}):
