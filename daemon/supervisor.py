@@ -151,8 +151,9 @@ class SupervisedProcess:
                 try:
                     spec = await self.build_spec()
                     self.handle = await self.runner.start(spec, self.log.write)
-                except (RunnerError, ValueError) as exc:
-                    self.last_error = str(exc)
+                except (RunnerError, ValueError, CommandError) as exc:
+                    # an engine away is a failed start like any other: retried after the backoff
+                    self.last_error = exc.message if isinstance(exc, CommandError) else str(exc)
                     self.handle = None
                     status: ExitStatus | None = None
                     ran_for = 0.0

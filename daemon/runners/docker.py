@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import trio
 
+from daemon.errors import CommandError
 from daemon.heartbeat import wait_heartbeat
 from daemon.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
 
@@ -125,7 +126,7 @@ class DockerRunner:
         while True:
             try:
                 state = await self._call(daemon, _state, handle.ref)
-            except RunnerError:
+            except (RunnerError, CommandError):
                 await trio.sleep(WATCH)  # the engine is away: the container may well still run
                 continue
             if state is None:
