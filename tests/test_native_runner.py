@@ -365,6 +365,25 @@ def test_logs_num_reads_the_tail(berthd: Berthd, tmp_path: Path) -> None:
     berthd.call("ps:stop counter")
 
 
+def test_logs_drop_a_carriage_return_before_each_newline_and_keep_a_last_partial_line(
+    berthd: Berthd, tmp_path: Path
+) -> None:
+    writer = script(
+        tmp_path,
+        "crlf.sh",
+        "#!/bin/sh\nprintf 'one\\r\\ntwo\\r\\r\\n\\rthree\\nfour\\r'\nprintf 'oops\\r\\n' >&2\n"
+        "printf 'tail'\nexec sleep 1000\n",
+    )
+    create(berthd, "crlf", writer)
+    berthd.call("ps:start crlf")
+    wait_for(lambda: "oops" in berthd.call("logs crlf").output)
+    berthd.call("ps:stop crlf")  # the partial last line is logged when the process ends
+    lines = [(line["stream"], line["text"]) for line in berthd.call("logs crlf --num 100").data]
+    stdout = [text for stream, text in lines if stream == "stdout"]
+    assert stdout == ["one", "two\r", "\rthree", "four\rtail"]
+    assert ("stderr", "oops") in lines
+
+
 def follow_lines(daemon: Berthd, app: str, count: int, timeout: float = 120) -> tuple[list[str], int]:
     """Follow an app's logs until `count` stdout lines came; the lines and the lines reported missed."""
     got: list[str] = []
