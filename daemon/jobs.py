@@ -26,6 +26,7 @@ from daemon.runners import ExitStatus, ProcessSpec, RunnerError
 from daemon.store.records import AppRecord, JobRecord
 from protocol.messages import LogEvent
 
+OUTPUT_FILES = ("stdout", "stderr", "logs")
 EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
 TIMED_OUT = "Process execution timed out"
 
@@ -46,11 +47,9 @@ class JobOutput:
     _cutter: LineCutter = field(default_factory=LineCutter)
     _fds: dict[str, int] = field(default_factory=dict)
 
-    def open(self) -> None:
-        for name in ("stdout", "stderr", "logs"):
-            path = self.folder / f"{name}.txt"
-            self._fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            os.chmod(path, 0o644)
+    async def open(self) -> None:
+        """The three files, made on a worker thread: creating files is disk work."""
+        self._fds.update(await trio.to_thread.run_sync(_create_output_files, self.folder))
 
     def write(self, stream: str, data: bytes) -> None:
         os.write(self._fds[stream], data)
@@ -78,6 +77,25 @@ class JobOutput:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _create_output_files(folder: Path) -> dict[str, int]:
+    fds: dict[str, int] = {}
+    try:
+        for name in OUTPUT_FILES:
+            fd = os.open(folder / f"{name}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fds[name] = fd
+            os.fchmod(fd, 0o644)  # whatever berthd's umask
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, mode=0o755)
+    folder.chmod(0o755)  # whatever berthd's umask
 
 
 async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
@@ -111,8 +129,7 @@ async def run_job(
     identity = resolve_identity(record.settings.user)
     job_id = new_job_id()
     folder = app_dir / "jobs" / job_id
-    await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))
-    folder.chmod(0o755)
+    await trio.to_thread.run_sync(_make_folder, folder)
     env = environment(record, await manager.store.get_config(record.name), identity, command.env)
     env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
     env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
@@ -170,7 +187,7 @@ async def execute(
     """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
     sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
     output = JobOutput(folder, spec.app, spec.process, sender)
-    output.open()
+    await output.open()
     outcome = Outcome(time.monotonic())
     runner = manager.native
     assert runner is not None
