@@ -221,6 +221,18 @@ def test_git_sync_at_a_branch_a_tag_and_a_commit(berthd: Berthd, repository: Pat
     assert build_logs and "building" in build_logs[0].read_text()
 
 
+def test_old_releases_are_pruned_to_the_live_one_and_the_one_before(berthd: Berthd, repository: Path) -> None:
+    releases = []
+    for ref in ("main", "stable", "v1", "main"):
+        answer = sync(berthd, repository, ref)
+        assert answer.ok, answer.output  # type: ignore[attr-defined]
+        releases.append(berthd.call("apps:info gapp").data["source_detail"]["release"])
+    app_dir = berthd.data_dir / "apps" / "gapp"
+    assert sorted(p.name for p in (app_dir / "releases").iterdir()) == sorted(releases[-2:])
+    assert (app_dir / "current").resolve().name == releases[-1]
+    assert version_of(berthd) == "version 2"
+
+
 def test_a_second_sync_picks_up_a_new_commit_and_restarts(berthd: Berthd, repository: Path) -> None:
     assert sync(berthd, repository).ok  # type: ignore[attr-defined]
     berthd.call("ps:start gapp")

@@ -123,6 +123,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
             if env:
                 await ctx.store.set_config(app, env)
             await ctx.processes.redeploy(app)
+        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
     rows = ctx.processes.report(app)
     listed = ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
     return Result(
@@ -262,6 +263,7 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
             desired, _ = await ctx.store.get_runtime(app)
             if desired == "running":
                 await ctx.processes.redeploy(app)
+        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
     return Result(
         f"Syncing {app} from {repository.shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(
             " )", ")"

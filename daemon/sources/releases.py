@@ -1,7 +1,8 @@
 """An app's code on disk: each deploy unpacks into a fresh release folder; `current` points at the live one.
 
 The switch is one atomic rename of a symlink, so a failed deploy never touches the running version,
-and processes always start from `current`.
+and processes always start from `current`. Old releases are pruned apart from the switch: deleting
+thousands of files takes long, and the switch is done under the global lock while pruning need not be.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def new_release(app_dir: Path, label: str) -> Path:
 
 
 def activate(app_dir: Path, release: Path) -> None:
+    """`current` now points at `release`; the old releases stay until `prune`."""
     link = current_link(app_dir)
     temporary = app_dir / f".current-{secrets.token_hex(4)}"
     os.symlink(os.path.relpath(release, app_dir), temporary)
     os.replace(temporary, link)
-    prune(app_dir)
 
 
 def live_release(app_dir: Path) -> Path | None:
@@ -44,6 +45,7 @@ def live_release(app_dir: Path) -> Path | None:
 
 
 def prune(app_dir: Path) -> None:
+    """Delete all but the live release and the newest others, KEEP in all."""
     live = live_release(app_dir)
     folders = sorted(releases_dir(app_dir).iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
     kept = 0
