@@ -243,14 +243,14 @@ def test_run_writes_output_files_with_their_modes(berthd: Berthd, tmp_path: Path
 
 
 def test_run_timeout_kills_the_group(berthd: Berthd) -> None:
-    create(berthd, "slow", "/bin/sh", "--", "-c", "sleep 1000 & sleep 1000")
+    create(berthd, "slow", "/bin/sh", "--", "-c", "sleep 1000.3 & sleep 1000.3")
     started = time.monotonic()
     answer = berthd.call("run slow --timeout 1")
     assert time.monotonic() - started < 5
     assert (answer.ok, answer.error) == (False, "timeout")
     assert "Process execution timed out" in answer.output
     assert answer.data["timed_out"] is True
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "1000"]]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "1000.3"]]
 
 
 def test_exit_127_is_reported_as_executable_not_found(berthd: Berthd, tmp_path: Path) -> None:
