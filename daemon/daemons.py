@@ -11,7 +11,6 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from daemon.errors import invalid_argument
+from daemon.params import Params
 from daemon.settings import DAEMON_NAME
 from daemon.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig
 
@@ -52,9 +52,8 @@ HOST_FORMS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """`daemons:register`'s arguments and options, as given."""
+class RegisterParams(Params):
+    """`daemons:register`: exactly the arguments and options of `occ app_api:daemon:register`."""
 
     name: str
     display_name: str
@@ -65,12 +64,21 @@ class Registration:
     net: str | None = None
     haproxy_password: str | None = None
     compute_device: str | None = None
+    set_default: bool = False
     harp: bool = False
     harp_frp_address: str | None = None
     harp_shared_key: str | None = None
     harp_docker_socket_port: str = DEFAULT_HARP_DOCKER_SOCKET_PORT
     harp_exapp_direct: bool = False
-    options: Sequence[str] = field(default_factory=tuple)
+    option: list[str] = msgspec.field(default_factory=list)
+    positional = ("name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url")
+    secret = frozenset({"haproxy_password", "harp_shared_key"})
+    metavars = {
+        "display_name": "DISPLAY-NAME",
+        "accepts_deploy_id": "ACCEPTS-DEPLOY-ID",
+        "nextcloud_url": "NEXTCLOUD_URL",
+        "option": "KEY=VALUE",
+    }
 
 
 def is_socket_path(host: str | None) -> bool:
@@ -222,7 +230,7 @@ def _parse_options(pairs: Sequence[str]) -> tuple[dict[str, str], str]:
     return options, api_version
 
 
-def build_daemon(request: Registration) -> tuple[DaemonRecord, list[str]]:
+def build_daemon(request: RegisterParams) -> tuple[DaemonRecord, list[str]]:
     """A checked DaemonRecord from `daemons:register`'s arguments, with warnings for the user.
 
     The checks are AppAPI's (RegisterDaemon and DaemonConfigService), in AppAPI's order where it has one.
@@ -257,7 +265,7 @@ def build_daemon(request: Registration) -> tuple[DaemonRecord, list[str]]:
             " supported when communication with ExApps is done directly without FRP; give --net a"
             " Docker network (e.g. --net nextcloud)"
         )
-    options, api_version = _parse_options(request.options)
+    options, api_version = _parse_options(request.option)
     # As AppAPI: with HaRP the shared key is also the daemon's secret.
     secret = harp.shared_key if harp else _check_secret(request.haproxy_password or "", "haproxy_password")
     config = DeployConfig(

@@ -12,9 +12,8 @@ from daemon import dockerclient
 from daemon.commands.apps import DestroyParams, destroy
 from daemon.context import Context
 from daemon.daemons import (
-    DEFAULT_HARP_DOCKER_SOCKET_PORT,
     MANUAL_INSTALL,
-    Registration,
+    RegisterParams,
     build_daemon,
     check_name,
     public_view,
@@ -24,33 +23,6 @@ from daemon.errors import CommandError, not_found
 from daemon.params import NoParams, Params
 from daemon.registry import REGISTRY, Result
 from daemon.store.records import DaemonRecord
-
-
-class RegisterParams(Params):
-    name: str
-    display_name: str
-    accepts_deploy_id: str
-    protocol: str
-    host: str
-    nextcloud_url: str
-    net: str | None = None
-    haproxy_password: str | None = None
-    compute_device: str | None = None
-    set_default: bool = False
-    harp: bool = False
-    harp_frp_address: str | None = None
-    harp_shared_key: str | None = None
-    harp_docker_socket_port: str = DEFAULT_HARP_DOCKER_SOCKET_PORT
-    harp_exapp_direct: bool = False
-    option: list[str] = msgspec.field(default_factory=list)
-    positional = ("name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url")
-    secret = frozenset({"haproxy_password", "harp_shared_key"})
-    metavars = {
-        "display_name": "DISPLAY-NAME",
-        "accepts_deploy_id": "ACCEPTS-DEPLOY-ID",
-        "nextcloud_url": "NEXTCLOUD_URL",
-        "option": "KEY=VALUE",
-    }
 
 
 class UnregisterParams(Params):
@@ -84,25 +56,7 @@ async def load_daemon(ctx: Context, name: str) -> DaemonRecord:
     mutating=True,
 )
 async def register(ctx: Context, params: RegisterParams) -> Result:
-    record, warnings = build_daemon(
-        Registration(
-            name=params.name,
-            display_name=params.display_name,
-            accepts_deploy_id=params.accepts_deploy_id,
-            protocol=params.protocol,
-            host=params.host,
-            nextcloud_url=params.nextcloud_url,
-            net=params.net,
-            haproxy_password=params.haproxy_password,
-            compute_device=params.compute_device,
-            harp=params.harp,
-            harp_frp_address=params.harp_frp_address,
-            harp_shared_key=params.harp_shared_key,
-            harp_docker_socket_port=params.harp_docker_socket_port,
-            harp_exapp_direct=params.harp_exapp_direct,
-            options=params.option,
-        )
-    )
+    record, warnings = build_daemon(params)
     if not await ctx.store.register_daemon(record, make_default=params.set_default):
         return Result(
             f"Registration skipped, as the daemon config `{record.name}` already exists.",
