@@ -349,9 +349,17 @@ class CapabilityCache:
     `await refresh()` when that changes.
     """
 
-    def __init__(self, data_dir: Path, *, docker_url: str | None = None, nvml: object | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        docker_url: str | None = None,
+        nvml: object | None = None,
+        engine: Callable[[], str | None] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.docker_url = docker_url
+        self._engine = engine  # asks the default deploy daemon's engine, through its own transport
         self._nvml = nvml
         self._report: HostReport | None = None
         self._ready = trio.Event()
@@ -369,6 +377,8 @@ class CapabilityCache:
         return self._report
 
     def engine_version(self) -> str | None:
+        if self._engine is not None:
+            return self._engine()
         return docker_version_from(self.docker_url) if self.docker_url else None
 
     async def refresh(self) -> HostReport:

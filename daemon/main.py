@@ -7,14 +7,14 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import trio
 
 from daemon import __version__
-from daemon.capabilities import CapabilityCache, default_docker_url
+from daemon.capabilities import CapabilityCache, default_docker_url, docker_version_from
 from daemon.commands.upload import expire_uploads
 from daemon.config import Config, ConfigError, load_config
 from daemon.context import Services
@@ -121,6 +121,22 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _default_engine_version(store: Store, fallback_url: str | None) -> Callable[[], str | None]:
+    """For the capability probe (on its worker thread): the Docker version of the default deploy
+    daemon's engine, through that daemon's transport; else of the local engine, if there is one."""
+
+    def version() -> str | None:
+        daemon = trio.from_thread.run(store.get_default_daemon)
+        if daemon is not None and daemon.deploy_id == "docker-install":
+            from daemon import dockerclient
+
+            _, found, _ = dockerclient.ping(daemon)
+            return found
+        return docker_version_from(fallback_url) if fallback_url else None
+
+    return version
+
+
 def _late_signal(signum: int, frame: object) -> None:
     LOG.info("received %s while stopping", signal.Signals(signum).name)
 
@@ -169,7 +185,9 @@ async def serve(config: Config) -> int:
         await store.interrupt_running_jobs()
         processes = ProcessManager(config, store, data_dir)
         try:
-            capabilities = CapabilityCache(data_dir, docker_url=default_docker_url())
+            capabilities = CapabilityCache(
+                data_dir, engine=_default_engine_version(store, default_docker_url())
+            )
             services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:

@@ -361,3 +361,13 @@ def test_the_engine_going_away_mid_test(
         client = docker.DockerClient(base_url=docker_host)
         for container in client.containers.list(all=True, filters={"name": "nc_app_midway"}):
             container.remove(force=True)
+
+
+def test_capabilities_report_the_default_daemons_engine(
+    engine: Berthd, docker_client: docker.DockerClient
+) -> None:
+    engine.stop()
+    engine.start()  # the first probe of a berthd that has a default deploy daemon
+    data = engine.call("system:capabilities").data
+    assert data["has_docker"] is True
+    assert data["docker_version"] == docker_client.version()["Version"]
