@@ -189,9 +189,10 @@ async def serve(config: Config) -> int:
                 data_dir, engine=_default_engine_version(store, default_docker_url())
             )
             services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
+            # everything berthd does before it serves is done before the socket exists
+            await sweep_orphaned_app_dirs(services)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
-                await sweep_orphaned_app_dirs(services)
                 server = Server(services, listener.sock)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
