@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -364,6 +365,8 @@ class CapabilityCache:
         self._report: HostReport | None = None
         self._ready = trio.Event()
         self._probing = trio.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def report(self) -> HostReport | None:
@@ -381,11 +384,23 @@ class CapabilityCache:
             return self._engine()
         return docker_version_from(self.docker_url) if self.docker_url else None
 
+    def _probe(self) -> HostReport:
+        self._idle.clear()
+        try:
+            return probe_host(self.data_dir, self._nvml, self.engine_version)
+        finally:
+            self._idle.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """At shutdown: let a probe still in NVML or the engine end (bounded) before the interpreter
+        finalizes under it."""
+        return self._idle.wait(timeout)
+
     async def refresh(self) -> HostReport:
         """Probe everything again (in a thread); one probe at a time."""
         async with self._probing:
             report = await trio.to_thread.run_sync(
-                lambda: probe_host(self.data_dir, self._nvml, self.engine_version),
+                self._probe,
                 thread_name="berthd capability probe",
                 abandon_on_cancel=True,  # shutdown does not wait on a hung NVML or engine
             )
@@ -399,7 +414,7 @@ class CapabilityCache:
             return
         notes: list[str] = []
         usage = await trio.to_thread.run_sync(
-            probe_usage, self.data_dir, notes, thread_name="berthd usage probe", abandon_on_cancel=True
+            probe_usage, self.data_dir, notes, thread_name="berthd usage probe"
         )
         if self._report is None or notes:
             return  # the full probe's notes say why the disk figures are missing

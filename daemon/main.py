@@ -119,6 +119,7 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
 
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROBE_GRACE = 5.0  # how long shutdown lets a capability probe in flight end
 
 
 def _default_engine_version(store: Store, fallback_url: str | None) -> Callable[[], str | None]:
@@ -216,6 +217,7 @@ async def serve(config: Config) -> int:
                     )
             finally:
                 listener.remove()
+                capabilities.wait_idle(PROBE_GRACE)
         finally:
             store.close()
     LOG.info("berthd stopped")

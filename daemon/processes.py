@@ -49,7 +49,7 @@ class ProcessManager:
         self.config = config
         self.store = store
         self.data_dir = data_dir
-        self.spawner = Spawner()
+        self.spawner: Spawner | None = None  # its thread lives exactly as long as `run`
         self.reaper = Reaper()
         self.processes: dict[tuple[str, str], SupervisedProcess] = {}
         self.logs: dict[tuple[str, str], LogFile] = {}
@@ -93,6 +93,7 @@ class ProcessManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         become_subreaper()
+        self.spawner = Spawner()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

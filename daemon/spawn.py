@@ -273,8 +273,11 @@ class Spawner:
         while (job := self._requests.get()) is not None:
             job[0]()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the spawner thread and wait for it: a thread still in a fork or a compile while the
+        interpreter finalizes can crash it."""
         self._requests.put(None)
+        self._thread.join(timeout)
 
     async def spawn(self, request: SpawnRequest) -> Child:
         token = trio.lowlevel.current_trio_token()
