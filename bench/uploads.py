@@ -310,10 +310,10 @@ def print_steps(steps: ChunkSteps, chunk_size: int, measured: Timing) -> None:
 def run(session: Session, profile_to: Path | None = None) -> None:
     print_title(
         f"upload throughput: a {SIZE // MB} MB file of random bytes (MB/s of file data)",
-        "upload_file: client sha256, upload:begin, the chunks one at a time (base64 in a JSON line), "
+        "upload_file: client sha256, upload:begin, the chunks, four in flight (base64 in a JSON line), "
         "upload:end (berthd's sha256, rename);",
         "disk: the same bytes, read by the same chunk size, written to a new file in the same file "
-        "system, fsynced (berthd never fsyncs the upload's data).",
+        "system, fsynced (berthd syncs the upload once, at upload:end).",
         f"{ROUNDS} rounds each, alternating, the best shown; every upload checked by sha256.",
     )
     folder = session.new_dir("uploads")

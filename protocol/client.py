@@ -85,6 +85,25 @@ class Client:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
+    def send(
+        self,
+        command: str | Sequence[str],
+        named: dict[str, Any] | None = None,
+        request_id: str | int | None = None,
+    ) -> None:
+        """Send a command without waiting: berthd answers a connection's commands in order, so several
+        may be in flight; read their answers with `receive`."""
+        self._connection().sendall(encode_request(command, named, request_id))
+
+    def receive(self, on_event: EventHandler | None = None) -> Response:
+        """The final answer to the oldest command not answered yet (its events go to `on_event`)."""
+        while True:
+            message = decode_line(self._read_line())
+            if isinstance(message, Response):
+                return message
+            if on_event is not None:
+                on_event(message)
+
     def stream(
         self,
         command: str | Sequence[str],
@@ -92,7 +111,7 @@ class Client:
         request_id: str | int | None = None,
     ) -> Iterator[dict[str, Any] | Response]:
         """Yields each event (a dict) as it arrives, then the final `Response`."""
-        self._connection().sendall(encode_request(command, named, request_id))
+        self.send(command, named, request_id)
         while True:
             message = decode_line(self._read_line())
             yield message

@@ -17,6 +17,7 @@ from pathlib import Path
 from protocol.client import Client, CommandFailed
 
 DEFAULT_CHUNK = 512 * 1024  # 700 KB of base64: well under berthd's 1 MiB line limit
+IN_FLIGHT = 4
 
 
 def _state_file(socket_path: str, app: str, path: Path) -> Path:
@@ -78,13 +79,28 @@ def upload_file(
     assert missing is not None
     done = total - len(missing)
     progress(done, total)
+    in_flight = 0
+
+    def settle() -> None:
+        nonlocal done, in_flight
+        answer = client.receive()
+        in_flight -= 1
+        if not answer.ok:
+            raise CommandFailed(answer)
+        done += 1
+        progress(done, total)
+
     with open(path, "rb") as file:
         for index in missing:
             file.seek(index * chunk_size)
             data = base64.b64encode(file.read(chunk_size)).decode()
-            client.call(["upload:chunk", session, str(index), data], check=True)
-            done += 1
-            progress(done, total)
+            # a few chunks in flight: berthd stores one while the next is being encoded and sent
+            client.send(["upload:chunk", session, str(index), data])
+            in_flight += 1
+            if in_flight >= IN_FLIGHT:
+                settle()
+        while in_flight:
+            settle()
     try:
         answer = client.call(["upload:end", session], check=True)
     except CommandFailed:
