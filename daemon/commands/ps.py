@@ -8,7 +8,7 @@ import re
 import msgspec
 import trio
 
-from daemon.commands.apps import load_app
+from daemon.commands.apps import AppParams, SetParams, load_app
 from daemon.commands.sources import ensure_compatible
 from daemon.context import Context
 from daemon.errors import CommandError, invalid_argument
@@ -25,11 +25,6 @@ SCALE_PAIR = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})=(?P<count>-?
 MAX_SCALE = 100
 
 
-class AppParams(Params):
-    app: AppName
-    positional = ("app",)
-
-
 class ReportParams(Params):
     app: AppName | None = None
     positional = ("app",)
@@ -40,13 +35,6 @@ class ScaleParams(Params):
     counts: list[str]
     positional = ("app", "counts")
     metavars = {"counts": "TYPE=N"}
-
-
-class SetParams(Params):
-    app: AppName
-    key: str
-    value: str
-    positional = ("app", "key", "value")
 
 
 async def _pull(ctx: Context, record: AppRecord) -> None:
