@@ -58,6 +58,15 @@ def remove_containers_of(berthd: Berthd, client: docker.DockerClient) -> None:
             client.volumes.get(f"nc_app_{app}_data").remove(force=True)
 
 
+def register_gpu_daemon(daemon: Berthd, docker_host: str, name: str, device: str) -> None:
+    """A second daemon on the test engine, with a compute device."""
+    answer = daemon.call(
+        ["daemons:register", name, name.upper(), "docker-install", "http", socket_path(docker_host), NC_URL,
+         "--compute_device", device]
+    )  # fmt: skip
+    assert answer.ok, answer.output
+
+
 def deploy(daemon: Berthd, app: str, *options: str, command: list[str] | None = None) -> None:
     answer = daemon.call(["git:from-image", app, BUSYBOX_IMAGE, *options, "--", *(command or EXAPP)])
     assert answer.ok, answer.output
@@ -169,10 +178,7 @@ def test_a_failing_health_check_removes_the_container(
 def test_cuda_daemon_asks_for_nvidia_gpus(
     engine: Berthd, docker_host: str, docker_client: docker.DockerClient
 ) -> None:
-    assert engine.call(
-        ["daemons:register", "gpu", "GPU", "docker-install", "http", socket_path(docker_host), NC_URL,
-         "--compute_device", "cuda"]
-    ).ok  # fmt: skip
+    register_gpu_daemon(engine, docker_host, "gpu", "cuda")
     deploy(engine, "cuda-app", "--daemon", "gpu")
     assert engine.call("ps:start cuda-app").ok
     attrs = inspect(docker_client, "cuda-app")
@@ -205,10 +211,7 @@ def amd_devices() -> Iterator[None]:
 def test_rocm_daemon_passes_the_amd_devices(
     engine: Berthd, docker_host: str, docker_client: docker.DockerClient, amd_devices: None
 ) -> None:
-    assert engine.call(
-        ["daemons:register", "amd", "AMD", "docker-install", "http", socket_path(docker_host), NC_URL,
-         "--compute_device", "rocm"]
-    ).ok  # fmt: skip
+    register_gpu_daemon(engine, docker_host, "amd", "rocm")
     deploy(engine, "rocm-app", "--daemon", "amd")
     assert engine.call("ps:start rocm-app").ok
     devices = inspect(docker_client, "rocm-app")["HostConfig"]["Devices"]
@@ -288,10 +291,7 @@ def test_an_engine_gone_mid_test_is_unavailable(
 def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
     engine: Berthd, docker_host: str, docker_client: docker.DockerClient
 ) -> None:
-    assert engine.call(
-        ["daemons:register", "gpu", "GPU", "docker-install", "http", socket_path(docker_host), NC_URL,
-         "--compute_device", "cuda"]
-    ).ok  # fmt: skip
+    register_gpu_daemon(engine, docker_host, "gpu", "cuda")
     answer = engine.call(["git:from-image", "placed", BUSYBOX_IMAGE, "--require", "requires_gpu=true"])
     assert answer.ok, answer.output
     info = engine.call("apps:info placed").data
