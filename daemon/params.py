@@ -8,6 +8,7 @@ is a bare flag, a `list` may repeat. The usage text is generated from the same s
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -167,7 +168,8 @@ def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
                 values.setdefault(spec.name, []).append(value)
             else:
                 values[spec.name] = value
-            redacted.append(f"--{key}=***" if secret else f"--{key}={value}")
+            shown = _redact_word(value) if secret else without_credentials(value)
+            redacted.append(f"--{key}={shown}")
             continue
         words.append(token)
     _bind_words(command, cls, specs, words, values, redacted)
@@ -193,9 +195,17 @@ def _bind_words(
             break
         word = words.pop(0)
         values[spec.name] = word
-        redacted.append("***" if spec.name in cls.secret else word)
+        redacted.append("***" if spec.name in cls.secret else without_credentials(word))
     if words:
         raise _usage_error(command, cls, f"unexpected argument {words[0]!r}")
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def without_credentials(word: str) -> str:
+    """A URL's user and password never reach the log: `https://u:p@host/x` is `https://***@host/x`."""
+    return _USERINFO.sub(r"\1***@", word) if "@" in word else word
 
 
 def _redact_word(word: str) -> str:

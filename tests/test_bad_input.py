@@ -131,12 +131,13 @@ def test_a_client_that_vanishes_mid_command_leaves_the_daemon_serving(berthd: Be
     assert names == expected
 
 
-def test_unexpected_failure_is_internal_without_a_traceback_on_the_wire(berthd: Berthd) -> None:
-    # A JSON request with a deeply nested argument the handler never expects still gets one clean answer.
+def test_a_wrongly_typed_named_argument_gets_a_clean_refusal(berthd: Berthd) -> None:
+    # A list where a word belongs: refused by the parameter struct, never reaching the handler.
     with RawConnection(berthd.socket) as conn:
         answer = conn.request(
             json.dumps({"cmd": "apps:set", "args": {"app": "x", "key": ["a"], "value": "v"}}).encode()
         )
         assert answer["ok"] is False
+        assert answer["error"] == "invalid_argument"
         assert "Traceback" not in answer["output"]
         assert conn.request(b"ping")["output"] == "pong"

@@ -466,3 +466,17 @@ def test_a_failed_build_is_not_half_created(berthd: Berthd, repository: Path) ->
     info = berthd.call("apps:info half").data
     assert info["source_detail"]["status"] == "build failure"
     assert not (berthd.data_dir / "apps" / "half" / "current").exists()
+
+
+def test_credentials_in_urls_env_values_and_stdin_are_never_logged(berthd: Berthd, repository: Path) -> None:
+    berthd.call(["apps:from-local", "envy", "/bin/cat", "--env", "API_TOKEN=tok-s3cret-1"])
+    berthd.call(["run", "envy", "--stdin", "stdin-s3cret-2"])
+    answer = berthd.call(["git:sync", "urly", "https://alice:url-s3cret-3@127.0.0.1:9/repo.git"])
+    assert answer.ok is False
+    berthd.call(["git:from-archive", "arch", "http://bob:url-s3cret-4@127.0.0.1:9/a.tar.gz"])
+    log = berthd.log() + (berthd.workdir / "berthd.stderr").read_text()
+    for secret in ("tok-s3cret-1", "stdin-s3cret-2", "url-s3cret-3", "url-s3cret-4"):
+        assert secret not in log, secret
+    assert "API_TOKEN=***" in log
+    assert "https://***@127.0.0.1:9/repo.git" in log
+    assert "url-s3cret-4" not in str(berthd.call("apps:info arch").data)

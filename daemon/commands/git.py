@@ -21,7 +21,7 @@ from daemon.context import Context
 from daemon.errors import CommandError, invalid_argument, not_found
 from daemon.jobs import execute
 from daemon.launch import environment
-from daemon.params import AppName
+from daemon.params import AppName, without_credentials
 from daemon.placement import place
 from daemon.registry import REGISTRY, Result
 from daemon.runners import ProcessSpec
@@ -101,8 +101,11 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
         try:
             types = await _download_and_unpack(ctx, app, params.url, incoming, release)
             await _check_scale(ctx, app, set(types))
-        except DeployFailed as exc:
-            await trio.to_thread.run_sync(releases.discard, release)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(releases.discard, release)
+            if not isinstance(exc, DeployFailed):
+                raise
             async with ctx.services.lock.held():
                 await _record_status(ctx, app, exc.status, exc.message)
             raise CommandError("invalid_argument", exc.message) from None
@@ -113,7 +116,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
             await trio.to_thread.run_sync(releases.activate, app_dir, release)
             source_dir = app_dir / "current" / root.relative_to(release)
             detail = {
-                "url": params.url,
+                "url": without_credentials(params.url),
                 "status": "running",
                 "procfile": msgspec.json.encode(types).decode(),
                 "source_dir": str(source_dir),
@@ -127,7 +130,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     rows = ctx.processes.report(app)
     listed = ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
     return Result(
-        f"Deploying {app} from {params.url}... done\nProcess types: {listed}",
+        f"Deploying {app} from {without_credentials(params.url)}... done\nProcess types: {listed}",
         {"types": list(types), "processes": rows},
     )
 
@@ -196,7 +199,7 @@ class SyncParams(SourceOptions, kw_only=True):
     password: str | None = None
     build_timeout: Annotated[int, msgspec.Meta(ge=1, le=86400)] = DEFAULT_BUILD_TIMEOUT
     positional = ("app", "repository", "ref")
-    secret = frozenset({"password"})
+    secret = SourceOptions.secret | {"password"}
     metavars = {
         **SourceOptions.metavars,
         "build_cmd": "CMD",
@@ -234,8 +237,11 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
         try:
             commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
             executable = await _build(ctx, record, params, release)
-        except DeployFailed as exc:
-            await trio.to_thread.run_sync(releases.discard, release)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(releases.discard, release)
+            if not isinstance(exc, DeployFailed):
+                raise
             async with ctx.services.lock.held():
                 await _record_status(ctx, app, exc.status, exc.message)
             raise CommandError("invalid_argument", exc.message) from None

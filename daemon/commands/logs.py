@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -33,10 +34,13 @@ class LogsParams(Params):
     metavars = {"num": "N", "process": "TYPE.N"}
 
 
-def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[str, LogFile]]:
-    folder = ctx.services.app_dir(app) / "logs"
-    names = sorted({p.name.split(".log")[0] for p in folder.glob("*.log*")}) if folder.exists() else []
-    names = sorted(set(names) | {p.name for p in ctx.processes.processes_of(app)})
+def _logged_processes(folder: Path) -> set[str]:
+    return {p.name.split(".log")[0] for p in folder.glob("*.log*")} if folder.exists() else set()
+
+
+async def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[str, LogFile]]:
+    logged = await trio.to_thread.run_sync(_logged_processes, ctx.services.app_dir(app) / "logs")
+    names = sorted(logged | {p.name for p in ctx.processes.processes_of(app)})
     if process is not None:
         if process not in names:
             raise invalid_argument(f"no process {process!r} in {app}; known: {', '.join(names) or 'none'}")
@@ -49,7 +53,7 @@ async def logs(ctx: Context, params: LogsParams) -> Result:
     record = await load_app(ctx, params.app)
     if record.source.kind == "image":
         return await _engine_logs(ctx, record, params)
-    sources = _logs_of(ctx, params.app, params.process)
+    sources = await _logs_of(ctx, params.app, params.process)
     lines = []
     for name, log in sources:
         raw = await trio.to_thread.run_sync(tail_lines, log.files_newest_first(), params.num)

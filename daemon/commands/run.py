@@ -24,6 +24,7 @@ class RunParams(Params):
     args: list[str] = msgspec.field(default_factory=list)
     positional = ("app",)
     rest = "args"
+    secret = frozenset({"stdin"})
     metavars = {"timeout": "SECONDS", "stdin": "TEXT"}
 
 

@@ -37,6 +37,7 @@ class SourceOptions(Params):
     daemon: str | None = None
     args: list[str] = msgspec.field(default_factory=list)
     rest = "args"
+    secret = frozenset({"env"})  # environment values are often credentials: logged as KEY=***
     metavars = {
         "env": "KEY=VALUE",
         "require": "KEY=VALUE",

@@ -60,7 +60,7 @@ class DockerRunner:
         self._client_for = client_for
         self._unavailable = unavailable
 
-    async def _call(self, daemon: str, function: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, daemon: str, function: Callable[..., Any], *args: Any, abandon: bool = True) -> Any:
         def run() -> Any:
             try:
                 return function(self._client_for(daemon), *args)
@@ -69,11 +69,12 @@ class DockerRunner:
             except Exception as exc:  # noqa: BLE001 - every engine failure becomes one clear error
                 raise self._unavailable(daemon, exc) from None
 
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
 
     async def start(self, spec: ProcessSpec, output: OutputSink, progress: Progress | None = None) -> Handle:
         request = msgspec.convert(spec.options["container"], ContainerRequest)
-        container_id = await self._call(request.daemon, _ensure_running, request, progress)
+        # not abandoned on cancel: a create finishing after we stopped waiting would leave a container
+        container_id = await self._call(request.daemon, _ensure_running, request, progress, abandon=False)
         try:
             await self._wait_healthy(request, container_id)
             heartbeat = spec.options.get("heartbeat")

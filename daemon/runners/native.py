@@ -82,12 +82,7 @@ class NativeRunner:
         recycled pid is never mistaken for ours."""
         pgid = int(handle.ref)
         since = float(handle.detail.get("ctime") or handle.started_at) - 0.01
-        for member in psutil.process_iter(["pid", "create_time"]):
-            try:
-                if os.getpgid(member.pid) == pgid and member.info["create_time"] >= since:
-                    os.kill(member.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
+        await trio.to_thread.run_sync(_kill_left_behind, pgid, since)  # walks the process table
         return False
 
     async def wait(self, handle: Handle) -> ExitStatus:
@@ -145,3 +140,12 @@ def _create_time(pid: int) -> str:
         return f"{psutil.Process(pid).create_time():.2f}"
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return ""
+
+
+def _kill_left_behind(pgid: int, since: float) -> None:
+    for member in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(member.pid) == pgid and member.info["create_time"] >= since:
+                os.kill(member.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue

@@ -18,6 +18,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from daemon.params import without_credentials
+
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 READ_BLOCK = 1024 * 1024
@@ -33,9 +35,11 @@ def check_url(url: str) -> urllib.parse.SplitResult:
     if parts.scheme not in SCHEMES:
         raise ArchiveError(f"unsupported URL scheme {parts.scheme!r}: use {', '.join(SCHEMES)}")
     if parts.scheme != "file" and not parts.hostname:
-        raise ArchiveError(f"no host in URL {url!r}")
+        raise ArchiveError(f"no host in URL {without_credentials(url)!r}")
     if not parts.path.lower().endswith(SUFFIXES):
-        raise ArchiveError(f"not an archive URL {url!r}: expected one of {', '.join(SUFFIXES)}")
+        raise ArchiveError(
+            f"not an archive URL {without_credentials(url)!r}: expected one of {', '.join(SUFFIXES)}"
+        )
     return parts
 
 

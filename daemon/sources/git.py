@@ -14,6 +14,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.params import without_credentials
+
 ALLOWED_PROTOCOLS = "http:https:ssh:git:file"
 SCHEMES = ("http", "https", "ssh", "git", "file")
 SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/][^\s]*$")
@@ -39,7 +41,7 @@ class Repository:
 
 def check_repository(url: str, username: str | None, password: str | None) -> Repository:
     if not url or url.startswith("-") or "::" in url.split("/", 1)[0] or any(c.isspace() for c in url):
-        raise GitError(f"invalid repository URL {url!r}")
+        raise GitError(f"invalid repository URL {without_credentials(url)!r}")
     if SCP_LIKE.match(url):
         return Repository(url, url, username, password)
     parts = urllib.parse.urlsplit(url)
@@ -48,7 +50,7 @@ def check_repository(url: str, username: str | None, password: str | None) -> Re
             f"unsupported repository URL scheme {parts.scheme or 'none'!r}: use {', '.join(SCHEMES)}"
         )
     if parts.scheme != "file" and not parts.hostname:
-        raise GitError(f"no host in repository URL {url!r}")
+        raise GitError(f"no host in repository URL {without_credentials(url)!r}")
     if parts.username or parts.password:
         username = username or urllib.parse.unquote(parts.username or "") or None
         password = password or urllib.parse.unquote(parts.password or "") or None
