@@ -91,6 +91,8 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
         archive.check_url(params.url)
     except archive.ArchiveError as exc:
         raise invalid_argument(str(exc)) from None
+    if not await trio.to_thread.run_sync(archive.caller_may_read, params.url, ctx.peer.uid):
+        raise invalid_argument(f"{params.url}: you (uid {ctx.peer.uid}) may not read that file")
     record, settings, env = await _prepare(ctx, params.app, params, "archive")
     ctx.release_lock()
     app = params.app

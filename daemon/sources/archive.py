@@ -8,6 +8,7 @@ entries than the limit. Formats: .tar.gz/.tgz/.tar (and .tar.bz2/.tar.xz), .zip.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import tarfile
@@ -177,3 +178,24 @@ def source_root(folder: Path) -> Path:
 
 def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def caller_may_read(url: str, uid: int) -> bool:
+    """A file:// archive is read by berthd (often root) on the caller's behalf: only a file the caller
+    could read itself (as owner, group member or other). Other schemes need no such check."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "file" or uid == 0:
+        return True
+    try:
+        info = os.stat(urllib.request.url2pathname(parts.path))
+    except OSError:
+        return True  # the download reports it missing
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IRUSR)
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, pwd.getpwuid(uid).pw_gid))
+    except KeyError:
+        groups = set()
+    if info.st_gid in groups:
+        return bool(info.st_mode & stat.S_IRGRP)
+    return bool(info.st_mode & stat.S_IROTH)
