@@ -51,7 +51,7 @@ from bench.report import (
     print_title,
 )
 from bench.timing import interleaved
-from protocol.client import Client
+from berth.client import Client
 
 ENGINE_VAR = "BERTH_TEST_DOCKER_HOST"
 UNAVAILABLE_VAR = "BERTH_TEST_DOCKER_UNAVAILABLE"  # with-engine.sh's reason when it had no engine
@@ -140,7 +140,7 @@ def deploy(client: Client, app: str) -> None:
 
 
 def container_name(app: str) -> str:
-    return f"nc_app_{app}"  # daemon.exapp's
+    return f"nc_app_{app}"  # berthd.deploy.exapp's
 
 
 def check_status(engine: docker.DockerClient, name: str, wanted: str) -> None:

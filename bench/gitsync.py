@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.processes import BenchError, ServerProcess, Session
 from bench.report import NO_GOAL, Comparison, ms, print_comparisons, print_table, print_title
-from protocol.client import Client
+from berth.client import Client
 
 FILES = 5_000
 FILES_PER_FOLDER = 10

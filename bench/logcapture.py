@@ -22,7 +22,7 @@ from bench import line_writer
 from bench.clients import LineSocket, request_ok
 from bench.processes import BenchError, ServerProcess, Session, run_in_own_group
 from bench.report import NO_GOAL, Comparison, Goal, print_comparisons, print_table, print_title
-from protocol.client import Client
+from berth.client import Client
 
 LINES = 2_000_000
 WIDTH = 100  # bytes a line, its newline included

@@ -9,7 +9,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from daemon import __version__ as berthd_version
+from berthd import __version__ as berthd_version
 
 
 def cpu_model() -> str:

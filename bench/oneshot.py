@@ -23,7 +23,7 @@ from bench.report import (
     print_title,
 )
 from bench.timing import interleaved
-from protocol.client import Client
+from berth.client import Client
 
 TRUE = "/bin/true"
 APP = "truth"

@@ -216,7 +216,7 @@ class Session:
         sock = workdir / "berthd.sock"
         profiler = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
         args = [
-            sys.executable, *profiler, "-m", "daemon",
+            sys.executable, *profiler, "-m", "berthd",
             "--socket", str(sock),
             "--data-dir", str(data_dir or workdir / "data"),
             "--log-file", str(workdir / "berthd.log"),

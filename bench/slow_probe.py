@@ -18,8 +18,8 @@ from typing import Any
 
 import pynvml
 
-from daemon import capabilities
-from daemon.capabilities import CapabilityCache, HostReport
+from berthd.host import capabilities
+from berthd.host.capabilities import CapabilityCache, HostReport
 
 VERSION_PREFIX = "bench-"
 
@@ -68,7 +68,7 @@ def slow_down(seconds: float, interval: float) -> None:
 def main(argv: Sequence[str]) -> int:
     seconds, interval, *berthd_args = argv
     slow_down(float(seconds), float(interval))
-    from daemon.main import main as berthd_main
+    from berthd.main import main as berthd_main
 
     return berthd_main(berthd_args)
 

@@ -39,7 +39,7 @@ from bench.report import (
     print_title,
 )
 from bench.timing import interleaved
-from protocol.client import Client
+from berth.client import Client
 
 PROCESSES = 200
 PER_APP = 100  # berthd's most processes of one type (MAX_SCALE in daemon/commands/ps.py)

@@ -29,8 +29,8 @@ from pathlib import Path
 from bench.clients import OK_PREFIX, LineSocket
 from bench.processes import BenchError, ServerProcess, Session
 from bench.report import NO_GOAL, Comparison, ms, print_comparisons, print_table, print_title
-from protocol.client import Client, CommandFailed, encode_request
-from protocol.upload import DEFAULT_CHUNK, upload_file
+from berth.client import Client, CommandFailed, encode_request
+from berth.upload import DEFAULT_CHUNK, upload_file
 
 MB = 1_000_000
 SIZE = 100 * MB

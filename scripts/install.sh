@@ -55,7 +55,7 @@ wheel=("$build"/dist/berthd-*.whl)
 "${pip[@]}" install "${wheel[0]}"
 # The same version number with new code must still replace the installed files.
 "${pip[@]}" install --force-reinstall --no-deps "${wheel[0]}"
-version=$("$python" -I -m daemon -v)
+version=$("$python" -I -m berthd -v)
 say "installed berthd ${version#Version } into $DESTDIR$VENV"
 if [ -n "$DESTDIR" ]; then
   # A venv names its own path in its scripts; make them name the final one.

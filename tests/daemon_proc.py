@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.client import Client
-from protocol.messages import Response
+from berth.client import Client
+from berth.messages import Response
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def berthd_command() -> list[str]:
-    return [sys.executable, "-m", "daemon"]
+    return [sys.executable, "-m", "berthd"]
 
 
 @dataclass

@@ -16,8 +16,8 @@ import pynvml
 import pytest
 import trio
 
-from daemon import capabilities
-from daemon.capabilities import (
+from berthd.host import capabilities
+from berthd.host.capabilities import (
     CapabilityCache,
     Gpu,
     architecture_name,

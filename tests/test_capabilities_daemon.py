@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from daemon.capabilities import architecture_name
+from berthd.host.capabilities import architecture_name
 from tests.daemon_proc import Berthd
 from tests.test_capabilities import SEED_KEYS
 

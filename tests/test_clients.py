@@ -10,14 +10,14 @@ import sys
 import pytest
 import trio
 
-from protocol.client import Client, CommandFailed
-from protocol.trio_client import TrioClient
+from berth.client import Client, CommandFailed
+from berth.trio_client import TrioClient
 from tests.daemon_proc import ROOT, Berthd
 
 
 def berth(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "protocol.cli", *args],
+        [sys.executable, "-m", "berth.cli", *args],
         capture_output=True,
         text=True,
         timeout=30,

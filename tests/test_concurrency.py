@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from protocol.client import Client
+from berth.client import Client
 from tests.daemon_proc import Berthd
 
 CLIENTS = 64

@@ -43,7 +43,7 @@ def test_dash_h_prints_usage_and_exits_0() -> None:
 
 
 def test_dash_v_prints_the_version() -> None:
-    from daemon import __version__
+    from berthd import __version__
 
     result = run_berthd("-v")
     assert result.returncode == 0

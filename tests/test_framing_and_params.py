@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.commands import apps, config  # noqa: F401 - registers the commands
-from daemon.errors import CommandError
-from daemon.params import bind_tokens, usage
-from daemon.registry import REGISTRY
-from protocol.framing import LineSplitter, TooLong
-from protocol.request import RequestError, parse_request
+from berth.framing import LineSplitter, TooLong
+from berth.request import RequestError, parse_request
+from berthd.commands import apps, config  # noqa: F401 - registers the commands
+from berthd.errors import CommandError
+from berthd.server.params import bind_tokens, usage
+from berthd.server.registry import REGISTRY
 
 
 @given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20), st.data())

@@ -34,7 +34,7 @@ if fd != 3:
     os.close(fd)
 os.environ["LISTEN_FDS"] = "1"
 os.environ["LISTEN_PID"] = str(os.getpid()) if listen_pid == "self" else listen_pid
-os.execv(sys.executable, [sys.executable, "-m", "daemon", *sys.argv[3:]])
+os.execv(sys.executable, [sys.executable, "-m", "berthd", *sys.argv[3:]])
 """
 
 

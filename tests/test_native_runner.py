@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from protocol.client import Client
-from protocol.messages import Response
+from berth.client import Client
+from berth.messages import Response
 from tests.daemon_proc import Berthd
 from tests.wire import RawConnection
 

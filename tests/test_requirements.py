@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from daemon.capabilities import probe_host
-from daemon.requirements import unmet
+from berthd.host.capabilities import probe_host
+from berthd.host.requirements import unmet
 from tests.daemon_proc import Berthd
 from tests.test_capabilities import FailingNvml, two_gpus_one_mig
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import Client, CommandFailed
-from protocol.upload import upload_file
+from berth.client import Client, CommandFailed
+from berth.upload import upload_file
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import pid_of, report, wait_for
 

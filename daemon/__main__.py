@@ -1,3 +1,0 @@
-from daemon.main import main
-
-raise SystemExit(main())

@@ -1,0 +1,3 @@
+from berthd.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""What an app's process is launched with: its command per process type, environment and folder.
+
+The environment is merged, never replaced: berthd's own environment (less berthd's private variables),
+then the app's config, then what the source adds (Procfile assignments), then BERTH_* variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from berthd.errors import CommandError, invalid_argument
+from berthd.runners.native.spawn import Identity, SpawnError
+from berthd.sources.procfile import ProcessType
+from berthd.store.records import AppRecord, Mount
+
+PRIVATE_VARIABLES = re.compile(
+    r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)$"
+)
+MAIN = "main"
+PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index>[1-9][0-9]{0,3})$")
+
+
+def base_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not PRIVATE_VARIABLES.match(k)}
+
+
+@dataclass(frozen=True)
+class ProcessCommand:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def process_types(record: AppRecord) -> dict[str, ProcessCommand]:
+    """Each process type of the app: the argv it runs and the environment its Procfile line adds."""
+    if record.source.kind == "image":
+        return {MAIN: ProcessCommand([])}  # one container, named for the app
+    procfile = record.source.detail.get("procfile")
+    if procfile:
+        types = msgspec.json.decode(procfile, type=dict[str, ProcessType])
+        # a Procfile line is the user's own shell command: it is the single argument of sh -c
+        return {
+            name: ProcessCommand(["/bin/sh", "-c", entry.command, *record.settings.args], entry.env)
+            for name, entry in types.items()
+        }
+    if record.settings.executable:
+        return {MAIN: ProcessCommand([record.settings.executable, *record.settings.args])}
+    return {}
+
+
+def default_scale(record: AppRecord) -> dict[str, int]:
+    types = process_types(record)
+    if MAIN in types:
+        return {MAIN: 1}
+    return {name: 1 if index == 0 else 0 for index, name in enumerate(types)}
+
+
+def environment(
+    record: AppRecord, config: dict[str, str], identity: Identity | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    env = base_environment()
+    env.update(config)
+    env.update(extra or {})
+    env["BERTH_APP"] = record.name
+    if identity is not None:
+        env.update({"HOME": identity.home, "USER": identity.user, "LOGNAME": identity.user})
+    return env
+
+
+def working_directory(record: AppRecord, app_dir: Path) -> str:
+    if record.settings.cwd:
+        return record.settings.cwd
+    source_dir = record.source.detail.get("source_dir")
+    return source_dir or str(app_dir)
+
+
+def resolve_identity(spec: str | None) -> Identity | None:
+    from berthd.runners.native.spawn import check_identity
+
+    try:
+        return check_identity(spec)
+    except SpawnError as exc:
+        raise invalid_argument(str(exc)) from None
+
+
+def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
+    """The MOUNT interfaces, as folders under the app's own folder, and the variables naming them."""
+    env: dict[str, str] = {}
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for mount in record.settings.mounts:
+        folder = mount_folder(app_dir, mount)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+        folder.chmod(0o755)
+        if identity is not None:
+            os.chown(folder, identity.uid, identity.gid)
+        (inputs if mount.function == "INPUT" else outputs).append(str(folder))
+        env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = str(folder)
+    if inputs:
+        env["BERTH_INPUT_DIR"] = inputs[0]
+        env["BERTH_INPUT_DIRS"] = os.pathsep.join(inputs)
+    if outputs:
+        env["BERTH_OUTPUT_DIR"] = outputs[0]
+        env["BERTH_OUTPUT_DIRS"] = os.pathsep.join(outputs)
+    return env
+
+
+def mount_folder(app_dir: Path, mount: Mount) -> Path:
+    relative = Path(mount.path).relative_to("/")
+    folder = (app_dir / "mounts" / relative).resolve()
+    if not folder.is_relative_to((app_dir / "mounts").resolve()):
+        raise CommandError("invalid_argument", f"mount {mount.path} leaves the app's folder")
+    return folder
+
+
+def _variable_part(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_").upper() or "ROOT"
+
+
+def sanitise_args(args: list[str]) -> list[str]:
+    """The seed's rule: arguments that are empty or only whitespace are dropped."""
+    return [arg for arg in args if arg.strip()]
+
+
+def describe_argv(argv: list[str]) -> str:
+    return shlex.join(argv)

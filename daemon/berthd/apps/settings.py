@@ -1,0 +1,177 @@
+"""`apps:set APP KEY VALUE`: one validated change to an app's settings. An empty VALUE unsets the key."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shlex
+from collections.abc import Callable
+
+import msgspec
+
+from berthd.errors import invalid_argument
+from berthd.host.requirements import parse_requirement
+from berthd.store.records import AppSettings, Mount
+
+SETTING_KEYS = (
+    "args",
+    "cwd",
+    "timeout",
+    "user",
+    "description",
+    "daemon",
+    "executable",
+    "restart-policy",
+    "require.<capability>",
+    "mount",
+)
+
+RESTART_POLICY = re.compile(r"^(no|always|on-failure(:[1-9][0-9]{0,5})?)$")
+USER_SPEC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
+DAEMON_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+MAX_DESCRIPTION = 4096
+
+
+def check_executable(path: str) -> str:
+    """An executable on this host: absolute, existing, a regular file, executable by berthd."""
+    if not os.path.isabs(path):
+        raise invalid_argument(f"invalid executable {path!r}: the path must be absolute")
+    if not os.path.exists(path):
+        raise invalid_argument(f"invalid executable {path!r}: no such file")
+    if os.path.isdir(path):
+        raise invalid_argument(f"invalid executable {path!r}: is a directory")
+    if not os.path.isfile(path):
+        raise invalid_argument(f"invalid executable {path!r}: not a regular file")
+    if not os.access(path, os.X_OK):
+        raise invalid_argument(f"invalid executable {path!r}: permission denied")
+    return os.path.normpath(path)
+
+
+def check_user(spec: str) -> str:
+    """`USER[:GROUP]`, both of which must exist on this host."""
+    if not USER_SPEC.match(spec):
+        raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP")
+    user, _, group = spec.partition(":")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host") from None
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise invalid_argument(f"invalid user {spec!r}: no group {group!r} on this host") from None
+    return spec
+
+
+def check_restart_policy(value: str) -> str:
+    if not RESTART_POLICY.match(value):
+        raise invalid_argument(f"invalid restart-policy {value!r}: expected no, on-failure[:N] or always")
+    return value
+
+
+def check_timeout(value: str | int) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise invalid_argument(f"invalid timeout {value!r}: expected whole seconds") from None
+    if seconds <= 0:
+        raise invalid_argument(f"invalid timeout {value!r}: must be at least 1 second")
+    return seconds
+
+
+def check_cwd(value: str) -> str:
+    if not os.path.isabs(value):
+        raise invalid_argument(f"invalid cwd {value!r}: the path must be absolute")
+    return os.path.normpath(value)
+
+
+def check_mount(value: str) -> Mount:
+    path, sep, function = value.rpartition(":")
+    if not sep or function not in ("INPUT", "OUTPUT"):
+        raise invalid_argument(f"invalid mount {value!r}: expected PATH:INPUT or PATH:OUTPUT")
+    if not os.path.isabs(path):
+        raise invalid_argument(f"invalid mount {value!r}: the path must be absolute")
+    return Mount(os.path.normpath(path), "INPUT" if function == "INPUT" else "OUTPUT")
+
+
+def _args(settings: AppSettings, value: str) -> AppSettings:
+    try:
+        args = shlex.split(value)
+    except ValueError as exc:
+        raise invalid_argument(f"invalid args: {exc}") from None
+    return msgspec.structs.replace(settings, args=args)
+
+
+def _description(settings: AppSettings, value: str) -> AppSettings:
+    if len(value) > MAX_DESCRIPTION:
+        raise invalid_argument(f"invalid description: longer than {MAX_DESCRIPTION} characters")
+    return msgspec.structs.replace(settings, description=value)
+
+
+def _daemon(settings: AppSettings, value: str) -> AppSettings:
+    if not DAEMON_NAME.match(value):
+        raise invalid_argument(f"invalid daemon {value!r}: a name without control characters")
+    return msgspec.structs.replace(settings, daemon=value)
+
+
+def _mounts(settings: AppSettings, value: str) -> AppSettings:
+    mounts = [check_mount(item.strip()) for item in value.split(",") if item.strip()]
+    paths = [m.path for m in mounts]
+    if len(set(paths)) != len(paths):
+        raise invalid_argument("invalid mount: a path is given twice")
+    return msgspec.structs.replace(settings, mounts=mounts)
+
+
+SETTERS: dict[str, Callable[[AppSettings, str], AppSettings]] = {
+    "args": _args,
+    "cwd": lambda s, v: msgspec.structs.replace(s, cwd=check_cwd(v)),
+    "timeout": lambda s, v: msgspec.structs.replace(s, timeout=check_timeout(v)),
+    "user": lambda s, v: msgspec.structs.replace(s, user=check_user(v)),
+    "description": _description,
+    "daemon": _daemon,
+    "executable": lambda s, v: msgspec.structs.replace(s, executable=check_executable(v)),
+    "restart-policy": lambda s, v: msgspec.structs.replace(s, restart_policy=check_restart_policy(v)),
+    "mount": _mounts,
+}
+
+UNSET_FIELD = {"restart-policy": "restart_policy", "mount": "mounts"}
+
+
+def apply_setting(settings: AppSettings, key: str, value: str) -> AppSettings:
+    if key.startswith("require."):
+        requirement = key.removeprefix("require.")
+        requirements = dict(settings.requirements)
+        if value == "":
+            requirements.pop(requirement, None)
+        else:
+            name, normalised = parse_requirement(requirement, value)
+            requirements[name] = normalised
+        return msgspec.structs.replace(settings, requirements=requirements)
+    setter = SETTERS.get(key)
+    if setter is None:
+        raise invalid_argument(f"unknown setting {key!r}; known: {', '.join(SETTING_KEYS)}")
+    if value == "":
+        field = UNSET_FIELD.get(key, key)
+        default = AppSettings()
+        return msgspec.structs.replace(settings, **{field: getattr(default, field)})
+    return setter(settings, value)
+
+
+def describe_settings(settings: AppSettings) -> list[tuple[str, str]]:
+    """The settings as (key, value) pairs for people, in `apps:set` vocabulary."""
+    rows = [
+        ("args", shlex.join(settings.args) if settings.args else ""),
+        ("cwd", settings.cwd or ""),
+        ("timeout", str(settings.timeout) if settings.timeout else ""),
+        ("user", settings.user or ""),
+        ("description", settings.description or ""),
+        ("daemon", settings.daemon or ""),
+        ("executable", settings.executable or ""),
+        ("restart-policy", settings.restart_policy or ""),
+        ("mount", ",".join(f"{m.path}:{m.function}" for m in settings.mounts)),
+    ]
+    rows += [(f"require.{k}", v) for k, v in sorted(settings.requirements.items())]
+    return rows

@@ -1,0 +1,5 @@
+"""The commands, grouped by topic. Importing this package fills the registry."""
+
+from berthd.commands import apps, config, core, daemons, git, logs, ps, run, sources, system, upload
+
+__all__ = ["apps", "config", "core", "daemons", "git", "logs", "ps", "run", "sources", "system", "upload"]

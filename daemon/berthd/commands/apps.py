@@ -1,0 +1,145 @@
+"""apps:create, apps:list, apps:info, apps:destroy, apps:set."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+
+import msgspec
+import trio
+
+from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
+from berthd.errors import CommandError, invalid_argument, not_found
+from berthd.server.context import Context
+from berthd.server.params import AppName, NoParams, Params
+from berthd.server.registry import REGISTRY, Result
+from berthd.store.records import AppRecord
+
+SHOWN_SOURCE_DETAIL = (
+    "repository",
+    "ref",
+    "commit",
+    "url",
+    "status",
+    "error",
+    "filename",
+    "upload_hash",
+    "image",
+    "placement",
+)
+
+
+class AppParams(Params):
+    app: AppName
+    positional = ("app",)
+
+
+class DestroyParams(Params):
+    app: AppName
+    force: bool = False
+    keep_data: bool = False
+    positional = ("app",)
+
+
+class SetParams(Params):
+    app: AppName
+    key: str
+    value: str
+    positional = ("app", "key", "value")
+
+
+async def load_app(ctx: Context, name: str) -> AppRecord:
+    record = await ctx.store.get_app(name)
+    if record is None:
+        raise not_found(f"App {name} does not exist")
+    return record
+
+
+def runner_of(record: AppRecord) -> str:
+    if record.source.kind == "image":
+        return "docker"
+    if record.source.kind == "none" and not record.settings.executable:
+        return "none"
+    return "native"
+
+
+def app_summary(record: AppRecord) -> dict[str, object]:
+    return {
+        "name": record.name,
+        "created_at": datetime.fromtimestamp(record.created_at, UTC).isoformat(timespec="seconds"),
+        "source": record.source.kind,
+        "runner": runner_of(record),
+        "daemon": record.settings.daemon,
+    }
+
+
+@REGISTRY.command("apps:create", summary="create an empty app", mutating=True)
+async def create(ctx: Context, params: AppParams) -> Result:
+    await ctx.store.create_app(params.app)
+    return Result(f"Creating {params.app}... done")
+
+
+@REGISTRY.command("apps:list", summary="the apps, one a line", mutating=False)
+async def list_(ctx: Context, params: NoParams) -> Result:
+    records = await ctx.store.list_apps()
+    return Result("\n".join(r.name for r in records), [app_summary(r) for r in records])
+
+
+@REGISTRY.command("apps:info", summary="an app's source, runner, settings and processes", mutating=False)
+async def info(ctx: Context, params: AppParams) -> Result:
+    record = await load_app(ctx, params.app)
+    config_keys = sorted(await ctx.store.get_config(params.app))
+    data = {
+        **app_summary(record),
+        "source_detail": record.source.detail,
+        "settings": msgspec.to_builtins(record.settings),
+        "config_keys": config_keys,
+        "processes": ctx.processes.report(params.app),
+    }
+    rows = [
+        ("Name", record.name),
+        ("Created", str(data["created_at"])),
+        ("Source", record.source.kind),
+        *[(f"Source {k}", v) for k, v in record.source.detail.items() if k in SHOWN_SOURCE_DETAIL],
+        ("Runner", runner_of(record)),
+        ("Daemon", record.settings.daemon or "-"),
+        *[(f"Setting {k}", v) for k, v in describe_settings(record.settings) if v],
+        ("Config keys", ", ".join(config_keys) or "-"),
+        ("Processes", ", ".join(f"{p['process']} {p['state']}" for p in data["processes"]) or "none"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"=====> {record.name}", *(f"{(k + ':').ljust(width + 1)} {v}" for k, v in rows)]
+    return Result("\n".join(lines), data)
+
+
+@REGISTRY.command("apps:destroy", summary="stop everything of an app and remove it", mutating=True)
+async def destroy(ctx: Context, params: DestroyParams) -> Result:
+    if not params.force:
+        raise CommandError("invalid_argument", "Requires --force flag")
+    await load_app(ctx, params.app)
+    await ctx.processes.remove_app(params.app, keep_data=params.keep_data)
+    # The row goes first: a crash after it leaves only files, which the start-up sweep removes.
+    await ctx.store.delete_app(params.app)
+    await ctx.store.delete_jobs(params.app)
+    folder = ctx.services.app_dir(params.app)
+    await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+    return Result(f"Destroying {params.app}... done")
+
+
+@REGISTRY.command(
+    "apps:set", summary="change one setting of an app (an empty VALUE unsets it)", mutating=True
+)
+async def set_(ctx: Context, params: SetParams) -> Result:
+    record = await load_app(ctx, params.app)
+    if params.key not in SETTING_KEYS and not params.key.startswith("require."):
+        raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
+    settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
+    if params.key.startswith("require."):
+        from berthd.commands.sources import ensure_compatible
+
+        await ensure_compatible(ctx, params.app, settings.requirements, record.source.kind == "image")
+    await ctx.store.save_settings(params.app, settings)
+    shown = dict(describe_settings(settings)).get(params.key, params.value)
+    if params.value == "":
+        return Result(f"Unset {params.key} of {params.app}")
+    return Result(f"Set {params.key} of {params.app} to {shown}")

@@ -1,0 +1,134 @@
+"""daemons:register, daemons:unregister, daemons:list (AppAPI's `app_api:daemon:*`), daemons:default,
+daemons:check."""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+import trio
+
+from berthd.commands.apps import DestroyParams, destroy
+from berthd.deploy.daemons import (
+    MANUAL_INSTALL,
+    RegisterParams,
+    build_daemon,
+    check_name,
+    public_view,
+    render_table,
+)
+from berthd.errors import CommandError, not_found
+from berthd.runners.docker import engine as dockerclient
+from berthd.server.context import Context
+from berthd.server.params import NoParams, Params
+from berthd.server.registry import REGISTRY, Result
+from berthd.store.records import DaemonRecord
+
+
+class UnregisterParams(Params):
+    daemon_config_name: str
+    force: bool = False
+    positional = ("daemon_config_name",)
+    metavars = {"daemon_config_name": "DAEMON-CONFIG-NAME"}
+
+
+class NameParams(Params):
+    name: str
+    positional = ("name",)
+
+
+class DefaultParams(Params):
+    name: str | None = None
+    positional = ("name",)
+
+
+async def load_daemon(ctx: Context, name: str) -> DaemonRecord:
+    record = await ctx.store.get_daemon(check_name(name))
+    if record is None:
+        raise not_found(f"Daemon config {name} not found.")
+    return record
+
+
+@REGISTRY.command(
+    "daemons:register",
+    aliases=("app_api:daemon:register",),
+    summary="register a deploy daemon (also app_api:daemon:register)",
+    mutating=True,
+)
+async def register(ctx: Context, params: RegisterParams) -> Result:
+    record, warnings = build_daemon(params)
+    if not await ctx.store.register_daemon(record, make_default=params.set_default):
+        return Result(
+            f"Registration skipped, as the daemon config `{record.name}` already exists.",
+            {"name": record.name, "registered": False},
+        )
+    record = msgspec.structs.replace(record, is_default=params.set_default)
+    lines = [*warnings, "Daemon config successfully registered."]
+    return Result("\n".join(lines), {**public_view(record), "registered": True})
+
+
+@REGISTRY.command(
+    "daemons:unregister",
+    aliases=("app_api:daemon:unregister",),
+    summary="unregister a deploy daemon; --force removes its apps first (also app_api:daemon:unregister)",
+    mutating=True,
+)
+async def unregister(ctx: Context, params: UnregisterParams) -> Result:
+    name = params.daemon_config_name
+    await load_daemon(ctx, name)
+    apps = await ctx.store.apps_using_daemon(name)
+    if apps and not params.force:
+        message = f"{name} daemon contains {len(apps)} apps, please remove them first to proceed."
+        raise CommandError("conflict", message, {"daemon": name, "apps": apps})
+    lines = []
+    for app in apps:
+        lines.append((await destroy(ctx, DestroyParams(app=app, force=True))).output)
+    await ctx.store.delete_daemon(name)
+    lines.append("Daemon config unregistered.")
+    return Result("\n".join(lines), {"name": name, "removed_apps": apps})
+
+
+@REGISTRY.command(
+    "daemons:list",
+    aliases=("app_api:daemon:list",),
+    summary="the registered deploy daemons, secrets as *** (also app_api:daemon:list)",
+    mutating=False,
+)
+async def list_(ctx: Context, params: NoParams) -> Result:
+    records = await ctx.store.list_daemons()
+    return Result(render_table(records), [public_view(r) for r in records])
+
+
+@REGISTRY.command(
+    "daemons:default", summary="make a deploy daemon the default (without NAME: which one is)", mutating=True
+)
+async def default(ctx: Context, params: DefaultParams) -> Result:
+    if params.name is None:
+        record = await ctx.store.get_default_daemon()
+        if record is None:
+            return Result("No default daemon config.", {"default": None})
+        return Result(record.name, {"default": record.name})
+    record = await load_daemon(ctx, params.name)
+    await ctx.store.set_default_daemon(record.name)
+    return Result(f"Daemon config {record.name} is now the default.", {"default": record.name})
+
+
+@REGISTRY.command(
+    "daemons:check", summary="is a deploy daemon's Docker engine reachable (its _ping)", mutating=False
+)
+async def check(ctx: Context, params: NameParams) -> Result:
+    record = await load_daemon(ctx, params.name)
+    if record.deploy_id == MANUAL_INSTALL:
+        return Result(
+            f"Daemon config {record.name} is {MANUAL_INSTALL}: there is no Docker engine to check.",
+            {"name": record.name, "deploy_id": record.deploy_id, "docker_version": None},
+        )
+    reachable, version, why = await trio.to_thread.run_sync(
+        functools.partial(dockerclient.ping, record), abandon_on_cancel=True
+    )
+    if not reachable:
+        raise dockerclient.unavailable_because(record.name, why or "unknown")
+    return Result(
+        f"Deploy daemon {record.name} is reachable: Docker {version}",
+        {"name": record.name, "deploy_id": record.deploy_id, "docker_version": version},
+    )

@@ -1,0 +1,383 @@
+"""git:sync and git:from-archive: code from a git repository (built) or a source archive (with a Procfile).
+
+Both deploy into a fresh release folder and switch `current` to it only when everything worked, so a
+failed clone, build or unpack leaves the previous version in place and running. The long part
+(network, build) runs without the global lock; one deploy at a time per app.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import trio
+
+from berth.messages import ProgressEvent
+from berthd.apps.launch import environment
+from berthd.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
+from berthd.deploy.placement import place
+from berthd.errors import CommandError, invalid_argument, not_found
+from berthd.runners import ProcessSpec
+from berthd.server.context import Context
+from berthd.server.params import AppName, without_credentials
+from berthd.server.registry import REGISTRY, Result
+from berthd.sources import archive, releases
+from berthd.sources import git as gitsrc
+from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
+from berthd.store.records import AppRecord, AppSettings, AppSource
+from berthd.supervision.jobs import execute
+
+DEFAULT_BUILD_TIMEOUT = 300
+MAX_ENTRIES = 100_000
+REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
+
+
+class DeployFailed(Exception):
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _record_status(ctx: Context, app: str, status: str, error: str | None = None) -> None:
+    record = await ctx.store.get_app(app)
+    if record is None:
+        return
+    detail = dict(record.source.detail)
+    detail["status"] = status
+    if error:
+        detail["error"] = error
+    else:
+        detail.pop("error", None)
+    await ctx.store.save_source(app, msgspec.structs.replace(record.source, detail=detail), record.settings)
+
+
+async def _prepare(
+    ctx: Context, app: str, options: SourceOptions, kind: str
+) -> tuple[AppRecord, AppSettings, dict[str, str]]:
+    existing = await ctx.store.get_app(app)
+    settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    await ensure_compatible(ctx, app, settings.requirements, kind == "image")
+    record, _ = await app_for_source(ctx, app)
+    if record.source.kind != kind:
+        detail = {"status": "pending"}
+        await ctx.store.save_source(app, AppSource(kind, detail), record.settings)
+    else:
+        await _record_status(ctx, app, "pending")
+    return record, settings, env
+
+
+# archives
+
+
+class FromArchiveParams(SourceOptions, kw_only=True):
+    app: AppName
+    url: str
+    positional = ("app", "url")
+
+
+@REGISTRY.command(
+    "git:from-archive",
+    summary="deploy a .tar.gz/.tgz/.tar/.zip with a Procfile (http, https, file)",
+    mutating=True,
+    streaming=True,
+)
+async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
+    try:
+        archive.check_url(params.url)
+    except archive.ArchiveError as exc:
+        raise invalid_argument(str(exc)) from None
+    if not await trio.to_thread.run_sync(archive.caller_may_read, params.url, ctx.peer.uid):
+        raise invalid_argument(f"{params.url}: you (uid {ctx.peer.uid}) may not read that file")
+    record, settings, env = await _prepare(ctx, params.app, params, "archive")
+    ctx.release_lock()
+    app = params.app
+    app_dir = ctx.services.app_dir(app)
+    async with ctx.services.source_lock(app):
+        release = await trio.to_thread.run_sync(releases.new_release, app_dir, "archive")
+        incoming = app_dir / f".incoming-{secrets.token_hex(4)}"
+        try:
+            types = await _download_and_unpack(ctx, app, params.url, incoming, release)
+            await _check_scale(ctx, app, set(types))
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(releases.discard, release)
+            if not isinstance(exc, DeployFailed):
+                raise
+            async with ctx.services.lock.held():
+                await _record_status(ctx, app, exc.status, exc.message)
+            raise CommandError("invalid_argument", exc.message) from None
+        finally:
+            incoming.unlink(missing_ok=True)
+        root = await trio.to_thread.run_sync(archive.source_root, release)
+        async with ctx.services.lock.held():
+            await trio.to_thread.run_sync(releases.activate, app_dir, release)
+            source_dir = app_dir / "current" / root.relative_to(release)
+            detail = {
+                "url": without_credentials(params.url),
+                "status": "running",
+                "procfile": msgspec.json.encode(types).decode(),
+                "source_dir": str(source_dir),
+                "release": release.name,
+            }
+            await ctx.store.save_source(app, AppSource("archive", detail), settings)
+            if env:
+                await ctx.store.set_config(app, env)
+            await ctx.processes.redeploy(app)
+        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
+    rows = ctx.processes.report(app)
+    listed = ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
+    return Result(
+        f"Deploying {app} from {without_credentials(params.url)}... done\nProcess types: {listed}",
+        {"types": list(types), "processes": rows},
+    )
+
+
+async def _download_and_unpack(
+    ctx: Context, app: str, url: str, incoming: Path, release: Path
+) -> dict[str, ProcessType]:
+    await _record_status(ctx, app, "downloading")
+    await ctx.emit(ProgressEvent("downloading", 0, None))
+    last = [0.0]
+    progress_events: list[tuple[int, int | None]] = []
+
+    def progress(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.5:
+            last[0] = now
+            progress_events.append((done, total))
+
+    try:
+        limit = ctx.services.config.max_archive_bytes
+        size = await trio.to_thread.run_sync(archive.download, url, incoming, limit, progress)
+    except archive.ArchiveError as exc:
+        raise DeployFailed("download failure", str(exc)) from None
+    for done, total in progress_events:
+        await ctx.emit(ProgressEvent("downloading", done, total))
+    if not progress_events or progress_events[-1][0] != size:
+        await ctx.emit(ProgressEvent("downloading", size, size))
+    await _record_status(ctx, app, "unpacking")
+    await ctx.emit(ProgressEvent("unpacking"))
+    try:
+        unpacked_limit = ctx.services.config.max_unpacked_bytes
+        await trio.to_thread.run_sync(archive.unpack, incoming, release, unpacked_limit, MAX_ENTRIES)
+    except archive.ArchiveError as exc:
+        raise DeployFailed("unpack failure", str(exc)) from None
+    root = await trio.to_thread.run_sync(archive.source_root, release)
+    procfile = root / "Procfile"
+    if not procfile.is_file() or procfile.is_symlink():
+        raise DeployFailed("no procfile", "no Procfile at the root of the archive")
+    try:
+        types = parse_procfile(await trio.to_thread.run_sync(procfile.read_bytes))
+    except ProcfileError as exc:
+        raise DeployFailed("invalid procfile", str(exc)) from None
+    return dict(types)
+
+
+async def _check_scale(ctx: Context, app: str, types: set[str]) -> None:
+    _, scale = await ctx.store.get_runtime(app)
+    unknown = sorted(kind for kind, count in scale.items() if count > 0 and kind not in types)
+    if unknown:
+        raise DeployFailed(
+            "unknown process type",
+            f"unknown process type {unknown[0]!r}: the app is scaled to it but the new Procfile has none",
+        )
+
+
+# git
+
+
+class SyncParams(SourceOptions, kw_only=True):
+    app: AppName
+    repository: str
+    ref: str | None = None
+    build_cmd: str | None = None
+    executable: str | None = None
+    username: str | None = None
+    password: str | None = None
+    build_timeout: Annotated[int, msgspec.Meta(ge=1, le=86400)] = DEFAULT_BUILD_TIMEOUT
+    positional = ("app", "repository", "ref")
+    secret = SourceOptions.secret | {"password"}
+    metavars = {
+        **SourceOptions.metavars,
+        "build_cmd": "CMD",
+        "executable": "PATH",
+        "username": "U",
+        "password": "P",
+    }
+
+
+@REGISTRY.command(
+    "git:sync",
+    summary="clone or update a git repository, check out REF, build, use PATH as the executable",
+    mutating=True,
+    streaming=True,
+)
+async def sync(ctx: Context, params: SyncParams) -> Result:
+    try:
+        repository = gitsrc.check_repository(params.repository, params.username, params.password)
+    except gitsrc.GitError as exc:
+        raise invalid_argument(str(exc)) from None
+    if params.ref is not None and (
+        not REF.match(params.ref) or params.ref.startswith("-") or ".." in params.ref
+    ):
+        raise invalid_argument(f"invalid ref {params.ref!r}")
+    if params.executable is not None and (params.executable.startswith("/") or "\x00" in params.executable):
+        raise invalid_argument(
+            f"invalid executable {params.executable!r}: give a path relative to the checkout"
+        )
+    record, settings, env = await _prepare(ctx, params.app, params, "git")
+    ctx.release_lock()
+    app = params.app
+    app_dir = ctx.services.app_dir(app)
+    async with ctx.services.source_lock(app):
+        release = await trio.to_thread.run_sync(releases.new_release, app_dir, "git")
+        try:
+            commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
+            executable = await _build(ctx, record, params, release)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(releases.discard, release)
+            if not isinstance(exc, DeployFailed):
+                raise
+            async with ctx.services.lock.held():
+                await _record_status(ctx, app, exc.status, exc.message)
+            raise CommandError("invalid_argument", exc.message) from None
+        async with ctx.services.lock.held():
+            await trio.to_thread.run_sync(releases.activate, app_dir, release)
+            live_executable = (
+                app_dir / "current" / executable.relative_to(release.resolve()) if executable else None
+            )
+            detail = {
+                "repository": repository.shown,
+                "ref": params.ref or "",
+                "ref_kind": kind,
+                "commit": commit,
+                "status": "ready",
+                "release": release.name,
+                "source_dir": str(app_dir / "current"),
+            }
+            if params.build_cmd:
+                detail["build_cmd"] = params.build_cmd
+            if live_executable:
+                settings = msgspec.structs.replace(settings, executable=str(live_executable))
+            await ctx.store.save_source(app, AppSource("git", detail), settings)
+            if env:
+                await ctx.store.set_config(app, env)
+            desired, _ = await ctx.store.get_runtime(app)
+            if desired == "running":
+                await ctx.processes.redeploy(app)
+        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
+    return Result(
+        f"Syncing {app} from {repository.shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(
+            " )", ")"
+        ),
+        {"commit": commit, "ref": params.ref, "ref_kind": kind, "executable": str(live_executable or "")},
+    )
+
+
+async def _fetch_and_checkout(
+    ctx: Context, app: str, repository: gitsrc.Repository, ref: str | None, release: Path
+) -> tuple[str, str]:
+    data_dir = ctx.services.data_dir
+    askpass = await trio.to_thread.run_sync(gitsrc.ensure_askpass, data_dir)
+    env = gitsrc.git_environment(askpass, repository)
+    cache = ctx.services.app_dir(app) / "repo.git"
+    await _record_status(ctx, app, "fetching")
+    await ctx.emit(ProgressEvent("fetching"))
+    try:
+        await trio.to_thread.run_sync(gitsrc.fetch, cache, repository, env)
+        commit, kind = await trio.to_thread.run_sync(gitsrc.resolve, cache, ref)
+        await ctx.emit(ProgressEvent("checking out"))
+        await trio.to_thread.run_sync(gitsrc.checkout, cache, commit, release)
+    except gitsrc.GitError as exc:
+        raise DeployFailed("fetch failure", str(exc)) from None
+    return commit, kind
+
+
+async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: Path) -> Path | None:
+    if params.build_cmd:
+        await _record_status(ctx, record.name, "building")
+        await ctx.emit(ProgressEvent("building"))
+        folder = ctx.services.app_dir(record.name) / "builds" / release.name
+        await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))
+        config = await ctx.store.get_config(record.name)
+        spec = ProcessSpec(
+            app=record.name,
+            process="build",
+            # the build command is the user's own shell command: the single argument of sh -c
+            argv=["/bin/sh", "-c", params.build_cmd],
+            cwd=str(release),
+            env=environment(record, config, None),
+        )
+        outcome = await execute(ctx.processes, spec, folder, params.build_timeout, None, ctx.emit)
+        if outcome.timed_out:
+            raise DeployFailed(
+                "build failure", f"build timed out after {params.build_timeout} s (log: {folder}/logs.txt)"
+            )
+        if outcome.error or not outcome.status or not outcome.status.success:
+            what = outcome.error or (outcome.status.describe() if outcome.status else "failed")
+            raise DeployFailed("build failure", f"build failed: {what} (log: {folder}/logs.txt)")
+    if params.executable is None:
+        return None
+    try:
+        return await trio.to_thread.run_sync(gitsrc.check_executable_in, release, params.executable)
+    except gitsrc.GitError as exc:
+        raise DeployFailed("build failure", str(exc)) from None
+
+
+# images
+
+IMAGE = re.compile(
+    # a registry host is only a first part with a dot or a port, or localhost (Docker's own rule)
+    r"^(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+(?::[0-9]+)?|localhost(?::[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+)/)?"
+    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+class FromImageParams(SourceOptions, kw_only=True):
+    app: AppName
+    image: str
+    heartbeat: bool = False
+    positional = ("app", "image")
+
+
+@REGISTRY.command(
+    "git:from-image", summary="a Docker image, deployed through the app's daemon", mutating=True
+)
+async def from_image(ctx: Context, params: FromImageParams) -> Result:
+    if len(params.image) > 255 or not IMAGE.match(params.image):
+        raise invalid_argument(f"invalid image reference {params.image!r}")
+    existing = await ctx.store.get_app(params.app)
+    settings, env = apply_options(existing.settings if existing else AppSettings(), params)
+    name = None if settings.daemon == "auto" else settings.daemon
+    placement = None
+    if settings.requirements and name is None:
+        daemon, placement = await place(params.app, settings.requirements, ctx.store, ctx.processes.docker)
+    else:
+        found = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
+        if found is None:
+            raise not_found(
+                f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
+            )
+        daemon = found
+    record, created = await app_for_source(ctx, params.app)
+    detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
+    if placement:
+        detail["placement"] = placement
+    if params.heartbeat:
+        detail["heartbeat"] = "true"
+    settings = msgspec.structs.replace(settings, daemon=daemon.name)
+    await ctx.store.save_source(params.app, AppSource("image", detail), settings)
+    if env:
+        await ctx.store.set_config(params.app, env)
+    verb = "Creating" if created else "Updating"
+    return Result(
+        f"{verb} {params.app} from image {params.image} on {daemon.name}... done",
+        {"app": params.app, "image": params.image, "daemon": daemon.name},
+    )

@@ -1,0 +1,136 @@
+"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import trio
+
+from berth.messages import LogEvent
+from berthd.commands.apps import load_app
+from berthd.deploy.exapp import container_name
+from berthd.errors import invalid_argument
+from berthd.server.context import Context
+from berthd.server.params import AppName, Params
+from berthd.server.registry import REGISTRY, Result
+from berthd.store.records import AppRecord
+from berthd.supervision.logs import LogFile, Missed, follow, parse_line, tail_lines
+
+MAX_LINES = 100_000
+
+
+class LogsParams(Params):
+    app: AppName
+    num: Annotated[
+        int, msgspec.Meta(ge=0, le=MAX_LINES, description=f"a number of lines from 0 to {MAX_LINES}")
+    ] = 100
+    tail: bool = False
+    process: str | None = None
+    positional = ("app",)
+    metavars = {"num": "N", "process": "TYPE.N"}
+
+
+def _logged_processes(folder: Path) -> set[str]:
+    return {p.name.split(".log")[0] for p in folder.glob("*.log*")} if folder.exists() else set()
+
+
+async def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[str, LogFile]]:
+    logged = await trio.to_thread.run_sync(_logged_processes, ctx.services.app_dir(app) / "logs")
+    names = sorted(logged | {p.name for p in ctx.processes.processes_of(app)})
+    if process is not None:
+        if process not in names:
+            raise invalid_argument(f"no process {process!r} in {app}; known: {', '.join(names) or 'none'}")
+        names = [process]
+    return [(name, ctx.processes.log_of(app, name)) for name in names]
+
+
+@REGISTRY.command("logs", summary="the app's last log lines; --tail follows", mutating=False, streaming=True)
+async def logs(ctx: Context, params: LogsParams) -> Result:
+    record = await load_app(ctx, params.app)
+    if record.source.kind == "image":
+        return await _engine_logs(ctx, record, params)
+    sources = await _logs_of(ctx, params.app, params.process)
+    lines = []
+    for name, log in sources:
+        raw = await trio.to_thread.run_sync(tail_lines, log.files_newest_first(), params.num)
+        lines += [parse_line(line, name) for line in raw]
+    lines.sort(key=lambda line: line.timestamp)
+    lines = lines[-params.num :] if params.num else []
+    if not params.tail:
+        text = "\n".join(f"{line.timestamp} {line.process} {line.stream}: {line.text}" for line in lines)
+        return Result(text, [dataclasses.asdict(line) for line in lines])
+    for line in lines:
+        await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text))
+    async with trio.open_nursery() as nursery:
+        for name, log in sources:
+            nursery.start_soon(_follow_one, ctx, params.app, name, log)
+        nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
+    return Result("end of logs")
+
+
+async def _follow_one(ctx: Context, app: str, name: str, log: LogFile) -> None:
+    missed = 0
+    async for batch in follow(log):
+        if isinstance(batch, Missed):
+            missed += batch.count
+            continue
+        for raw in batch:
+            line = parse_line(raw, name)
+            await ctx.emit(LogEvent(app, name, line.stream, line.text, missed))
+            missed = 0
+
+
+async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
+    while not ctx.client_gone():
+        await trio.sleep(0.5)
+    scope.cancel()
+
+
+async def _engine_logs(ctx: Context, record: AppRecord, params: LogsParams) -> Result:
+    """An image app's output comes from its daemon's engine."""
+    daemon = await ctx.processes.daemon_for(record)
+    if daemon.deploy_id != "docker-install":
+        return Result(f"{record.name} is a manual-install app: berthd does not run it and has no logs of it")
+    name = container_name(record.name)
+    lines = await ctx.processes.docker.logs(daemon.name, name, params.num)
+    if not params.tail:
+        text = "\n".join(f"{stamp} main.1 {stream}: {line}" for stamp, stream, line in lines)
+        data = [{"timestamp": s, "stream": st, "text": t, "process": "main.1"} for s, st, t in lines]
+        return Result(text, data)
+    for _, stream, line in lines:
+        await ctx.emit(LogEvent(record.name, "main.1", stream, line))
+    token = trio.lowlevel.current_trio_token()
+    sender, receiver = trio.open_memory_channel[LogEvent](4096)
+    missed = [0]
+
+    def send(stream: str, line: str) -> None:
+        def offer() -> None:
+            event = LogEvent(record.name, "main.1", stream, line, missed[0])
+            try:
+                sender.send_nowait(event)
+                missed[0] = 0
+            except trio.WouldBlock:
+                missed[0] += 1
+            except trio.ClosedResourceError:
+                pass
+
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(offer)
+
+    async with trio.open_nursery() as nursery:
+
+        async def follow() -> None:
+            await ctx.processes.docker.follow_logs(daemon.name, name, send)
+
+        async def forward() -> None:
+            async for event in receiver:
+                await ctx.emit(event)
+
+        nursery.start_soon(follow)
+        nursery.start_soon(forward)
+        nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
+    return Result("end of logs")

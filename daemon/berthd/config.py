@@ -1,0 +1,98 @@
+"""berthd's configuration: defaults, then an optional TOML file, then `BERTHD_*` variables, then flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from berth.paths import default_socket_path
+
+MIB = 1024 * 1024
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    socket: str | None = None
+    socket_mode: str = "0660"
+    socket_group: str | None = None
+    max_line: Annotated[int, msgspec.Meta(ge=64)] = MIB
+    max_clients: Annotated[int, msgspec.Meta(ge=1)] = 256
+    log_file: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: str | None = None
+    sync: Literal["full", "normal"] = "full"
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    log_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
+    log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    upload_ttl: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * MIB
+    max_archive_bytes: Annotated[int, msgspec.Meta(ge=1)] = 512 * MIB
+    max_unpacked_bytes: Annotated[int, msgspec.Meta(ge=1)] = 2 * 1024 * MIB
+
+    @property
+    def socket_mode_bits(self) -> int:
+        return int(self.socket_mode, 8)
+
+    def socket_path(self) -> Path:
+        return Path(self.socket) if self.socket else default_socket_path()
+
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        if os.geteuid() == 0:
+            return Path("/var/lib/berthd")
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(xdg) / "berthd"
+
+
+# Environment variables: the two that dokku-daemon users know, and one per other setting.
+ENVIRONMENT = {
+    "BERTHD_SOCK_PATH": "socket",
+    "BERTHD_LOGFILE": "log_file",
+    "BERTHD_SOCKET_MODE": "socket_mode",
+    "BERTHD_SOCKET_GROUP": "socket_group",
+    "BERTHD_MAX_LINE": "max_line",
+    "BERTHD_MAX_CLIENTS": "max_clients",
+    "BERTHD_LOG_LEVEL": "log_level",
+    "BERTHD_DATA_DIR": "data_dir",
+    "BERTHD_SYNC": "sync",
+    "BERTHD_SHUTDOWN_GRACE": "shutdown_grace",
+    "BERTHD_STOP_TIMEOUT": "stop_timeout",
+    "BERTHD_LOG_MAX_BYTES": "log_max_bytes",
+    "BERTHD_LOG_BACKUPS": "log_backups",
+    "BERTHD_UPLOAD_TTL": "upload_ttl",
+    "BERTHD_MAX_UPLOAD_BYTES": "max_upload_bytes",
+    "BERTHD_MAX_ARCHIVE_BYTES": "max_archive_bytes",
+    "BERTHD_MAX_UNPACKED_BYTES": "max_unpacked_bytes",
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(config_file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            values.update(msgspec.toml.decode(Path(config_file).read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+    for variable, key in ENVIRONMENT.items():
+        if environ.get(variable):
+            values[key] = environ[variable]
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        config = msgspec.convert(values, Config, strict=False)
+        config.socket_mode_bits  # noqa: B018 - validates the octal mode
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError:
+        raise ConfigError(f"socket mode {values.get('socket_mode')!r} is not an octal mode") from None
+    return config

@@ -1,0 +1,1 @@
+"""AppAPI's vocabulary: deploy daemons (DaemonConfigs), the ExApp contract, heartbeats, placement."""

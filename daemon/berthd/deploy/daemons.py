@@ -1,0 +1,351 @@
+"""Deploy daemons (AppAPI's DaemonConfigs): checking a registration as AppAPI does, and showing one.
+
+A daemon's `host` is one of three things: the absolute path of a Docker socket, `HOST:PORT` of a Docker
+Socket Proxy or of HaRP, or `null` (a manual-install daemon, which has no engine). Secrets (the haproxy
+password, the HaRP shared key) are stored, used by `berthd.runners.docker.engine`, and never shown but as `***`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from berthd.apps.settings import DAEMON_NAME
+from berthd.errors import invalid_argument
+from berthd.server.params import Params
+from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig
+
+DOCKER_INSTALL = "docker-install"
+MANUAL_INSTALL = "manual-install"
+DEPLOY_IDS = (DOCKER_INSTALL, MANUAL_INSTALL)
+PROTOCOLS = ("http", "https")
+COMPUTE_DEVICES = {"cpu": "CPU", "cuda": "CUDA (NVIDIA)", "rocm": "ROCm (AMD)"}
+DEFAULT_NET = "host"
+DEFAULT_HARP_DOCKER_SOCKET_PORT = "24000"
+NO_HOST = "null"
+SECRET_MASK = "***"
+
+DOCKER_API_VERSION_OPTION = "docker_api_version"
+TLS_CA_FILE_OPTION = "tls_ca_file"
+"""Additional option: a CA bundle to verify an https daemon against (verification is always on)."""
+
+MAX_DISPLAY_NAME = 255
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its NUL
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})$")
+BARE_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
+NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+API_VERSION = re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}$")
+
+HOST_FORMS = (
+    "the path of a Docker socket (/var/run/docker.sock), HOST:PORT of a Docker Socket Proxy or HaRP"
+    " (nextcloud-appapi-dsp:2375), or null for a manual-install daemon"
+)
+
+
+class RegisterParams(Params):
+    """`daemons:register`: exactly the arguments and options of `occ app_api:daemon:register`."""
+
+    name: str
+    display_name: str
+    accepts_deploy_id: str
+    protocol: str
+    host: str
+    nextcloud_url: str
+    net: str | None = None
+    haproxy_password: str | None = None
+    compute_device: str | None = None
+    set_default: bool = False
+    harp: bool = False
+    harp_frp_address: str | None = None
+    harp_shared_key: str | None = None
+    harp_docker_socket_port: str = DEFAULT_HARP_DOCKER_SOCKET_PORT
+    harp_exapp_direct: bool = False
+    option: list[str] = msgspec.field(default_factory=list)
+    positional = ("name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url")
+    secret = frozenset({"haproxy_password", "harp_shared_key"})
+    metavars = {
+        "display_name": "DISPLAY-NAME",
+        "accepts_deploy_id": "ACCEPTS-DEPLOY-ID",
+        "nextcloud_url": "NEXTCLOUD_URL",
+        "option": "KEY=VALUE",
+    }
+
+
+def is_socket_path(host: str | None) -> bool:
+    return host is not None and host.startswith("/")
+
+
+def check_name(name: str) -> str:
+    if not DAEMON_NAME.match(name):
+        raise invalid_argument(
+            f"invalid daemon name {name!r}: 1 to 255 characters without control characters"
+        )
+    return name
+
+
+def _check_display_name(value: str) -> str:
+    if CONTROL.search(value) or len(value) > MAX_DISPLAY_NAME:
+        raise invalid_argument(
+            f"invalid display-name {value!r}: at most {MAX_DISPLAY_NAME} characters without control characters"
+        )
+    return value
+
+
+def _check_deploy_id(value: str) -> str:
+    if value not in DEPLOY_IDS:
+        raise invalid_argument(
+            f"invalid accepts-deploy-id {value!r}: expected {DOCKER_INSTALL} or {MANUAL_INSTALL}"
+        )
+    return value
+
+
+def _check_protocol(value: str) -> str:
+    if value not in PROTOCOLS:
+        raise invalid_argument(f"invalid protocol {value!r}: the protocol must be `http` or `https`")
+    return value
+
+
+def _check_port(value: str, what: str) -> str:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise invalid_argument(f"invalid {what} {value!r}: a port is a number from 1 to 65535")
+    return str(int(value))
+
+
+def _check_host(host: str, deploy_id: str, harp: bool) -> tuple[str | None, list[str]]:
+    """The host as stored (None for `null`) and any warnings, or a refusal naming the accepted forms."""
+    if SCHEME.match(host):
+        raise invalid_argument(
+            f"invalid host {host!r}: the host must not include a protocol (give the protocol as its own"
+            f" argument); expected {HOST_FORMS}"
+        )
+    if CONTROL.search(host) or not host:
+        raise invalid_argument(f"invalid host {host!r}: expected {HOST_FORMS}")
+    if host == NO_HOST:
+        if deploy_id != MANUAL_INSTALL:
+            raise invalid_argument(
+                f"invalid host null: only a {MANUAL_INSTALL} daemon has no host; a {deploy_id} daemon"
+                " needs a Docker socket path or HOST:PORT"
+            )
+        return None, []
+    if host.startswith("/"):
+        if harp:
+            raise invalid_argument(f"invalid host {host!r}: with --harp the host is HaRP's HOST:PORT")
+        if deploy_id == MANUAL_INSTALL:
+            raise invalid_argument(
+                f"invalid host {host!r}: a {MANUAL_INSTALL} daemon has no Docker engine; its host is"
+                " where its apps listen (HOST, or null)"
+            )
+        if len(os.fsencode(host)) > MAX_SOCKET_PATH:
+            raise invalid_argument(
+                f"invalid host {host!r}: a socket path is at most {MAX_SOCKET_PATH} bytes long"
+            )
+        return os.path.normpath(host), []
+    match = HOST_PORT.match(host)
+    if match:
+        _check_port(match["port"], "host port")
+        if deploy_id == MANUAL_INSTALL and not harp:
+            return host, [
+                "Warning: The host contains a port, which will be ignored for manual-install daemons."
+                " The ExApp's port will be used instead."
+            ]
+        return host, []
+    if deploy_id == MANUAL_INSTALL and not harp and BARE_HOST.match(host):
+        return host, []
+    raise invalid_argument(f"invalid host {host!r}: expected {HOST_FORMS}")
+
+
+def _check_nextcloud_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in PROTOCOLS or not parts.netloc or CONTROL.search(url):
+        raise invalid_argument(
+            f"invalid nextcloud_url {url!r}: an http or https URL, e.g. https://nextcloud.local"
+        )
+    return url.rstrip("/")
+
+
+def _check_net(net: str) -> str:
+    if not NETWORK.match(net):
+        raise invalid_argument(
+            f"invalid --net {net!r}: a Docker network name (letters, digits, _ . -), e.g. host or nextcloud"
+        )
+    return net
+
+
+def _compute_device(value: str) -> ComputeDevice:
+    if value not in COMPUTE_DEVICES:
+        raise invalid_argument(f"invalid --compute_device {value!r}: expected cpu, cuda or rocm")
+    return ComputeDevice(value, COMPUTE_DEVICES[value])
+
+
+def _check_secret(value: str, option: str) -> str:
+    # The value is never echoed: it is a secret.
+    if CONTROL.search(value):
+        raise invalid_argument(f"invalid --{option}: it contains control characters")
+    return value
+
+
+def _check_frp_address(value: str) -> str:
+    if SCHEME.match(value):
+        raise invalid_argument(
+            f"invalid --harp_frp_address {value!r}: FRP's address must not include a protocol;"
+            " expected HOST:PORT (e.g. appapi-harp:8782)"
+        )
+    if CONTROL.search(value) or " " in value:
+        raise invalid_argument(f"invalid --harp_frp_address {value!r}: expected HOST:PORT")
+    return value
+
+
+def _parse_options(pairs: Sequence[str]) -> tuple[dict[str, str], str]:
+    """`--option KEY=VALUE` pairs: the additional options and the Docker API version."""
+    options: dict[str, str] = {}
+    api_version = "auto"
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not OPTION_KEY.match(key):
+            raise invalid_argument(
+                f"invalid --option {pair!r}: expected KEY=VALUE, e.g. OVERRIDE_APP_HOST=0.0.0.0"
+            )
+        if CONTROL.search(value):
+            raise invalid_argument(f"invalid --option {key}: the value contains control characters")
+        if key.lower() == DOCKER_API_VERSION_OPTION:
+            if value != "auto" and not API_VERSION.match(value):
+                raise invalid_argument(
+                    f"invalid --option {key}={value}: auto (negotiated with the engine) or a version like 1.41"
+                )
+            api_version = value
+            continue
+        if key == TLS_CA_FILE_OPTION and not os.path.isabs(value):
+            raise invalid_argument(f"invalid --option {key}={value}: the path must be absolute")
+        options[key] = value
+    return options, api_version
+
+
+def build_daemon(request: RegisterParams) -> tuple[DaemonRecord, list[str]]:
+    """A checked DaemonRecord from `daemons:register`'s arguments, with warnings for the user.
+
+    The checks are AppAPI's (RegisterDaemon and DaemonConfigService), in AppAPI's order where it has one.
+    """
+    name = check_name(request.name)
+    display_name = _check_display_name(request.display_name)
+    deploy_id = _check_deploy_id(request.accepts_deploy_id)
+    protocol = _check_protocol(request.protocol)
+    warnings: list[str] = []
+    harp: HarpConfig | None = None
+    if request.harp:
+        key, frp_address = request.harp_shared_key, request.harp_frp_address
+        if not key or not frp_address:
+            missing = [
+                o for o, v in (("--harp_shared_key", key), ("--harp_frp_address", frp_address)) if not v
+            ]
+            raise invalid_argument(f"a HaRP enabled daemon (--harp) requires {' and '.join(missing)}")
+        harp = HarpConfig(
+            frp_address=_check_frp_address(frp_address),
+            shared_key=_check_secret(key, "harp_shared_key"),
+            docker_socket_port=_check_port(request.harp_docker_socket_port, "--harp_docker_socket_port"),
+            exapp_direct=request.harp_exapp_direct,
+        )
+    elif request.harp_shared_key or request.harp_frp_address or request.harp_exapp_direct:
+        warnings.append("Note: the --harp_* options are ignored without --harp.")
+    host, host_warnings = _check_host(request.host, deploy_id, request.harp)
+    warnings += host_warnings
+    net = _check_net(request.net if request.net is not None else DEFAULT_NET)
+    if harp is not None and harp.exapp_direct and deploy_id != MANUAL_INSTALL and net == "host":
+        raise invalid_argument(
+            "--harp_exapp_direct cannot be used with --net host: setting `net=host` in HaRP is not"
+            " supported when communication with ExApps is done directly without FRP; give --net a"
+            " Docker network (e.g. --net nextcloud)"
+        )
+    options, api_version = _parse_options(request.option)
+    # As AppAPI: with HaRP the shared key is also the daemon's secret.
+    secret = harp.shared_key if harp else _check_secret(request.haproxy_password or "", "haproxy_password")
+    config = DeployConfig(
+        net=net,
+        nextcloud_url=_check_nextcloud_url(request.nextcloud_url),
+        haproxy_password=secret,
+        computeDevice=_compute_device(request.compute_device or "cpu"),
+        harp=harp,
+        additional_options=options,
+        docker_api_version=api_version,
+    )
+    record = DaemonRecord(name, display_name, deploy_id, protocol, host, config, created_at=time.time())
+    return record, warnings
+
+
+def _masked(value: str) -> str:
+    return SECRET_MASK if value else ""
+
+
+def public_view(record: DaemonRecord) -> dict[str, Any]:
+    """The daemon as `daemons:list` shows it in `data`: secrets as `***`."""
+    config = record.deploy_config
+    shown: dict[str, Any] = msgspec.to_builtins(config)
+    shown["haproxy_password"] = _masked(config.haproxy_password)
+    if config.harp is not None:
+        shown["harp"]["shared_key"] = _masked(config.harp.shared_key)
+    return {
+        "name": record.name,
+        "display_name": record.display_name,
+        "deploy_id": record.deploy_id,
+        "protocol": record.protocol,
+        "host": record.host,
+        "is_default": record.is_default,
+        "created_at": datetime.fromtimestamp(record.created_at, UTC).isoformat(timespec="seconds"),
+        "deploy_config": shown,
+    }
+
+
+TABLE_HEADERS = (
+    "Def",
+    "Name",
+    "Display name",
+    "Deploy ID",
+    "Protocol",
+    "Host",
+    "NC Url",
+    "Is HaRP",
+    "HaRP FRP Address",
+    "HaRP Docker Socket Port",
+    "HaRP ExApp Direct",
+)
+
+
+def _row(record: DaemonRecord) -> list[str]:
+    harp = record.deploy_config.harp
+    return [
+        "*" if record.is_default else "",
+        record.name,
+        record.display_name,
+        record.deploy_id,
+        record.protocol,
+        record.host if record.host is not None else NO_HOST,
+        record.deploy_config.nextcloud_url,
+        "yes" if harp else "no",
+        harp.frp_address if harp else "(none)",
+        harp.docker_socket_port if harp else "(none)",
+        ("yes" if harp.exapp_direct else "no") if harp else "(none)",
+    ]
+
+
+def render_table(records: Sequence[DaemonRecord]) -> str:
+    """`app_api:daemon:list`'s table (Symfony's style); no secret is in any column."""
+    if not records:
+        return "No registered daemon configs."
+    rows = [list(TABLE_HEADERS), *(_row(r) for r in records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADERS))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {cell.ljust(w)} " for cell, w in zip(cells, widths, strict=True)) + "|"
+
+    body = [line(row) for row in rows[1:]]
+    return "\n".join(["Registered ExApp daemon configs:", rule, line(rows[0]), rule, *body, rule])

@@ -1,0 +1,98 @@
+"""AppAPI's ExApp contract: how an image app's container is named, addressed and configured.
+
+Name `nc_app_APP`, hostname APP, environment APP_ID, APP_SECRET, APP_DISPLAY_NAME, APP_VERSION, APP_HOST,
+APP_PORT, APP_PERSISTENT_STORAGE, NEXTCLOUD_URL, COMPUTE_DEVICE (in that order), then the app's config;
+volume `nc_app_APP_data` at `/nc_app_APP_data`; the daemon's network; GPUs per its compute device.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from berthd.runners.docker.runner import ContainerRequest
+from berthd.store.records import AppRecord
+
+PORT_RANGE = range(23000, 24000)
+NVIDIA_ENV = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+
+
+def container_name(app: str) -> str:
+    return f"nc_app_{app}"
+
+
+def volume_name(app: str) -> str:
+    return f"nc_app_{app}_data"
+
+
+def image_version(image: str) -> str:
+    last = image.rsplit("/", 1)[-1]
+    if "@" in last:
+        return last.split("@", 1)[1][:19]
+    return last.split(":", 1)[1] if ":" in last else "latest"
+
+
+def app_host(daemon: Any) -> str:
+    """Where the ExApp listens, as AppAPI decides it: OVERRIDE_APP_HOST, else by network."""
+    override = (daemon.deploy_config.additional_options or {}).get("OVERRIDE_APP_HOST")
+    if override:
+        return str(override)
+    if daemon.deploy_id == "manual-install" or daemon.deploy_config.net == "host":
+        return "127.0.0.1"
+    return "0.0.0.0"
+
+
+def compute_device(daemon: Any) -> str:
+    device = daemon.deploy_config.computeDevice
+    return str(device.id) if device is not None else "cpu"
+
+
+def exapp_env(record: AppRecord, daemon: Any, secret: str, port: int, config: dict[str, str]) -> list[str]:
+    app = record.name
+    ordered = [
+        f"APP_ID={app}",
+        f"APP_SECRET={secret}",
+        f"APP_DISPLAY_NAME={record.settings.description or app}",
+        f"APP_VERSION={image_version(record.source.detail.get('image', ''))}",
+        f"APP_HOST={app_host(daemon)}",
+        f"APP_PORT={port}",
+        f"APP_PERSISTENT_STORAGE=/{volume_name(app)}",
+        f"NEXTCLOUD_URL={daemon.deploy_config.nextcloud_url or daemon.nextcloud_url}",
+        f"COMPUTE_DEVICE={compute_device(daemon).upper() if compute_device(daemon) != 'cpu' else 'CPU'}",
+    ]
+    if compute_device(daemon) == "cuda":
+        ordered += NVIDIA_ENV
+    fixed = {line.split("=", 1)[0] for line in ordered}
+    return ordered + [f"{key}={value}" for key, value in config.items() if key not in fixed]
+
+
+def container_request(
+    record: AppRecord, daemon: Any, secret: str, port: int, config: dict[str, str]
+) -> ContainerRequest:
+    return ContainerRequest(
+        daemon=daemon.name,
+        image=record.source.detail["image"],
+        name=container_name(record.name),
+        hostname=record.name,
+        env=exapp_env(record, daemon, secret, port, config),
+        volume=volume_name(record.name),
+        volume_target=f"/{volume_name(record.name)}",
+        network_mode=daemon.deploy_config.net or "host",
+        gpu=compute_device(daemon),
+        command=list(record.settings.args) or None,
+        labels={"berthd.app": record.name, "berthd.daemon": daemon.name},
+    )
+
+
+def free_port(taken: set[int], host: str = "127.0.0.1") -> int:
+    """A port of 23000-23999 no other app has and nothing listens on."""
+    for port in PORT_RANGE:
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port left in 23000-23999")

@@ -1,0 +1,224 @@
+"""`berthd`: parse the command line, open the store and the socket, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from berthd import __version__
+from berthd.commands.upload import expire_uploads
+from berthd.config import Config, ConfigError, load_config
+from berthd.host.capabilities import CapabilityCache, default_docker_url, docker_version_from
+from berthd.log import LOG, setup_logging
+from berthd.server.connections import Server
+from berthd.server.context import Services
+from berthd.server.listener import ListenerError, open_listener
+from berthd.server.notify import sd_notify
+from berthd.server.registry import REGISTRY
+from berthd.store import Store
+from berthd.supervision.manager import ProcessManager
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"Error: {message}\nTry 'berthd -h' for help.\n")
+
+
+class VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"Version {__version__}")
+        parser.exit(0)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="berthd",
+        description="berthd: a deploy daemon. One command a line on a UNIX socket; answers are JSON lines.",
+        epilog="Environment: BERTHD_SOCK_PATH, BERTHD_LOGFILE, BERTHD_DATA_DIR, BERTHD_<OPTION>.",
+    )
+    parser.add_argument("-v", "--version", action=VersionAction)
+    parser.add_argument("--config", metavar="FILE", help="a TOML file with any of the settings below")
+    parser.add_argument("--socket", metavar="PATH", help="the socket's path")
+    parser.add_argument("--socket-mode", metavar="MODE", help="the socket's mode, octal (default 0660)")
+    parser.add_argument("--socket-group", metavar="GROUP", help="the socket's group")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the database and the apps' files live")
+    parser.add_argument("--log-file", metavar="FILE", help="also log to this file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
+    parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
+    parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
+    parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="SIGTERM to SIGKILL for app processes (default 10)",
+    )
+    parser.add_argument(
+        "--log-max-bytes", type=int, metavar="BYTES", help="rotate a process log at this size"
+    )
+    parser.add_argument("--log-backups", type=int, metavar="N", help="rotated process logs kept (default 5)")
+    parser.add_argument(
+        "--upload-ttl", type=float, metavar="SECONDS", help="unfinished uploads expire (default 1 day)"
+    )
+    parser.add_argument(
+        "--max-upload-bytes", type=int, metavar="BYTES", help="largest upload (default 4 GiB)"
+    )
+    parser.add_argument("--max-archive-bytes", type=int, metavar="BYTES", help="largest download (512 MiB)")
+    parser.add_argument(
+        "--max-unpacked-bytes", type=int, metavar="BYTES", help="largest unpacked archive (2 GiB)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load_config(args.config or os.environ.get("BERTHD_CONFIG"), os.environ, flags)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.log_level, config.log_file)
+    try:
+        return trio.run(serve, config)
+    except (ListenerError, OSError) as exc:
+        LOG.error("%s", exc)
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    (data_dir / "apps").mkdir(exist_ok=True)
+
+
+async def sweep_orphaned_app_dirs(services: Services) -> None:
+    """Folders of apps the database no longer has (a crash between the row and the files)."""
+    known = {record.name for record in await services.store.list_apps()}
+    apps_dir = services.data_dir / "apps"
+
+    def sweep() -> None:
+        for entry in apps_dir.iterdir():
+            if entry.name not in known and entry.is_dir():
+                LOG.info("removing files of destroyed app %s", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    await trio.to_thread.run_sync(sweep)
+
+
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROBE_GRACE = 5.0  # how long shutdown lets a capability probe in flight end
+
+
+def _default_engine_version(store: Store, fallback_url: str | None) -> Callable[[], str | None]:
+    """For the capability probe (on its worker thread): the Docker version of the default deploy
+    daemon's engine, through that daemon's transport; else of the local engine, if there is one."""
+
+    def version() -> str | None:
+        daemon = trio.from_thread.run(store.get_default_daemon)
+        if daemon is not None and daemon.deploy_id == "docker-install":
+            from berthd.runners.docker import engine as dockerclient
+
+            _, found, _ = dockerclient.ping(daemon)
+            return found
+        return docker_version_from(fallback_url) if fallback_url else None
+
+    return version
+
+
+def _late_signal(signum: int, frame: object) -> None:
+    LOG.info("received %s while stopping", signal.Signals(signum).name)
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int],
+    server: Server,
+    processes: ProcessManager,
+    scope: trio.CancelScope,
+    grace: float,
+) -> None:
+    """First signal: finish what is in progress, then stop. A second one: stop now."""
+    async for signum in signals:
+        LOG.info("received %s: finishing the commands in progress", signal.Signals(signum).name)
+        sd_notify("STOPPING=1")
+        server.shutdown()
+        break
+    with trio.move_on_after(grace):
+        async with trio.open_nursery() as nursery:
+
+            async def second_signal() -> None:
+                async for signum in signals:
+                    LOG.warning("received %s again: stopping now", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(second_signal)
+            await server.idle.wait()
+            nursery.cancel_scope.cancel()
+    # every process group gets SIGTERM, then SIGKILL after the stop timeout
+    await processes.shutdown()
+    scope.cancel()
+
+
+async def serve(config: Config) -> int:
+    import berthd.commands  # noqa: F401 - fills the registry
+
+    # A signal after shutdown began (when the receiver below is gone) must not kill berthd mid-cleanup.
+    # A handler, not SIG_IGN: handlers fall back to the default in children at exec, SIG_IGN would not.
+    for signum in SHUTDOWN_SIGNALS:
+        signal.signal(signum, _late_signal)
+    # The receiver opens before the socket does: a signal from the first instant on is acted upon.
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        data_dir = config.data_path()
+        await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+        store = await Store.open(data_dir, config.sync.upper())
+        await store.interrupt_running_jobs()
+        processes = ProcessManager(config, store, data_dir)
+        try:
+            capabilities = CapabilityCache(
+                data_dir, engine=_default_engine_version(store, default_docker_url())
+            )
+            services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
+            # everything berthd does before it serves is done before the socket exists
+            await sweep_orphaned_app_dirs(services)
+            listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
+            try:
+                server = Server(services, listener.sock)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(processes.run)
+                    nursery.start_soon(capabilities.run)
+                    nursery.start_soon(expire_uploads, services)
+                    await nursery.start(server.serve)
+                    LOG.info(
+                        "berthd %s listening on %s (data in %s)",
+                        __version__,
+                        listener.path or "a socket from systemd",
+                        data_dir,
+                    )
+                    sd_notify("READY=1")
+                    nursery.start_soon(
+                        _stop_on_signal,
+                        signals,
+                        server,
+                        processes,
+                        nursery.cancel_scope,
+                        config.shutdown_grace,
+                    )
+            finally:
+                listener.remove()
+                capabilities.wait_idle(PROBE_GRACE)
+        finally:
+            store.close()
+    LOG.info("berthd stopped")
+    return 0

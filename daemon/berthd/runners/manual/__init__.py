@@ -1,0 +1,1 @@
+"""manual-install ExApps: started by someone else, watched by their heartbeat."""

@@ -1,0 +1,1 @@
+"""Native processes: the spawner (the one place processes start), the reaper, and the runner."""

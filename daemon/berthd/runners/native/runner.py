@@ -1,0 +1,151 @@
+"""Native processes: each in its own session and process group, output through pipes, never a shell."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import psutil
+import trio
+
+from berthd.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
+from berthd.runners.native.reaper import Reaper
+from berthd.runners.native.spawn import Child, Spawner, SpawnError, SpawnRequest, check_identity
+
+PIPE_READ = 65536
+GROUP_POLL = 0.05
+KILL_WAIT = 2.0
+PIPE_DRAIN_TIMEOUT = 5.0
+
+
+@dataclass
+class _Running:
+    child: Child
+    output_done: trio.Event
+    exit: ExitStatus | None = None
+
+
+class NativeRunner:
+    name = "native"
+
+    def __init__(self, nursery: trio.Nursery, spawner: Spawner, reaper: Reaper) -> None:
+        self._nursery = nursery
+        self._spawner = spawner
+        self._reaper = reaper
+        self._running: dict[str, _Running] = {}
+
+    async def start(self, spec: ProcessSpec, output: OutputSink) -> Handle:
+        try:
+            identity = check_identity(spec.user)
+            child = await self._spawner.spawn(
+                SpawnRequest(spec.argv, spec.cwd, spec.env, identity=identity, stdin=spec.stdin)
+            )
+        except SpawnError as exc:
+            raise RunnerError(str(exc)) from None
+        self._reaper.groups.add(child.pid)
+        running = _Running(child, trio.Event())
+        self._running[str(child.pid)] = running
+        self._nursery.start_soon(child.watch)
+        self._nursery.start_soon(self._pump_output, running, output)
+        create_time = _create_time(child.pid)
+        return Handle(
+            runner=self.name, ref=str(child.pid), started_at=time.time(), detail={"ctime": create_time}
+        )
+
+    def stdin_of(self, handle: Handle) -> trio.lowlevel.FdStream | None:
+        running = self._running.get(handle.ref)
+        return running.child.stdin if running else None
+
+    async def _pump_output(self, running: _Running, output: OutputSink) -> None:
+        async def pump(stream: trio.lowlevel.FdStream, name: str) -> None:
+            while True:
+                try:
+                    data = await stream.receive_some(PIPE_READ)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+                    return
+                if not data:
+                    return
+                output(name, data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, running.child.stdout, "stdout")
+                nursery.start_soon(pump, running.child.stderr, "stderr")
+        finally:
+            running.output_done.set()
+
+    async def recover(self, handle: Handle, output: OutputSink) -> bool:
+        """Pipes do not survive berthd: what is left of the group from before is ended (the supervisor
+        then starts the process anew). Only members created since the leader are touched, so a
+        recycled pid is never mistaken for ours."""
+        pgid = int(handle.ref)
+        since = float(handle.detail.get("ctime") or handle.started_at) - 0.01
+        await trio.to_thread.run_sync(_kill_left_behind, pgid, since)  # walks the process table
+        return False
+
+    async def wait(self, handle: Handle) -> ExitStatus:
+        running = self._running.get(handle.ref)
+        if running is None:
+            raise RunnerError(f"process {handle.ref} is not known to this berthd")
+        if running.exit is None:
+            returncode = await running.child.wait()
+            # Whatever the leader left behind in its group ends with it.
+            await self._end_group(running.child, signal.SIGKILL, 0)
+            with trio.move_on_after(PIPE_DRAIN_TIMEOUT):
+                await running.output_done.wait()
+            await running.child.aclose()
+            running.exit = ExitStatus.from_returncode(returncode)
+            self._running.pop(handle.ref, None)
+            self._reaper.groups.discard(running.child.pid)
+        return running.exit
+
+    async def stop(self, handle: Handle, timeout: float, signum: int = signal.SIGTERM) -> ExitStatus | None:
+        """`signum` to the whole group; SIGKILL to the group once `timeout` has passed."""
+        running = self._running.get(handle.ref)
+        if running is None:
+            return None
+        await self._end_group(running.child, signum, timeout)
+        return await self.wait(handle)
+
+    async def _end_group(self, child: Child, signum: int, timeout: float) -> None:
+        """`signum` to the group, SIGKILL to it once `timeout` has passed (at most KILL_WAIT more)."""
+        if not child.signal_group(signum):
+            return
+        if signum != signal.SIGKILL:
+            with trio.move_on_after(timeout):
+                await self._group_ended(child)
+                return
+        child.signal_group(signal.SIGKILL)
+        with trio.move_on_after(KILL_WAIT):
+            await self._group_ended(child)
+
+    async def _group_ended(self, child: Child) -> None:
+        """The leader's exit is awaited on its pidfd; only then is the rest of the group looked at."""
+        await child.wait()
+        while self._reaper.group_alive(child.pid):
+            await trio.sleep(GROUP_POLL)
+
+    async def destroy(self, handle: Handle) -> None:
+        await self.stop(handle, 0, signal.SIGKILL)
+
+    async def inspect(self, handle: Handle) -> dict[str, object]:
+        running = self._running.get(handle.ref)
+        return {"pid": int(handle.ref), "alive": running is not None and running.child.returncode is None}
+
+
+def _create_time(pid: int) -> str:
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def _kill_left_behind(pgid: int, since: float) -> None:
+    for member in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(member.pid) == pgid and member.info["create_time"] >= since:
+                os.kill(member.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue

@@ -1,0 +1,160 @@
+"""From one request line to one final answer: parse, look up, bind, lock, run, answer, log.
+
+This is the only place that turns a handler's result or failure into a `Response`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from berth.framing import TooLong
+from berth.messages import QueuedEvent, Response, encode_line
+from berth.request import Request, RequestError, parse_request
+from berthd.errors import CommandError
+from berthd.log import COMMAND_LOG, LOG
+from berthd.server.context import Context, Emit, Services
+from berthd.server.params import Bound, bind_named, bind_tokens
+from berthd.server.peercred import Peer
+from berthd.server.registry import Command, Result
+
+INVALID_COMMAND = "Invalid command"
+
+
+async def dispatch(
+    services: Services,
+    raw: bytes | TooLong,
+    peer: Peer,
+    emit: Emit,
+    client_gone: Callable[[], bool] = lambda: False,
+) -> Response | None:
+    """The final answer to one line, or None for a blank line (which gets none)."""
+    started = time.perf_counter()
+    if isinstance(raw, TooLong):
+        response = Response(False, f"Line too long: the limit is {raw.limit} bytes", error="line_too_long")
+        _log(peer, "<line too long>", response, started)
+        return response
+    try:
+        request = parse_request(raw)
+    except RequestError as exc:
+        response = Response(False, f"Invalid request: {exc}", error="invalid_request")
+        _log(peer, f"<invalid request, {len(raw)} bytes>", response, started)
+        return response
+    if request is None:
+        return None
+    outcome = await _run(services, request, peer, emit, client_gone)
+    outcome.response.id = request.id
+    _log(peer, outcome.shown, outcome.response, started, outcome.secret_output, outcome.held)
+    return outcome.response
+
+
+@dataclass(slots=True)
+class Outcome:
+    response: Response
+    shown: str
+    secret_output: bool = False
+    held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
+
+
+async def _run(
+    services: Services, request: Request, peer: Peer, emit: Emit, client_gone: Callable[[], bool]
+) -> Outcome:
+    registry = services.registry
+    command = registry.lookup(request.cmd)
+    if command is None:
+        topic = registry.topic_help_name(request.cmd)
+        if topic is not None and not request.tokens and not request.named:
+            from berthd.commands.core import topic_help
+
+            return Outcome(_ok(topic_help(registry, topic)), request.cmd)
+        return Outcome(
+            Response(False, INVALID_COMMAND, error="invalid_command"), f"{request.cmd[:80]!r} (unknown)"
+        )
+    try:
+        bound = _bind(command, request)
+    except CommandError as exc:
+        return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
+    shown = " ".join([command.name, *bound.redacted])
+    ctx = Context(services, peer, emit, client_gone=client_gone)
+    outcome = Outcome(Response(False, ""), shown, command.secret_output)
+
+    async def queued(position: int) -> None:
+        if command.streaming:
+            await emit(QueuedEvent(position))
+
+    try:
+        if command.mutating:
+            await services.lock.acquire(queued)
+            began = time.monotonic_ns()
+
+            def unlock() -> None:
+                outcome.held = (began, time.monotonic_ns())
+                services.lock.release()
+
+            ctx.unlock = unlock
+            try:
+                result = await command.handler(ctx, bound.params)
+            finally:
+                ctx.release_lock()
+        else:
+            result = await command.handler(ctx, bound.params)
+    except CommandError as exc:
+        outcome.response = _failed(exc)
+        return outcome
+    except BaseExceptionGroup as group:
+        # a handler's nursery wraps what its tasks raised: a refusal inside one is still a refusal
+        refusals, rest = group.split(CommandError)
+        if refusals is None or rest is not None:
+            raise
+        outcome.response = _failed(_first_leaf(refusals))
+        return outcome
+    except Exception:  # noqa: BLE001 - the one place an unexpected failure becomes `internal`
+        LOG.exception("command %s failed", shown)
+        outcome.response = Response(False, "Internal error (see the daemon log)", error="internal")
+        return outcome
+    outcome.response = _ok(result)
+    return outcome
+
+
+def _first_leaf(group: BaseExceptionGroup[CommandError]) -> CommandError:
+    first = group.exceptions[0]
+    return first if isinstance(first, CommandError) else _first_leaf(first)
+
+
+def _bind(command: Command, request: Request) -> Bound:
+    if request.named is not None:
+        return bind_named(command.name, command.params, request.named)
+    return bind_tokens(command.name, command.params, request.tokens)
+
+
+def _ok(result: Result) -> Response:
+    return Response(True, result.output, data=result.data)
+
+
+def _failed(exc: CommandError) -> Response:
+    return Response(False, exc.message, data=exc.data, error=exc.code)
+
+
+def _log(
+    peer: Peer,
+    shown: str,
+    response: Response,
+    started: float,
+    secret_output: bool = False,
+    held: tuple[int, int] | None = None,
+) -> None:
+    if not COMMAND_LOG.enabled:
+        return
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    logged = response
+    if secret_output and response.ok:
+        logged = Response(True, f"<{len(response.output)} characters redacted>", error=response.error)
+    else:
+        logged = msgspec.structs.replace(response, data=None)
+    lock = f" lock={held[0]}-{held[1]}" if held else ""
+    answer = encode_line(logged).decode().rstrip()
+    COMMAND_LOG.write(f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}")

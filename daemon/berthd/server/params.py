@@ -1,0 +1,264 @@
+"""Command parameters: one `msgspec.Struct` per command is the schema for both request forms.
+
+A `Params` subclass says which fields are positional (`positional`, in order; a last `list[str]` field
+takes the remaining words), which one takes the words after `--` (`rest`), and which hold secrets
+(`secret`, redacted in the log). Every other field is an option: `--name VALUE`, `--name=VALUE`, a `bool`
+is a bare flag, a `list` may repeat. The usage text is generated from the same struct.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar, Union
+
+import msgspec
+
+from berthd.errors import CommandError
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True):
+    positional: ClassVar[tuple[str, ...]] = ()
+    rest: ClassVar[str | None] = None
+    secret: ClassVar[frozenset[str]] = frozenset()
+    metavars: ClassVar[dict[str, str]] = {}
+
+
+class NoParams(Params):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    kind: str  # "positional", "variadic", "rest", "flag", "option", "repeat"
+    required: bool
+    metavar: str
+    description: str | None
+
+    @property
+    def display(self) -> str:
+        if self.kind in ("positional", "variadic"):
+            return self.metavar
+        if self.kind == "rest":
+            return "-- ARG ..."
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    params: Params
+    redacted: list[str]
+
+
+def _unwrap(tp: Any) -> tuple[Any, str | None]:
+    """The bare type of an annotation and the description of its `msgspec.Meta`, if any."""
+    description = None
+    if typing.get_origin(tp) is typing.Annotated:
+        args = typing.get_args(tp)
+        for meta in args[1:]:
+            if isinstance(meta, msgspec.Meta) and meta.description:
+                description = meta.description
+        tp = args[0]
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])[0], description
+    return tp, description
+
+
+@cache
+def field_specs(cls: type[Params]) -> tuple[FieldSpec, ...]:
+    specs: list[FieldSpec] = []
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    for name in cls.positional:
+        f = fields[name]
+        bare, description = _unwrap(f.type)
+        variadic = typing.get_origin(bare) is list
+        metavar = cls.metavars.get(name, name.upper())
+        specs.append(
+            FieldSpec(name, "variadic" if variadic else "positional", f.required, metavar, description)
+        )
+    for name, f in fields.items():
+        if name in cls.positional:
+            continue
+        bare, description = _unwrap(f.type)
+        if name == cls.rest:
+            kind = "rest"
+        elif bare is bool:
+            kind = "flag"
+        elif typing.get_origin(bare) is list:
+            kind = "repeat"
+        else:
+            kind = "option"
+        metavar = cls.metavars.get(name, name.upper())
+        specs.append(FieldSpec(name, kind, f.required, metavar, description))
+    return tuple(specs)
+
+
+def usage(command: str, cls: type[Params]) -> str:
+    parts = [command]
+    for spec in field_specs(cls):
+        if spec.kind == "positional":
+            parts.append(spec.metavar if spec.required else f"[{spec.metavar}]")
+        elif spec.kind == "variadic":
+            parts.append(f"{spec.metavar} ..." if spec.required else f"[{spec.metavar} ...]")
+        elif spec.kind == "flag":
+            parts.append(f"[{spec.display}]")
+        elif spec.kind in ("option", "repeat"):
+            parts.append(f"[{spec.display} {spec.metavar}]")
+    rest = [s for s in field_specs(cls) if s.kind == "rest"]
+    if rest:
+        parts.append("[-- ARG ...]")
+    return " ".join(parts)
+
+
+def _option_lookup(cls: type[Params]) -> dict[str, FieldSpec]:
+    table: dict[str, FieldSpec] = {}
+    for spec in field_specs(cls):
+        if spec.kind in ("flag", "option", "repeat"):
+            table[spec.name] = spec
+            table[spec.name.replace("_", "-")] = spec
+    return table
+
+
+def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
+    """Words from a request (text or a JSON list) into the command's parameters."""
+    specs = field_specs(cls)
+    options = _option_lookup(cls)
+    values: dict[str, Any] = {}
+    redacted: list[str] = []
+    words: list[str] = []
+    rest_spec = next((s for s in specs if s.kind == "rest"), None)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if token == "--":
+            remaining = tokens[index:]
+            if rest_spec is None:
+                words.extend(remaining)
+            else:
+                values[rest_spec.name] = remaining
+                redacted.append("--")
+                redacted.extend(remaining)
+            break
+        if token.startswith("--") and len(token) > 2:
+            key, has_value, value = token[2:].partition("=")
+            spec = options.get(key)
+            if spec is None:
+                raise _usage_error(command, cls, f"unknown option --{key}")
+            secret = spec.name in cls.secret
+            if spec.kind == "flag":
+                if has_value:
+                    raise _usage_error(command, cls, f"option --{key} takes no value")
+                values[spec.name] = True
+                redacted.append(token)
+                continue
+            if not has_value:
+                if index >= len(tokens):
+                    raise _usage_error(command, cls, f"option --{key} needs a value ({spec.metavar})")
+                value = tokens[index]
+                index += 1
+            if spec.kind == "repeat":
+                values.setdefault(spec.name, []).append(value)
+            else:
+                values[spec.name] = value
+            shown = _redact_word(value) if secret else without_credentials(value)
+            redacted.append(f"--{key}={shown}")
+            continue
+        words.append(token)
+    _bind_words(command, cls, specs, words, values, redacted)
+    return Bound(_convert(command, cls, values), redacted)
+
+
+def _bind_words(
+    command: str,
+    cls: type[Params],
+    specs: tuple[FieldSpec, ...],
+    words: list[str],
+    values: dict[str, Any],
+    redacted: list[str],
+) -> None:
+    positional = [s for s in specs if s.kind in ("positional", "variadic")]
+    for spec in positional:
+        if spec.kind == "variadic":
+            values[spec.name] = list(words)
+            redacted.extend(_redact_word(w) if spec.name in cls.secret else w for w in words)
+            words = []
+            break
+        if not words:
+            break
+        word = words.pop(0)
+        values[spec.name] = word
+        redacted.append("***" if spec.name in cls.secret else without_credentials(word))
+    if words:
+        raise _usage_error(command, cls, f"unexpected argument {words[0]!r}")
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def without_credentials(word: str) -> str:
+    """A URL's user and password never reach the log: `https://u:p@host/x` is `https://***@host/x`."""
+    return _USERINFO.sub(r"\1***@", word) if "@" in word else word
+
+
+def _redact_word(word: str) -> str:
+    key, has_value, _ = word.partition("=")
+    return f"{key}=***" if has_value else "***"
+
+
+def bind_named(command: str, cls: type[Params], named: dict[str, Any]) -> Bound:
+    """A JSON object of named parameters (`{"app": "x", "force": true}`) into the parameters."""
+    specs = {s.name: s for s in field_specs(cls)}
+    values: dict[str, Any] = {}
+    for key, value in named.items():
+        name = key.replace("-", "_")
+        if name not in specs:
+            raise _usage_error(command, cls, f"unknown parameter {key!r}")
+        values[name] = value
+    redacted = [f"{k}=***" if k in cls.secret else f"{k}={v!r}" for k, v in values.items()]
+    return Bound(_convert(command, cls, values), redacted)
+
+
+def _convert(command: str, cls: type[Params], values: dict[str, Any]) -> Params:
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _usage_error(command, cls, _describe(cls, exc)) from None
+
+
+def _describe(cls: type[Params], exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    message, _, path = text.rpartition(" - at `$.")
+    if not message:
+        if text.startswith("Object missing required field `"):
+            name = text.split("`")[1]
+            spec = next((s for s in field_specs(cls) if s.name == name), None)
+            return f"missing {spec.display if spec else name}"
+        return text
+    name = path.rstrip("`").split("[")[0].split(".")[0]
+    spec = next((s for s in field_specs(cls) if s.name == name), None)
+    if spec is None:
+        return text
+    if spec.description:
+        return f"invalid {spec.display}: {spec.description}"
+    return f"invalid {spec.display}: {message[0].lower()}{message[1:]}"
+
+
+def _usage_error(command: str, cls: type[Params], problem: str) -> CommandError:
+    return CommandError("invalid_argument", f"{problem}\nUsage: {usage(command, cls)}")
+
+
+AppName = typing.Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="lowercase letters, digits and dashes, starting with a letter, at most 63 characters",
+    ),
+]

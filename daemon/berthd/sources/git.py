@@ -1,0 +1,161 @@
+"""git sources with GitPython: a cached clone per app, fetched again on each sync, checked out per release.
+
+Credentials reach git only through the environment of an askpass helper, for this one fetch: they
+are never in a URL that is kept, never in argv, never stored, never logged. Only the transports of
+the contract are allowed (`GIT_ALLOW_PROTOCOL`), so `ext::` and friends cannot run commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from berthd.server.params import without_credentials
+
+ALLOWED_PROTOCOLS = "http:https:ssh:git:file"
+SCHEMES = ("http", "https", "ssh", "git", "file")
+SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/][^\s]*$")
+ASKPASS = """#!/bin/sh
+case "$1" in
+  Username*) printf '%s\\n' "$BERTH_GIT_USERNAME" ;;
+  *) printf '%s\\n' "$BERTH_GIT_PASSWORD" ;;
+esac
+"""
+
+
+class GitError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Repository:
+    url: str  # as given to git, without credentials
+    shown: str  # as kept and shown
+    username: str | None
+    password: str | None
+
+
+def check_repository(url: str, username: str | None, password: str | None) -> Repository:
+    if not url or url.startswith("-") or "::" in url.split("/", 1)[0] or any(c.isspace() for c in url):
+        raise GitError(f"invalid repository URL {without_credentials(url)!r}")
+    if SCP_LIKE.match(url):
+        return Repository(url, url, username, password)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise GitError(
+            f"unsupported repository URL scheme {parts.scheme or 'none'!r}: use {', '.join(SCHEMES)}"
+        )
+    if parts.scheme != "file" and not parts.hostname:
+        raise GitError(f"no host in repository URL {without_credentials(url)!r}")
+    if parts.username or parts.password:
+        username = username or urllib.parse.unquote(parts.username or "") or None
+        password = password or urllib.parse.unquote(parts.password or "") or None
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    clean = urllib.parse.urlunsplit(parts)
+    return Repository(clean, clean, username, password)
+
+
+def git_environment(askpass: Path, repository: Repository) -> dict[str, str]:
+    env = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+        "GIT_ASKPASS": str(askpass),
+        "SSH_ASKPASS": str(askpass),
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "BERTH_GIT_USERNAME": repository.username or "",
+        "BERTH_GIT_PASSWORD": repository.password or "",
+    }
+    return env
+
+
+def ensure_askpass(folder: Path) -> Path:
+    path = folder / "git-askpass"
+    if not path.exists() or path.read_text() != ASKPASS:
+        temporary = folder / f".git-askpass.{os.getpid()}"
+        temporary.write_text(ASKPASS)
+        temporary.chmod(stat.S_IRWXU)
+        os.replace(temporary, path)
+    return path
+
+
+def _describe(exc: Exception, repository: Repository) -> str:
+    text = str(getattr(exc, "stderr", "") or exc).strip()
+    text = text.replace(repository.password or "\0never\0", "***")
+    lines = [line.strip().removeprefix("stderr: ").strip("'") for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if line.startswith(("fatal:", "error:", "remote:"))] or lines[-1:]
+    return "; ".join(useful)[:500] or type(exc).__name__
+
+
+def fetch(cache: Path, repository: Repository, env: dict[str, str]) -> None:
+    """Clone the repository into `cache` (bare), or fetch what is new."""
+    import git  # GitPython: imported when first needed, it is heavy
+
+    try:
+        if (cache / "HEAD").exists():
+            repo = git.Repo(cache)
+            with repo.git.custom_environment(**env):
+                repo.git.remote("set-url", "origin", repository.url)
+                repo.git.fetch(
+                    "--prune", "--prune-tags", "--tags", "--force", "origin", "+refs/heads/*:refs/heads/*"
+                )
+                # the default branch may have moved: HEAD follows the remote's
+                for line in str(repo.git.ls_remote("--symref", "origin", "HEAD")).splitlines():
+                    if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
+                        repo.git.symbolic_ref("HEAD", line[5:].split("\t")[0])
+        else:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            git.Repo.clone_from(repository.url, cache, bare=True, env=env, multi_options=["--no-hardlinks"])
+    except (git.GitCommandError, git.exc.GitError, OSError) as exc:
+        raise GitError(
+            f"failed to clone repository {repository.shown}: {_describe(exc, repository)}"
+        ) from None
+
+
+def resolve(cache: Path, ref: str | None) -> tuple[str, str]:
+    """The commit for a branch, a tag or a commit (the default branch when None); and what it was."""
+    import git
+
+    repo = git.Repo(cache)
+    if ref is None:
+        candidates = [("HEAD", "default branch")]
+    else:
+        candidates = [(f"refs/heads/{ref}", "branch"), (f"refs/tags/{ref}", "tag"), (ref, "commit")]
+    for candidate, kind in candidates:
+        try:
+            commit = repo.git.rev_parse("--verify", "--quiet", f"{candidate}^{{commit}}")
+        except git.GitCommandError:
+            continue
+        return commit.strip(), kind
+    raise GitError(f"no branch, tag or commit {ref!r} in the repository")
+
+
+def checkout(cache: Path, commit: str, target: Path) -> None:
+    import git
+
+    try:
+        repo = git.Repo.clone_from(str(cache), target, no_checkout=True, shared=True)
+        repo.git.checkout("--quiet", "--detach", commit)
+    except git.GitCommandError as exc:
+        raise GitError(f"cannot check out {commit[:12]}: {exc.stderr.strip()[:300]}") from None
+
+
+def check_executable_in(checkout_dir: Path, executable: str) -> Path:
+    """A path relative to the checkout that stays inside it and is an executable file."""
+    if os.path.isabs(executable):
+        raise GitError(f"invalid executable {executable!r}: give a path relative to the checkout")
+    path = (checkout_dir / executable).resolve()
+    if not path.is_relative_to(checkout_dir.resolve()):
+        raise GitError(f"invalid executable {executable!r}: it leaves the checkout")
+    if not path.is_file():
+        raise GitError(f"invalid executable {executable!r}: no such file in the checkout")
+    if not os.access(path, os.X_OK):
+        raise GitError(f"invalid executable {executable!r}: permission denied")
+    return path

@@ -1,0 +1,425 @@
+"""berthd's state: one SQLite file in the data dir (WAL), every change one transaction.
+
+The methods are async: each runs the blocking sqlite3 call on a worker thread, one at a time on the one
+connection, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+import msgspec
+import trio
+
+from berthd.errors import conflict, not_found
+from berthd.store.migrations import MIGRATIONS
+from berthd.store.records import (
+    AppRecord,
+    AppSettings,
+    AppSource,
+    DaemonRecord,
+    DeployConfig,
+    JobRecord,
+    UploadRecord,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DB_NAME = "berthd.db"
+
+
+def threaded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], Awaitable[R]]:
+    """A blocking method made awaitable: it runs on a worker thread, one call at a time."""
+
+    async def run(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        call = functools.partial(method, self, *args, **kwargs)
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    run.__name__ = method.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open_sync(cls, data_dir: Path, synchronous: str = "FULL") -> Store:
+        path = data_dir / DB_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        store = cls(conn, path)
+        store._migrate()
+        return store
+
+    @classmethod
+    async def open(cls, data_dir: Path, synchronous: str = "FULL") -> Store:
+        return await trio.to_thread.run_sync(cls.open_sync, data_dir, synchronous)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema {version} is newer than this berthd knows ({len(MIGRATIONS)})"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._write() as conn:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # apps
+
+    @staticmethod
+    def _app(row: tuple[str, float, bytes, bytes]) -> AppRecord:
+        name, created_at, settings, source = row
+        return AppRecord(
+            name,
+            created_at,
+            msgspec.json.decode(settings, type=AppSettings),
+            msgspec.json.decode(source, type=AppSource),
+        )
+
+    @threaded
+    def create_app(self, name: str) -> AppRecord:
+        record = AppRecord(name, time.time(), AppSettings(), AppSource())
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO apps (name, created_at, settings, source) VALUES (?, ?, ?, ?)",
+                    (
+                        name,
+                        record.created_at,
+                        msgspec.json.encode(record.settings),
+                        msgspec.json.encode(record.source),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise conflict(f"App {name} already exists") from None
+        return record
+
+    @threaded
+    def get_app(self, name: str) -> AppRecord | None:
+        row = self._conn.execute(
+            "SELECT name, created_at, settings, source FROM apps WHERE name = ?", (name,)
+        ).fetchone()
+        return self._app(row) if row else None
+
+    @threaded
+    def list_apps(self) -> list[AppRecord]:
+        rows = self._conn.execute(
+            "SELECT name, created_at, settings, source FROM apps ORDER BY name"
+        ).fetchall()
+        return [self._app(row) for row in rows]
+
+    @threaded
+    def delete_app(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount > 0
+
+    @threaded
+    def save_settings(self, name: str, settings: AppSettings) -> None:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE apps SET settings = ? WHERE name = ?", (msgspec.json.encode(settings), name)
+            )
+            if cursor.rowcount == 0:
+                raise not_found(f"App {name} does not exist")
+
+    # app environment
+
+    @threaded
+    def set_config(self, name: str, values: dict[str, str]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO app_config (app, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+                [(name, key, value) for key, value in values.items()],
+            )
+
+    @threaded
+    def unset_config(self, name: str, keys: list[str]) -> list[str]:
+        removed = []
+        with self._write() as conn:
+            for key in keys:
+                if conn.execute("DELETE FROM app_config WHERE app = ? AND key = ?", (name, key)).rowcount:
+                    removed.append(key)
+        return removed
+
+    @threaded
+    def get_config(self, name: str) -> dict[str, str]:
+        rows = self._conn.execute("SELECT key, value FROM app_config WHERE app = ? ORDER BY key", (name,))
+        return dict(rows.fetchall())
+
+    # what should run
+
+    @threaded
+    def set_desired(self, name: str, desired: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE apps SET desired = ? WHERE name = ?", (desired, name))
+
+    @threaded
+    def apps_desired_running(self) -> list[str]:
+        rows = self._conn.execute("SELECT name FROM apps WHERE desired = 'running' ORDER BY name")
+        return [row[0] for row in rows.fetchall()]
+
+    @threaded
+    def get_runtime(self, name: str) -> tuple[str, dict[str, int]]:
+        row = self._conn.execute("SELECT desired, scale FROM apps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise not_found(f"App {name} does not exist")
+        return row[0], msgspec.json.decode(row[1], type=dict[str, int])
+
+    @threaded
+    def set_scale(self, name: str, scale: dict[str, int]) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE apps SET scale = ? WHERE name = ?", (msgspec.json.encode(scale), name))
+
+    @threaded
+    def save_source(self, name: str, source: AppSource, settings: AppSettings) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE apps SET source = ?, settings = ? WHERE name = ?",
+                (msgspec.json.encode(source), msgspec.json.encode(settings), name),
+            )
+
+    @threaded
+    def save_handle(self, app: str, process: str, handle: bytes | None) -> None:
+        with self._write() as conn:
+            if handle is None:
+                conn.execute("DELETE FROM process_handles WHERE app = ? AND process = ?", (app, process))
+            else:
+                conn.execute(
+                    "INSERT INTO process_handles (app, process, handle) VALUES (?, ?, ?)"
+                    " ON CONFLICT (app, process) DO UPDATE SET handle = excluded.handle",
+                    (app, process, handle),
+                )
+
+    @threaded
+    def all_handles(self) -> list[tuple[str, str, bytes]]:
+        return list(self._conn.execute("SELECT app, process, handle FROM process_handles").fetchall())
+
+    # jobs
+
+    @threaded
+    def save_job(self, job: JobRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, app, started_at, finished_at, state, record) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at, state = excluded.state,"
+                " record = excluded.record",
+                (job.id, job.app, job.started_at, job.finished_at, job.state, msgspec.json.encode(job)),
+            )
+
+    @threaded
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return msgspec.json.decode(row[0], type=JobRecord) if row else None
+
+    @threaded
+    def list_jobs(self, app: str | None, limit: int = 100) -> list[JobRecord]:
+        if app is None:
+            rows = self._conn.execute("SELECT record FROM jobs ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._conn.execute(
+                "SELECT record FROM jobs WHERE app = ? ORDER BY started_at DESC LIMIT ?", (app, limit)
+            )
+        return [msgspec.json.decode(row[0], type=JobRecord) for row in rows.fetchall()]
+
+    @threaded
+    def interrupt_running_jobs(self) -> int:
+        """Jobs that were running when berthd last stopped: they ended with it."""
+        with self._write() as conn:
+            rows = conn.execute("SELECT record FROM jobs WHERE state = 'running'").fetchall()
+            for (raw,) in rows:
+                job = msgspec.json.decode(raw, type=JobRecord)
+                job = msgspec.structs.replace(job, state="failed", error="berthd stopped while it ran")
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', record = ? WHERE id = ?",
+                    (msgspec.json.encode(job), job.id),
+                )
+        return len(rows)
+
+    @threaded
+    def delete_jobs(self, app: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM jobs WHERE app = ?", (app,))
+
+    # uploads
+
+    _UPLOAD_COLUMNS = "id, app, filename, total_size, total_chunks, sha256, received, created_at, options"
+
+    @threaded
+    def create_upload(self, upload: UploadRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                msgspec.structs.astuple(upload),
+            )
+
+    @threaded
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
+        ).fetchone()
+        return UploadRecord(*row) if row else None
+
+    @threaded
+    def mark_chunk(self, upload_id: str, index: int) -> None:
+        with self._write() as conn:
+            (received,) = conn.execute("SELECT received FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+            bits = bytearray(received)
+            bits[index // 8] |= 1 << (index % 8)
+            conn.execute("UPDATE uploads SET received = ? WHERE id = ?", (bytes(bits), upload_id))
+
+    @threaded
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    @threaded
+    def uploads_older_than(self, cutoff: float) -> list[str]:
+        rows = self._conn.execute("SELECT id FROM uploads WHERE created_at < ?", (cutoff,)).fetchall()
+        return [row[0] for row in rows]
+
+    @threaded
+    def all_upload_ids(self) -> list[str]:
+        return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]
+
+    # deploy daemons
+
+    _DAEMON_COLUMNS = "name, display_name, deploy_id, protocol, host, deploy_config, is_default, created_at"
+
+    @staticmethod
+    def _daemon(row: tuple[str, str, str, str, str | None, bytes, int, float]) -> DaemonRecord:
+        name, display_name, deploy_id, protocol, host, deploy_config, is_default, created_at = row
+        config = msgspec.json.decode(deploy_config, type=DeployConfig)
+        return DaemonRecord(
+            name, display_name, deploy_id, protocol, host, config, bool(is_default), created_at
+        )
+
+    @threaded
+    def register_daemon(self, record: DaemonRecord, make_default: bool = False) -> bool:
+        """Insert the daemon (and make it the default), or answer False when the name is taken."""
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO daemons (name, display_name, deploy_id, protocol, host, nextcloud_url,"
+                    " deploy_config, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (
+                        record.name,
+                        record.display_name,
+                        record.deploy_id,
+                        record.protocol,
+                        record.host,
+                        record.deploy_config.nextcloud_url,
+                        msgspec.json.encode(record.deploy_config),
+                        record.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            if make_default:
+                self._make_default(conn, record.name)
+        return True
+
+    @threaded
+    def get_daemon(self, name: str) -> DaemonRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._DAEMON_COLUMNS} FROM daemons WHERE name = ?", (name,)
+        ).fetchone()
+        return self._daemon(row) if row else None
+
+    @threaded
+    def list_daemons(self) -> list[DaemonRecord]:
+        rows = self._conn.execute(f"SELECT {self._DAEMON_COLUMNS} FROM daemons ORDER BY name").fetchall()
+        return [self._daemon(row) for row in rows]
+
+    @threaded
+    def delete_daemon(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM daemons WHERE name = ?", (name,)).rowcount > 0
+
+    @staticmethod
+    def _make_default(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("UPDATE daemons SET is_default = 0 WHERE is_default = 1 AND name != ?", (name,))
+        if conn.execute("UPDATE daemons SET is_default = 1 WHERE name = ?", (name,)).rowcount == 0:
+            raise not_found(f"Daemon config {name} not found.")
+
+    @threaded
+    def set_default_daemon(self, name: str) -> None:
+        """Make NAME the one default daemon, in one transaction."""
+        with self._write() as conn:
+            self._make_default(conn, name)
+
+    @threaded
+    def get_default_daemon(self) -> DaemonRecord | None:
+        row = self._conn.execute(
+            f"SELECT {self._DAEMON_COLUMNS} FROM daemons WHERE is_default = 1"
+        ).fetchone()
+        return self._daemon(row) if row else None
+
+    # The settings column is msgspec JSON stored as a BLOB; SQLite's JSON functions want TEXT.
+    _APPS_USING_DAEMON = "FROM apps WHERE json_extract(CAST(settings AS TEXT), '$.daemon') = ?"
+
+    @threaded
+    def count_apps_using(self, name: str) -> int:
+        """How many apps have `daemon` set to NAME."""
+        (count,) = self._conn.execute(f"SELECT count(*) {self._APPS_USING_DAEMON}", (name,)).fetchone()
+        return int(count)
+
+    @threaded
+    def apps_using_daemon(self, name: str) -> list[str]:
+        rows = self._conn.execute(f"SELECT name {self._APPS_USING_DAEMON} ORDER BY name", (name,))
+        return [row[0] for row in rows.fetchall()]
+
+    # Appended with the deploy daemons (at the top with the other records when this file is next reordered).
+
+    # ExApps
+
+    @threaded
+    def exapp_identity(self, app: str, choose_port: Callable[[set[int]], int]) -> tuple[str, int]:
+        """The app's APP_SECRET and APP_PORT, made (and kept) the first time they are asked for."""
+        row = self._conn.execute("SELECT secret, port FROM exapps WHERE app = ?", (app,)).fetchone()
+        if row:
+            return str(row[0]), int(row[1])
+        with self._write() as conn:
+            taken = {int(port) for (port,) in conn.execute("SELECT port FROM exapps").fetchall()}
+            secret, port = secrets.token_urlsafe(32), choose_port(taken)
+            conn.execute("INSERT INTO exapps (app, secret, port) VALUES (?, ?, ?)", (app, secret, port))
+        return secret, port

@@ -1,0 +1,245 @@
+"""One-shot runs (`run APP`): one execution with a timeout, its output kept in files and streamed.
+
+The job's folder holds `stdout.txt`, `stderr.txt` and `logs.txt` (both streams, line by line, in the
+order they came). The client gets `log` events as lines come; a client too slow to keep up is told
+how many lines it missed, and never slows the process down.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import trio
+
+from berth.messages import LogEvent
+from berthd.apps.launch import (
+    environment,
+    mount_directories,
+    process_types,
+    resolve_identity,
+    working_directory,
+)
+from berthd.errors import CommandError
+from berthd.runners import ExitStatus, ProcessSpec, RunnerError
+from berthd.server.context import Emit
+from berthd.store.records import AppRecord, JobRecord
+from berthd.supervision.logs import LineCutter
+from berthd.supervision.manager import ProcessManager
+
+OUTPUT_FILES = ("stdout", "stderr", "logs")
+EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
+TIMED_OUT = "Process execution timed out"
+
+
+def new_job_id() -> str:
+    return f"job-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class JobOutput:
+    """Writes the three files and hands lines to the client's emitter; never waits for either."""
+
+    folder: Path
+    app: str
+    process: str
+    channel: trio.MemorySendChannel[list[LogEvent]]
+    missed: int = 0
+    _cutter: LineCutter = field(default_factory=LineCutter)
+    _fds: dict[str, int] = field(default_factory=dict)
+
+    async def open(self) -> None:
+        """The three files, made on a worker thread: creating files is disk work."""
+        self._fds.update(await trio.to_thread.run_sync(_create_output_files, self.folder))
+
+    def write(self, stream: str, data: bytes) -> None:
+        os.write(self._fds[stream], data)
+        block = self._cutter.complete(stream, data)
+        if block:
+            self._lines(stream, block)
+
+    def _lines(self, stream: str, block: bytes) -> None:
+        os.write(self._fds["logs"], block)
+        lines = block.decode("utf-8", "replace").split("\n")[:-1]
+        events = [LogEvent(self.app, self.process, stream, line.removesuffix("\r")) for line in lines]
+        if self.missed and events:
+            events[0] = msgspec.structs.replace(events[0], missed=self.missed)
+        try:
+            self.channel.send_nowait(events)
+            self.missed = 0
+        except trio.WouldBlock:
+            self.missed += len(events)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def close(self) -> None:
+        for stream, block in self._cutter.rest():
+            self._lines(stream, block)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _create_output_files(folder: Path) -> dict[str, int]:
+    fds: dict[str, int] = {}
+    try:
+        for name in OUTPUT_FILES:
+            fd = os.open(folder / f"{name}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fds[name] = fd
+            os.fchmod(fd, 0o644)  # whatever berthd's umask
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, mode=0o755)
+    folder.chmod(0o755)  # whatever berthd's umask
+
+
+async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
+    async with receiver:
+        async for events in receiver:
+            try:
+                for event in events:
+                    await emit(event)
+            except Exception:  # noqa: BLE001 - the client left; the job goes on without it
+                async for _ in receiver:
+                    pass
+                return
+
+
+async def run_job(
+    manager: ProcessManager,
+    record: AppRecord,
+    app_dir: Path,
+    extra_args: list[str],
+    timeout: float,
+    stdin: str | None,
+    emit: Emit,
+) -> JobRecord:
+    types = process_types(record)
+    if not types:
+        raise CommandError(
+            "invalid_argument", f"App {record.name} has nothing to run yet: give it a source first"
+        )
+    command = types.get("main") or next(iter(types.values()))
+    argv = [*command.argv, *extra_args]
+    identity = resolve_identity(record.settings.user)
+    job_id = new_job_id()
+    folder = app_dir / "jobs" / job_id
+    await trio.to_thread.run_sync(_make_folder, folder)
+    env = environment(record, await manager.store.get_config(record.name), identity, command.env)
+    env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
+    env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
+    spec = ProcessSpec(
+        app=record.name,
+        process=job_id,
+        argv=argv,
+        cwd=working_directory(record, app_dir),
+        env=env,
+        user=record.settings.user,
+        stdin=stdin is not None,
+    )
+    job = JobRecord(job_id, record.name, argv, time.time(), str(folder))
+    await manager.store.save_job(job)
+    try:
+        outcome = await execute(manager, spec, folder, timeout, stdin, emit)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            interrupted = msgspec.structs.replace(
+                job, state="failed", finished_at=time.time(), error="interrupted"
+            )
+            await manager.store.save_job(interrupted)
+        raise
+    duration = round(time.monotonic() - outcome.started, 3)
+    job = msgspec.structs.replace(
+        job,
+        state="timed_out" if outcome.timed_out else ("failed" if outcome.error else "finished"),
+        finished_at=time.time(),
+        exit_code=outcome.status.code if outcome.status else None,
+        signal=outcome.status.signal if outcome.status else None,
+        timed_out=outcome.timed_out,
+        duration_s=duration,
+        error=outcome.error,
+    )
+    await manager.store.save_job(job)
+    return job
+
+
+@dataclass
+class Outcome:
+    started: float
+    status: ExitStatus | None = None
+    timed_out: bool = False
+    error: str | None = None  # could not start
+
+
+async def execute(
+    manager: ProcessManager,
+    spec: ProcessSpec,
+    folder: Path,
+    timeout: float,
+    stdin: str | None,
+    emit: Emit,
+) -> Outcome:
+    """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
+    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
+    output = JobOutput(folder, spec.app, spec.process, sender)
+    await output.open()
+    outcome = Outcome(time.monotonic())
+    runner = manager.native
+    assert runner is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_emit_events, receiver, emit)
+        try:
+            try:
+                handle = await runner.start(spec, output.write)
+            except RunnerError as exc:
+                outcome.error = str(exc)
+                if "No such file" in outcome.error:
+                    outcome.status, outcome.error = ExitStatus(127), None
+            else:
+                if spec.stdin:
+                    nursery.start_soon(_feed_stdin, runner.stdin_of(handle), (stdin or "").encode())
+                with trio.move_on_after(timeout) as deadline:
+                    outcome.status = await runner.wait(handle)
+                if deadline.cancelled_caught:
+                    outcome.timed_out = True
+                    with trio.CancelScope(shield=True):
+                        outcome.status = await runner.stop(handle, 0, signal.SIGKILL)
+        finally:
+            with trio.CancelScope(shield=True):
+                output.close()
+                await sender.aclose()
+    return outcome
+
+
+async def _feed_stdin(stream: trio.lowlevel.FdStream | None, data: bytes) -> None:
+    if stream is None:
+        return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+def describe_job(job: JobRecord) -> str:
+    if job.timed_out:
+        return f"{TIMED_OUT} after {job.duration_s} s"
+    if job.error:
+        return f"Process could not start: {job.error}"
+    if job.exit_code == 127:
+        return "Process exited with code 127: executable not found"
+    if job.signal is not None:
+        return f"Process killed by signal {job.signal}"
+    return f"Process exited with code {job.exit_code}"

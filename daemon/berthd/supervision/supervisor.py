@@ -1,0 +1,245 @@
+"""Supervision of one process: an explicit state machine, restart policies and exponential backoff.
+
+    STOPPED -> STARTING -> RUNNING -> (exit) -> BACKOFF -> STARTING ...
+                                   -> (exit, policy says no more) -> EXITED | FAILED
+    any running state -> STOPPING -> STOPPED
+
+Every transition goes through `_enter`, the one place that checks it, records it and tells the logs.
+Backoff doubles from 1 s to 60 s with jitter, and starts over once a process has stayed up 10 s.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from berthd.errors import CommandError
+from berthd.log import LOG
+from berthd.runners import ExitStatus, Handle, ProcessSpec, Runner, RunnerError
+from berthd.supervision.logs import LogFile
+
+
+class State(enum.StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FAILED = "FAILED"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.FAILED, State.STOPPING, State.STOPPED}),
+    State.RUNNING: frozenset({State.BACKOFF, State.EXITED, State.FAILED, State.STOPPING}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED}),
+    State.FAILED: frozenset({State.STARTING, State.STOPPED}),
+}
+
+_POLICY = re.compile(r"^(no|always|on-failure)(?::([1-9][0-9]*))?$")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    kind: str  # "no", "on-failure", "always"
+    max_failures: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> RestartPolicy:
+        match = _POLICY.match(text or "always")
+        if not match or (match.group(2) and match.group(1) != "on-failure"):
+            raise ValueError(f"invalid restart policy {text!r}")
+        return cls(match.group(1), int(match.group(2)) if match.group(2) else None)
+
+    def restarts_after(self, status: ExitStatus, consecutive_failures: int) -> bool:
+        if self.kind == "no":
+            return False
+        if self.kind == "always":
+            return True
+        if status.success:
+            return False
+        return self.max_failures is None or consecutive_failures < self.max_failures
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.max_failures}" if self.max_failures else self.kind
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first: float = 1.0
+    cap: float = 60.0
+    reset_after: float = 10.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The wait before restart number `attempt` (0-based): 1, 2, 4 ... 60 s, each +/- jitter."""
+        base = min(self.cap, self.first * (2 ** min(attempt, 16)))
+        return float(base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+
+
+SpecBuilder = Callable[[], Awaitable[ProcessSpec]]
+HandleSaver = Callable[[Handle | None], Awaitable[None]]
+
+
+@dataclass
+class SupervisedProcess:
+    app: str
+    name: str
+    runner: Runner
+    build_spec: SpecBuilder
+    log: LogFile
+    policy: RestartPolicy
+    save_handle: HandleSaver
+    stop_timeout: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)
+    rng: random.Random = field(default_factory=random.Random)
+
+    state: State = State.STOPPED
+    handle: Handle | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive, for on-failure:N
+    attempt: int = 0  # for the backoff; back to 0 once a run lasted reset_after seconds
+    last_exit: ExitStatus | None = None
+    last_error: str | None = None
+    started_at: float | None = None
+    next_start_at: float | None = None
+    history: list[tuple[float, State]] = field(default_factory=list)
+    failure: BaseException | None = None
+    _wanted: bool = False
+    _stop_requested: trio.Event = field(default_factory=trio.Event)
+    _finished: trio.Event = field(default_factory=trio.Event)
+    _state_changed: trio.Event = field(default_factory=trio.Event)
+
+    def _enter(self, new: State, why: str = "") -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self.app}/{self.name}: no transition {self.state} -> {new}")
+        self.state = new
+        self.history.append((time.monotonic(), new))
+        del self.history[:-50]
+        message = f"{new}" + (f": {why}" if why else "")
+        self.log.note(message)
+        LOG.info("%s %s %s", self.app, self.name, message)
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    async def wait_state_change(self) -> None:
+        await self._state_changed.wait()
+
+    @property
+    def uptime(self) -> float | None:
+        if self.state == State.RUNNING and self.started_at is not None:
+            return time.time() - self.started_at
+        return None
+
+    async def supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The process's life, until a stop is requested or the policy gives up."""
+        self._wanted = True
+        task_status.started()
+        try:
+            while self._wanted:
+                self._enter(State.STARTING)
+                try:
+                    spec = await self.build_spec()
+                    self.handle = await self.runner.start(spec, self.log.write)
+                except (RunnerError, ValueError, CommandError) as exc:
+                    # an engine away is a failed start like any other: retried after the backoff
+                    self.last_error = exc.message if isinstance(exc, CommandError) else str(exc)
+                    self.handle = None
+                    status: ExitStatus | None = None
+                    ran_for = 0.0
+                else:
+                    self.last_error = None
+                    self.started_at = time.time()
+                    # before any await: the note comes ahead of the process's first output in its log
+                    self._enter(State.RUNNING, f"{self.runner.name} {self.handle.ref}")
+                    await self.save_handle(self.handle)
+                    status = await self._wait_or_stop()
+                    ran_for = time.time() - self.started_at
+                    self.log.flush_partial()
+                    self.last_exit = status
+                    await self.save_handle(None)
+                    self.handle = None
+                if not self._wanted:
+                    break
+                if ran_for >= self.backoff.reset_after:
+                    self.attempt = 0
+                    self.failures = 0
+                failed = status is None or not status.success
+                self.failures = self.failures + 1 if failed else 0
+                why = status.describe() if status else f"could not start: {self.last_error}"
+                if not self.policy.restarts_after(status or ExitStatus(1), self.failures):
+                    given_up = self.policy.kind == "on-failure" and failed
+                    self._enter(State.FAILED if given_up or status is None else State.EXITED, why)
+                    return
+                delay = self.backoff.delay(self.attempt, self.rng)
+                self.attempt += 1
+                self.next_start_at = time.time() + delay
+                self._enter(State.BACKOFF, f"{why}; restarting in {delay:.1f} s")
+                with trio.move_on_after(delay):
+                    await self._stop_requested.wait()
+                self.next_start_at = None
+                if self._wanted:
+                    self.restarts += 1
+            if self.state != State.STOPPED:
+                self._enter(State.STOPPED)
+        except Exception as exc:  # noqa: BLE001 - one broken process must not take berthd down
+            failure = (
+                exc.exceptions[0] if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1 else exc
+            )
+            if isinstance(failure, CommandError):  # a runner's refusal (an engine away): no traceback needed
+                LOG.warning("supervision of %s/%s: %s", self.app, self.name, failure.message)
+            else:
+                LOG.exception("supervision of %s/%s failed", self.app, self.name)
+            self.failure = failure
+            self.last_error = f"supervision failed: {getattr(failure, 'message', failure)}"
+            self.state = State.FAILED
+            self.log.note(f"FAILED: {self.last_error}")
+        finally:
+            self._finished.set()
+
+    async def _wait_or_stop(self) -> ExitStatus:
+        assert self.handle is not None
+        handle = self.handle
+        result: list[ExitStatus] = []
+        async with trio.open_nursery() as nursery:
+
+            async def on_exit() -> None:
+                result.append(await self.runner.wait(handle))
+                nursery.cancel_scope.cancel()
+
+            async def on_stop() -> None:
+                await self._stop_requested.wait()
+                self._enter(State.STOPPING)
+                with trio.CancelScope(shield=True):
+                    stopped = await self.runner.stop(handle, self.stop_timeout, signal.SIGTERM)
+                    result.append(stopped or await self.runner.wait(handle))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_exit)
+            nursery.start_soon(on_stop)
+        return result[0]
+
+    def mark_stopped(self) -> None:
+        """After a stop, a process whose policy had given up (EXITED, FAILED) is STOPPED too."""
+        if self.state in (State.EXITED, State.FAILED):
+            self._enter(State.STOPPED, "stopped")
+
+    async def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after the stop timeout) and wait until it is STOPPED.
+        A stop the runner could not carry out (its engine is away) is raised, not reported as done."""
+        self._wanted = False
+        self._stop_requested.set()
+        await self._finished.wait()
+        if isinstance(self.failure, CommandError):
+            failure, self.failure = self.failure, None
+            raise failure

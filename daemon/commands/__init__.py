@@ -1,5 +1,0 @@
-"""The commands, grouped by topic. Importing this package fills the registry."""
-
-from daemon.commands import apps, config, core, daemons, git, logs, ps, run, sources, system, upload
-
-__all__ = ["apps", "config", "core", "daemons", "git", "logs", "ps", "run", "sources", "system", "upload"]

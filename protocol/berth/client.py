@@ -1,0 +1,136 @@
+"""A blocking Python client: send a command, read its events, return its final answer.
+
+from berth import Client
+with Client("/var/run/berthd/berthd.sock") as berth:
+    print(berth.call("apps:create python-app").output)
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from berth.messages import JsonRequest, Response, decode_line
+from berth.paths import client_socket_path
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class CommandFailed(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.output)
+        self.response = response
+
+
+def encode_request(
+    command: str | Sequence[str], named: dict[str, Any] | None = None, request_id: str | int | None = None
+) -> bytes:
+    """A text command goes as it is; a list of words (or named parameters) goes in the JSON form."""
+    if isinstance(command, str) and named is None and request_id is None:
+        if "\n" in command or "\r" in command:
+            raise ValueError("a text command is one line; pass a list of words instead")
+        return command.encode() + b"\n"
+    if isinstance(command, str):
+        words = [command] if named is not None else command.split()
+    else:
+        words = list(command)
+    if not words:
+        raise ValueError("empty command")
+    args: list[str] | dict[str, Any] = named if named is not None else words[1:]
+    return msgspec.json.encode(JsonRequest(words[0], args, request_id)) + b"\n"
+
+
+class Client:
+    def __init__(self, path: str | Path | None = None, timeout: float | None = None) -> None:
+        self.path = str(path or client_socket_path())
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            self._sock = sock
+            self._buffer = b""
+        return self._sock
+
+    def _read_line(self) -> bytes:
+        sock = self._connection()
+        while b"\n" not in self._buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                self.close()
+                raise ConnectionError("berthd closed the connection before answering")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def send(
+        self,
+        command: str | Sequence[str],
+        named: dict[str, Any] | None = None,
+        request_id: str | int | None = None,
+    ) -> None:
+        """Send a command without waiting: berthd answers a connection's commands in order, so several
+        may be in flight; read their answers with `receive`."""
+        self._connection().sendall(encode_request(command, named, request_id))
+
+    def receive(self, on_event: EventHandler | None = None) -> Response:
+        """The final answer to the oldest command not answered yet (its events go to `on_event`)."""
+        while True:
+            message = decode_line(self._read_line())
+            if isinstance(message, Response):
+                return message
+            if on_event is not None:
+                on_event(message)
+
+    def stream(
+        self,
+        command: str | Sequence[str],
+        named: dict[str, Any] | None = None,
+        request_id: str | int | None = None,
+    ) -> Iterator[dict[str, Any] | Response]:
+        """Yields each event (a dict) as it arrives, then the final `Response`."""
+        self.send(command, named, request_id)
+        while True:
+            message = decode_line(self._read_line())
+            yield message
+            if isinstance(message, Response):
+                return
+
+    def call(
+        self,
+        command: str | Sequence[str],
+        named: dict[str, Any] | None = None,
+        *,
+        check: bool = False,
+        on_event: EventHandler | None = None,
+    ) -> Response:
+        for message in self.stream(command, named):
+            if isinstance(message, Response):
+                if check and not message.ok:
+                    raise CommandFailed(message)
+                return message
+            if on_event is not None:
+                on_event(message)
+        raise AssertionError("unreachable")
