@@ -23,3 +23,8 @@ def not_found(message: str) -> CommandError:
 
 def conflict(message: str) -> CommandError:
     return CommandError("conflict", message)
+
+
+def daemon_unavailable(daemon: str, why: str) -> CommandError:
+    """The one error for a deploy daemon whose engine cannot be reached, with the daemon's name."""
+    return CommandError("unavailable", f"deploy daemon {daemon} is unavailable: {why}", {"daemon": daemon})

@@ -122,17 +122,14 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PROBE_GRACE = 5.0  # how long shutdown lets a capability probe in flight end
 
 
-def _default_engine_version(store: Store, fallback_url: str | None) -> Callable[[], str | None]:
+def _default_engine_version(processes: ProcessManager, fallback_url: str | None) -> Callable[[], str | None]:
     """For the capability probe (on its worker thread): the Docker version of the default deploy
     daemon's engine, through that daemon's transport; else of the local engine, if there is one."""
 
     def version() -> str | None:
-        daemon = trio.from_thread.run(store.get_default_daemon)
-        if daemon is not None and daemon.deploy_id == "docker-install":
-            from berthd.runners.docker import engine as dockerclient
-
-            _, found, _ = dockerclient.ping(daemon)
-            return found
+        status = trio.from_thread.run(processes.default_engine_status)
+        if status is not None:
+            return status.version
         return docker_version_from(fallback_url) if fallback_url else None
 
     return version
@@ -187,7 +184,7 @@ async def serve(config: Config) -> int:
         processes = ProcessManager(config, store, data_dir)
         try:
             capabilities = CapabilityCache(
-                data_dir, engine=_default_engine_version(store, default_docker_url())
+                data_dir, engine=_default_engine_version(processes, default_docker_url())
             )
             services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
             # everything berthd does before it serves is done before the socket exists

@@ -1,5 +1,18 @@
 """The commands, grouped by topic. Importing this package fills the registry."""
 
-from berthd.commands import apps, config, core, daemons, git, logs, ps, run, sources, system, upload
+from berthd.commands import apps, config, core, daemons, git, images, logs, ps, run, sources, system, upload
 
-__all__ = ["apps", "config", "core", "daemons", "git", "logs", "ps", "run", "sources", "system", "upload"]
+__all__ = [
+    "apps",
+    "config",
+    "core",
+    "daemons",
+    "git",
+    "images",
+    "logs",
+    "ps",
+    "run",
+    "sources",
+    "system",
+    "upload",
+]

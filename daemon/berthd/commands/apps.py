@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 import msgspec
 import trio
 
+from berthd.apps.launch import process_types
 from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
+from berthd.runners.table import runner_class
 from berthd.server.context import Context
 from berthd.server.params import AppName, NoParams, Params
 from berthd.server.registry import REGISTRY, Result
@@ -55,20 +57,27 @@ async def load_app(ctx: Context, name: str) -> AppRecord:
     return record
 
 
-def runner_of(record: AppRecord) -> str:
-    if record.source.kind == "image":
-        return "docker"
-    if record.source.kind == "none" and not record.settings.executable:
-        return "none"
-    return "native"
+async def runner_names(ctx: Context, records: list[AppRecord]) -> dict[str, str]:
+    """The name of each app's runner, from the runner table ("none" while it has nothing to run)."""
+    daemons = {d.name: d for d in await ctx.store.list_daemons()}
+    default = next((d for d in daemons.values() if d.is_default), None)
+    names: dict[str, str] = {}
+    for record in records:
+        name = record.settings.daemon or record.source.detail.get("daemon")
+        daemon = daemons.get(name) if name else default
+        try:
+            names[record.name] = runner_class(record, daemon).name if process_types(record) else "none"
+        except LookupError:
+            names[record.name] = "none"
+    return names
 
 
-def app_summary(record: AppRecord) -> dict[str, object]:
+def app_summary(record: AppRecord, runner: str) -> dict[str, object]:
     return {
         "name": record.name,
         "created_at": datetime.fromtimestamp(record.created_at, UTC).isoformat(timespec="seconds"),
         "source": record.source.kind,
-        "runner": runner_of(record),
+        "runner": runner,
         "daemon": record.settings.daemon,
     }
 
@@ -82,15 +91,17 @@ async def create(ctx: Context, params: AppParams) -> Result:
 @REGISTRY.command("apps:list", summary="the apps, one a line", mutating=False)
 async def list_(ctx: Context, params: NoParams) -> Result:
     records = await ctx.store.list_apps()
-    return Result("\n".join(r.name for r in records), [app_summary(r) for r in records])
+    runners = await runner_names(ctx, records)
+    return Result("\n".join(r.name for r in records), [app_summary(r, runners[r.name]) for r in records])
 
 
 @REGISTRY.command("apps:info", summary="an app's source, runner, settings and processes", mutating=False)
 async def info(ctx: Context, params: AppParams) -> Result:
     record = await load_app(ctx, params.app)
     config_keys = sorted(await ctx.store.get_config(params.app))
+    runner = (await runner_names(ctx, [record]))[record.name]
     data = {
-        **app_summary(record),
+        **app_summary(record, runner),
         "source_detail": record.source.detail,
         "settings": msgspec.to_builtins(record.settings),
         "config_keys": config_keys,
@@ -101,7 +112,7 @@ async def info(ctx: Context, params: AppParams) -> Result:
         ("Created", str(data["created_at"])),
         ("Source", record.source.kind),
         *[(f"Source {k}", v) for k, v in record.source.detail.items() if k in SHOWN_SOURCE_DETAIL],
-        ("Runner", runner_of(record)),
+        ("Runner", runner),
         ("Daemon", record.settings.daemon or "-"),
         *[(f"Setting {k}", v) for k, v in describe_settings(record.settings) if v],
         ("Config keys", ", ".join(config_keys) or "-"),

@@ -3,22 +3,17 @@ daemons:check."""
 
 from __future__ import annotations
 
-import functools
-
 import msgspec
-import trio
 
 from berthd.commands.apps import DestroyParams, destroy
 from berthd.deploy.daemons import (
-    MANUAL_INSTALL,
     RegisterParams,
     build_daemon,
     check_name,
     public_view,
     render_table,
 )
-from berthd.errors import CommandError, not_found
-from berthd.runners.docker import engine as dockerclient
+from berthd.errors import CommandError, daemon_unavailable, not_found
 from berthd.server.context import Context
 from berthd.server.params import NoParams, Params
 from berthd.server.registry import REGISTRY, Result
@@ -118,17 +113,16 @@ async def default(ctx: Context, params: DefaultParams) -> Result:
 )
 async def check(ctx: Context, params: NameParams) -> Result:
     record = await load_daemon(ctx, params.name)
-    if record.deploy_id == MANUAL_INSTALL:
+    runner = ctx.processes.daemon_runner(record)
+    if not runner.features.engine:
         return Result(
-            f"Daemon config {record.name} is {MANUAL_INSTALL}: there is no Docker engine to check.",
+            f"Daemon config {record.name} is {record.deploy_id}: there is no Docker engine to check.",
             {"name": record.name, "deploy_id": record.deploy_id, "docker_version": None},
         )
-    reachable, version, why = await trio.to_thread.run_sync(
-        functools.partial(dockerclient.ping, record), abandon_on_cancel=True
-    )
-    if not reachable:
-        raise dockerclient.unavailable_because(record.name, why or "unknown")
+    status = await runner.check(record)
+    if not status.reachable:
+        raise daemon_unavailable(record.name, status.why or "unknown")
     return Result(
-        f"Deploy daemon {record.name} is reachable: Docker {version}",
-        {"name": record.name, "deploy_id": record.deploy_id, "docker_version": version},
+        f"Deploy daemon {record.name} is reachable: Docker {status.version}",
+        {"name": record.name, "deploy_id": record.deploy_id, "docker_version": status.version},
     )

@@ -19,8 +19,7 @@ import trio
 from berth.messages import ProgressEvent
 from berthd.apps.launch import environment
 from berthd.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
-from berthd.deploy.placement import place
-from berthd.errors import CommandError, invalid_argument, not_found
+from berthd.errors import CommandError, invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
 from berthd.server.params import AppName, without_credentials
@@ -314,7 +313,9 @@ async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: P
             cwd=str(release),
             env=environment(record, config, None),
         )
-        outcome = await execute(ctx.processes, spec, folder, params.build_timeout, None, ctx.emit)
+        outcome = await execute(
+            ctx.processes.host_runner(), spec, folder, params.build_timeout, None, ctx.emit
+        )
         if outcome.timed_out:
             raise DeployFailed(
                 "build failure", f"build timed out after {params.build_timeout} s (log: {folder}/logs.txt)"
@@ -328,56 +329,3 @@ async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: P
         return await trio.to_thread.run_sync(gitsrc.check_executable_in, release, params.executable)
     except gitsrc.GitError as exc:
         raise DeployFailed("build failure", str(exc)) from None
-
-
-# images
-
-IMAGE = re.compile(
-    # a registry host is only a first part with a dot or a port, or localhost (Docker's own rule)
-    r"^(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+(?::[0-9]+)?|localhost(?::[0-9]+)?|[a-zA-Z0-9-]+:[0-9]+)/)?"
-    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-
-
-class FromImageParams(SourceOptions, kw_only=True):
-    app: AppName
-    image: str
-    heartbeat: bool = False
-    positional = ("app", "image")
-
-
-@REGISTRY.command(
-    "git:from-image", summary="a Docker image, deployed through the app's daemon", mutating=True
-)
-async def from_image(ctx: Context, params: FromImageParams) -> Result:
-    if len(params.image) > 255 or not IMAGE.match(params.image):
-        raise invalid_argument(f"invalid image reference {params.image!r}")
-    existing = await ctx.store.get_app(params.app)
-    settings, env = apply_options(existing.settings if existing else AppSettings(), params)
-    name = None if settings.daemon == "auto" else settings.daemon
-    placement = None
-    if settings.requirements and name is None:
-        daemon, placement = await place(params.app, settings.requirements, ctx.store, ctx.processes.docker)
-    else:
-        found = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
-        if found is None:
-            raise not_found(
-                f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
-            )
-        daemon = found
-    record, created = await app_for_source(ctx, params.app)
-    detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
-    if placement:
-        detail["placement"] = placement
-    if params.heartbeat:
-        detail["heartbeat"] = "true"
-    settings = msgspec.structs.replace(settings, daemon=daemon.name)
-    await ctx.store.save_source(params.app, AppSource("image", detail), settings)
-    if env:
-        await ctx.store.set_config(params.app, env)
-    verb = "Creating" if created else "Updating"
-    return Result(
-        f"{verb} {params.app} from image {params.image} on {daemon.name}... done",
-        {"app": params.app, "image": params.image, "daemon": daemon.name},
-    )

@@ -12,12 +12,11 @@ import trio
 
 from berth.messages import LogEvent
 from berthd.commands.apps import load_app
-from berthd.deploy.exapp import container_name
 from berthd.errors import invalid_argument
+from berthd.runners import Runner, Target
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
-from berthd.store.records import AppRecord
 from berthd.supervision.logs import LogFile, Missed, follow, parse_line, tail_lines
 
 MAX_LINES = 100_000
@@ -51,8 +50,11 @@ async def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[st
 @REGISTRY.command("logs", summary="the app's last log lines; --tail follows", mutating=False, streaming=True)
 async def logs(ctx: Context, params: LogsParams) -> Result:
     record = await load_app(ctx, params.app)
-    if record.source.kind == "image":
-        return await _engine_logs(ctx, record, params)
+    runner, target = await ctx.processes.runner_for(record)
+    if runner.features.engine_logs:
+        return await _engine_logs(ctx, runner, target, params)
+    if not runner.features.captured_logs:
+        return Result(f"{record.name} runs through the {runner.name} runner: berthd does not see its output")
     sources = await _logs_of(ctx, params.app, params.process)
     lines = []
     for name, log in sources:
@@ -90,26 +92,26 @@ async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _engine_logs(ctx: Context, record: AppRecord, params: LogsParams) -> Result:
-    """An image app's output comes from its daemon's engine."""
-    daemon = await ctx.processes.daemon_for(record)
-    if daemon.deploy_id != "docker-install":
-        return Result(f"{record.name} is a manual-install app: berthd does not run it and has no logs of it")
-    name = container_name(record.name)
-    lines = await ctx.processes.docker.logs(daemon.name, name, params.num)
+async def _engine_logs(ctx: Context, runner: Runner, target: Target, params: LogsParams) -> Result:
+    """The app's output as its engine keeps it."""
+    app = target.app.name
+    lines = await runner.logs(target, params.num)
     if not params.tail:
-        text = "\n".join(f"{stamp} main.1 {stream}: {line}" for stamp, stream, line in lines)
-        data = [{"timestamp": s, "stream": st, "text": t, "process": "main.1"} for s, st, t in lines]
+        text = "\n".join(f"{line.timestamp} main.1 {line.stream}: {line.text}" for line in lines)
+        data = [
+            {"timestamp": ln.timestamp, "stream": ln.stream, "text": ln.text, "process": "main.1"}
+            for ln in lines
+        ]
         return Result(text, data)
-    for _, stream, line in lines:
-        await ctx.emit(LogEvent(record.name, "main.1", stream, line))
+    for line in lines:
+        await ctx.emit(LogEvent(app, "main.1", line.stream, line.text))
     token = trio.lowlevel.current_trio_token()
     sender, receiver = trio.open_memory_channel[LogEvent](4096)
     missed = [0]
 
     def send(stream: str, line: str) -> None:
         def offer() -> None:
-            event = LogEvent(record.name, "main.1", stream, line, missed[0])
+            event = LogEvent(app, "main.1", stream, line, missed[0])
             try:
                 sender.send_nowait(event)
                 missed[0] = 0
@@ -124,7 +126,7 @@ async def _engine_logs(ctx: Context, record: AppRecord, params: LogsParams) -> R
     async with trio.open_nursery() as nursery:
 
         async def follow() -> None:
-            await ctx.processes.docker.follow_logs(daemon.name, name, send)
+            await runner.follow_logs(target, send)
 
         async def forward() -> None:
             async for event in receiver:

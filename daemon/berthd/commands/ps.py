@@ -37,10 +37,10 @@ class ScaleParams(Params):
     metavars = {"counts": "TYPE=N"}
 
 
-async def _pull(ctx: Context, record: AppRecord) -> None:
-    """The image, pulled when the engine lacks it, with progress events (before any container exists)."""
-    daemon = await ctx.processes.daemon_for(record)
-    if daemon.deploy_id != "docker-install":
+async def _prepare(ctx: Context, record: AppRecord) -> None:
+    """What the runner needs before any process exists (an image pulled), with progress events."""
+    runner, target = await ctx.processes.runner_for(record)
+    if not runner.features.image_pull:
         return
     token = trio.lowlevel.current_trio_token()
     events: trio.MemorySendChannel[ProgressEvent]
@@ -57,7 +57,7 @@ async def _pull(ctx: Context, record: AppRecord) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward)
         try:
-            await ctx.processes.docker.ensure_image(daemon.name, record.source.detail["image"], progress)
+            await runner.prepare(target, progress)
         except RunnerError as exc:
             raise CommandError("unavailable", str(exc)) from None
         finally:
@@ -102,8 +102,7 @@ async def _settled(ctx: Context, app: str) -> None:
 async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
     record = await load_app(ctx, app)
     await ensure_compatible(ctx, app, record.settings.requirements, record.source.kind == "image")
-    if record.source.kind == "image":
-        await _pull(ctx, record)
+    await _prepare(ctx, record)
     if stop_first:
         await ctx.processes.stop_app(app)
     await ctx.processes.start_app(app)

@@ -47,10 +47,6 @@ def job_data(job: JobRecord) -> dict[str, object]:
 @REGISTRY.command("run", summary="run the app once; streams its output", mutating=False, streaming=True)
 async def run(ctx: Context, params: RunParams) -> Result:
     record = await load_app(ctx, params.app)
-    if record.source.kind == "image":
-        raise CommandError(
-            "invalid_argument", f"{params.app} is an image app: run is for native apps (use ps:start)"
-        )
     await ensure_compatible(ctx, params.app, record.settings.requirements, record.source.kind == "image")
     timeout = check_timeout(
         params.timeout if params.timeout is not None else record.settings.timeout or DEFAULT_TIMEOUT
@@ -58,7 +54,6 @@ async def run(ctx: Context, params: RunParams) -> Result:
     job = await run_job(
         ctx.processes,
         record,
-        ctx.services.app_dir(params.app),
         params.args,
         timeout,
         params.stdin,

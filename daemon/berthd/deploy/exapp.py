@@ -10,11 +10,31 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from berthd.runners.docker.runner import ContainerRequest
+import msgspec
+
 from berthd.store.records import AppRecord
 
 PORT_RANGE = range(23000, 24000)
+HEALTH_TIMEOUT = 120.0
 NVIDIA_ENV = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+
+
+class ContainerRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the engine needs to create the container, in the ExApp contract's terms."""
+
+    daemon: str
+    image: str
+    name: str
+    hostname: str
+    env: list[str]  # "KEY=VALUE", in order
+    volume: str
+    volume_target: str
+    network_mode: str
+    restart_policy: str = "unless-stopped"
+    gpu: str = "cpu"  # cpu, cuda, rocm
+    command: list[str] | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    health_timeout: float = HEALTH_TIMEOUT
 
 
 def container_name(app: str) -> str:

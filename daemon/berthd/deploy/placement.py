@@ -1,4 +1,4 @@
-"""Where an image app goes: the docker-install daemon whose engine meets the app's requirements.
+"""Where an image app goes: the deploy daemon whose engine meets the app's requirements.
 
 Each engine is judged from its own `info` (OS, architecture, CPUs, memory) and its daemon's compute
 device (cuda: an NVIDIA GPU, rocm: an AMD one). The default daemon is tried first, then the others by
@@ -8,14 +8,15 @@ on them is unmet there, and says so.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from berthd.errors import CommandError
 from berthd.host.capabilities import Capabilities, Gpu
 from berthd.host.requirements import incompatible, unmet
-from berthd.runners.docker.runner import DockerRunner
-from berthd.store import Store
 from berthd.store.records import DaemonRecord
+
+Fingerprint = Callable[[DaemonRecord], Awaitable[dict[str, Any]]]  # a daemon's engine `info`
 
 ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
                  "i686": "386", "armv7l": "arm", "armhf": "arm"}  # fmt: skip
@@ -48,16 +49,16 @@ def engine_capabilities(info: dict[str, Any], daemon: DaemonRecord) -> Capabilit
 
 
 async def place(
-    app: str, requirements: dict[str, str], store: Store, docker: DockerRunner
+    app: str, requirements: dict[str, str], daemons: Sequence[DaemonRecord], fingerprint: Fingerprint
 ) -> tuple[DaemonRecord, str]:
-    """The daemon for the app and why; `incompatible` with each daemon's reasons when none fits."""
-    daemons = [d for d in await store.list_daemons() if d.deploy_id == "docker-install"]
+    """The daemon for the app among `daemons` (those whose engine can be fingerprinted) and why;
+    `incompatible` with each daemon's reasons when none fits."""
     if not daemons:
-        raise CommandError("not_found", "no docker-install deploy daemon registered to place the app on")
+        raise CommandError("not_found", "no deploy daemon with an engine registered to place the app on")
     judged: list[tuple[DaemonRecord, Capabilities | None, list[str]]] = []
     for daemon in daemons:
         try:
-            info = await docker.engine_info(daemon.name)
+            info = await fingerprint(daemon)
         except CommandError as exc:
             judged.append((daemon, None, [exc.message]))
             continue

@@ -11,26 +11,22 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import trio
 
-from berth.messages import LogEvent
-from berthd.apps.launch import (
-    environment,
-    mount_directories,
-    process_types,
-    resolve_identity,
-    working_directory,
-)
+from berth.messages import Event, LogEvent
+from berthd.apps.launch import MAIN, process_types
 from berthd.errors import CommandError
-from berthd.runners import ExitStatus, ProcessSpec, RunnerError
-from berthd.server.context import Emit
+from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
 from berthd.store.records import AppRecord, JobRecord
 from berthd.supervision.logs import LineCutter
 from berthd.supervision.manager import ProcessManager
+
+Emit = Callable[[Event], Awaitable[None]]  # sends an event to the client who asked
 
 OUTPUT_FILES = ("stdout", "stderr", "logs")
 EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
@@ -119,39 +115,35 @@ async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit
 async def run_job(
     manager: ProcessManager,
     record: AppRecord,
-    app_dir: Path,
     extra_args: list[str],
     timeout: float,
     stdin: str | None,
     emit: Emit,
 ) -> JobRecord:
+    runner, target = await manager.runner_for(record)
+    if not runner.features.exec:
+        raise CommandError(
+            "invalid_argument",
+            f"{record.name} runs through the {runner.name} runner, which has no one-shot runs: use ps:start",
+        )
     types = process_types(record)
     if not types:
         raise CommandError(
             "invalid_argument", f"App {record.name} has nothing to run yet: give it a source first"
         )
-    command = types.get("main") or next(iter(types.values()))
-    argv = [*command.argv, *extra_args]
-    identity = resolve_identity(record.settings.user)
+    kind = MAIN if MAIN in types else next(iter(types))
+    process = await runner.spec_for(target, f"{kind}.1")
     job_id = new_job_id()
-    folder = app_dir / "jobs" / job_id
+    folder = manager.data_dir / "apps" / record.name / "jobs" / job_id
     await trio.to_thread.run_sync(_make_folder, folder)
-    env = environment(record, await manager.store.get_config(record.name), identity, command.env)
-    env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
+    env = {k: v for k, v in process.env.items() if k != "BERTH_PROCESS"}
     env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
-    spec = ProcessSpec(
-        app=record.name,
-        process=job_id,
-        argv=argv,
-        cwd=working_directory(record, app_dir),
-        env=env,
-        user=record.settings.user,
-        stdin=stdin is not None,
-    )
+    argv = [*process.argv, *extra_args]
+    spec = msgspec.structs.replace(process, process=job_id, argv=argv, env=env, stdin=stdin is not None)
     job = JobRecord(job_id, record.name, argv, time.time(), str(folder))
     await manager.store.save_job(job)
     try:
-        outcome = await execute(manager, spec, folder, timeout, stdin, emit)
+        outcome = await execute(runner, spec, folder, timeout, stdin, emit)
     except BaseException:
         with trio.CancelScope(shield=True):
             interrupted = msgspec.structs.replace(
@@ -183,7 +175,7 @@ class Outcome:
 
 
 async def execute(
-    manager: ProcessManager,
+    runner: Runner,
     spec: ProcessSpec,
     folder: Path,
     timeout: float,
@@ -195,8 +187,6 @@ async def execute(
     output = JobOutput(folder, spec.app, spec.process, sender)
     await output.open()
     outcome = Outcome(time.monotonic())
-    runner = manager.native
-    assert runner is not None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_emit_events, receiver, emit)
         try:

@@ -7,34 +7,19 @@ manager's nursery, supervised by `berthd.supervision.supervisor.SupervisedProces
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import trio
 
-from berthd.apps.launch import (
-    default_scale,
-    environment,
-    mount_directories,
-    process_types,
-    resolve_identity,
-    working_directory,
-)
+from berthd.apps.launch import default_scale, process_types
 from berthd.config import Config
-from berthd.deploy.exapp import app_host, container_name, container_request, free_port, volume_name
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.log import LOG
-from berthd.runners import Handle, ProcessSpec, Runner
-from berthd.runners.docker import engine as dockerclient
-from berthd.runners.docker.runner import DockerRunner
-from berthd.runners.manual.runner import ManualRunner
-from berthd.runners.native.reaper import Reaper, become_subreaper
-from berthd.runners.native.runner import NativeRunner
-from berthd.runners.native.spawn import Spawner
+from berthd.runners import DaemonStatus, Handle, ProcessSpec, Runner, RunnerHost, Target
+from berthd.runners.table import RUNNERS, daemon_runner_class, host_runner_class, runner_class, through_daemon
 from berthd.store import Store
 from berthd.store.records import AppRecord, DaemonRecord
 from berthd.supervision.logs import LogFile
@@ -49,35 +34,13 @@ class ProcessManager:
         self.config = config
         self.store = store
         self.data_dir = data_dir
-        self.spawner: Spawner | None = None  # its thread lives exactly as long as `run`
-        self.reaper = Reaper()
         self.processes: dict[tuple[str, str], SupervisedProcess] = {}
         self.logs: dict[tuple[str, str], LogFile] = {}
         self._nursery: trio.Nursery | None = None
-        self.native: NativeRunner | None = None
-        self.docker = DockerRunner(self._docker_client, dockerclient.unavailable)
-        self._clients: dict[str, tuple[bytes, Any]] = {}
-        self._clients_lock = threading.Lock()
-        self.manual = ManualRunner()
+        host = RunnerHost(config, store, data_dir)
+        self.runners: dict[type[Runner], Runner] = {kind: kind(host) for kind in RUNNERS}
 
-    def _docker_client(self, daemon: str) -> Any:
-        """On a worker thread: the engine client of a daemon config, kept while the config is the same
-        (a new client costs a version round trip that makes dockerd run two programs)."""
-        record = trio.from_thread.run(self.store.get_daemon, daemon)
-        if record is None:
-            raise not_found(f"no deploy daemon {daemon!r}")
-        fingerprint = msgspec.json.encode(record)
-        with self._clients_lock:
-            cached = self._clients.get(daemon)
-            if cached is not None and cached[0] == fingerprint:
-                return cached[1]
-        client = dockerclient.client_for(record)
-        with self._clients_lock:
-            old = self._clients.get(daemon)
-            self._clients[daemon] = (fingerprint, client)
-        if old is not None and old[1] is not client:
-            old[1].close()
-        return client
+    # runners
 
     async def daemon_for(self, record: AppRecord) -> DaemonRecord:
         """The deploy daemon of an image app: its own, else the default."""
@@ -89,31 +52,54 @@ class ProcessManager:
             )
         return daemon
 
+    async def target_of(self, record: AppRecord) -> Target:
+        return Target(record, await self.daemon_for(record) if through_daemon(record) else None)
+
+    async def runner_for(self, record: AppRecord) -> tuple[Runner, Target]:
+        """The app's runner (from the runner table) and what it runs."""
+        target = await self.target_of(record)
+        return self.runners[runner_class(record, target.daemon)], target
+
+    def host_runner(self) -> Runner:
+        """The runner of the apps that run on this host (and of builds)."""
+        return self.runners[host_runner_class()]
+
+    def daemon_runner(self, daemon: DaemonRecord) -> Runner:
+        """The runner of the apps deployed through `daemon`."""
+        return self.runners[daemon_runner_class(daemon)]
+
+    async def default_engine_status(self) -> DaemonStatus | None:
+        """The default deploy daemon's engine, when it has one."""
+        daemon = await self.store.get_default_daemon()
+        if daemon is None:
+            return None
+        runner = self.daemon_runner(daemon)
+        return await runner.check(daemon) if runner.features.engine else None
+
     # life of the manager
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        become_subreaper()
-        self.spawner = Spawner()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.native = NativeRunner(nursery, self.spawner, self.reaper)
-                nursery.start_soon(self.reaper.run)
+                for runner in self.runners.values():
+                    await nursery.start(runner.serve)
                 await self._recover()
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self.spawner.close()
             for log in self.logs.values():
                 log.close()
 
     async def _recover(self) -> None:
         """End what a previous berthd left behind, then start what should run."""
-        assert self.native is not None
+        by_name = {runner.name: runner for runner in self.runners.values()}
         for app, process, raw in await self.store.all_handles():
             handle = msgspec.json.decode(raw, type=Handle)
-            if handle.runner == self.native.name:
-                await self.native.recover(handle, self.log_of(app, process).write)
+            runner = by_name.get(handle.runner)
+            if runner is not None and runner.features.signals:
+                # berthd's own process groups: what is left of them is ended
+                await runner.recover(handle, self.log_of(app, process).write)
             # containers are found again by their name when their app starts
             await self.store.save_handle(app, process, None)
         for app in await self.store.apps_desired_running():
@@ -143,28 +129,6 @@ class ProcessManager:
             path = self.data_dir / "apps" / app / "logs" / f"{process}.log"
             self.logs[key] = LogFile(path, self.config.log_max_bytes, self.config.log_backups)
         return self.logs[key]
-
-    async def runner_for(self, record: AppRecord) -> Runner:
-        assert self.native is not None
-        if record.source.kind != "image":
-            return self.native
-        daemon = await self.daemon_for(record)
-        return self.manual if daemon.deploy_id == "manual-install" else self.docker
-
-    async def image_spec(self, record: AppRecord, name: str) -> ProcessSpec:
-        daemon = await self.daemon_for(record)
-        host = app_host(daemon)
-        secret, port = await self.store.exapp_identity(record.name, lambda taken: free_port(taken))
-        config = await self.store.get_config(record.name)
-        options: dict[str, Any]
-        if daemon.deploy_id == "manual-install":
-            options = {"host": host, "port": port}
-        else:
-            request = container_request(record, daemon, secret, port, config)
-            options = {"container": msgspec.to_builtins(request)}
-            if record.source.detail.get("heartbeat") == "true":
-                options["heartbeat"] = {"host": "127.0.0.1" if host == "0.0.0.0" else host, "port": port}
-        return ProcessSpec(app=record.name, process=name, argv=[], options=options)
 
     def processes_of(self, app: str) -> list[SupervisedProcess]:
         return sorted((p for (a, _), p in self.processes.items() if a == app), key=lambda p: _order(p.name))
@@ -204,11 +168,9 @@ class ProcessManager:
     async def remove_app(self, app: str, keep_data: bool = False) -> None:
         await self._stop_processes(app, self.processes_of(app))
         record = await self.store.get_app(app)
-        if record is not None and record.source.kind == "image":
-            daemon = await self.daemon_for(record)
-            if daemon.deploy_id == "docker-install":
-                volume = None if keep_data else volume_name(app)
-                await self.docker.remove_by_name(daemon.name, container_name(app), volume)
+        if record is not None:
+            runner, target = await self.runner_for(record)
+            await runner.remove(target, keep_data)
         for key in [k for k in self.logs if k[0] == app]:
             self.logs.pop(key).close()
 
@@ -221,8 +183,9 @@ class ProcessManager:
         if unknown:
             known = ", ".join(types) or "none yet"
             raise invalid_argument(f"unknown process type {unknown[0]!r}; {app} has: {known}")
-        if record.source.kind == "image" and any(count > 1 for count in counts.values()):
-            raise invalid_argument(f"{app} runs as one container ({container_name(app)}): main=0 or main=1")
+        runner, _ = await self.runner_for(record)
+        if not runner.features.scale and any(count > 1 for count in counts.values()):
+            raise invalid_argument(f"{app} runs one {runner.name} process of each type: main=0 or main=1")
         _, scale = await self.store.get_runtime(app)
         scale = (default_scale(record) | scale) | counts
         await self.store.set_scale(app, scale)
@@ -255,27 +218,13 @@ class ProcessManager:
         record = await self.store.get_app(app)
         assert record is not None
         policy = RestartPolicy.parse(record.settings.restart_policy)
-        kind = name.split(".", 1)[0]
+        runner, _ = await self.runner_for(record)
 
         async def build_spec() -> ProcessSpec:
             current = await self.store.get_app(app)
             if current is None:
                 raise ValueError(f"App {app} no longer exists")
-            if current.source.kind == "image":
-                return await self.image_spec(current, name)
-            command = process_types(current).get(kind)
-            if command is None:
-                raise ValueError(f"process type {kind} is gone from {app}")
-            identity = resolve_identity(current.settings.user)
-            app_dir = self.data_dir / "apps" / app
-            env = environment(current, await self.store.get_config(app), identity, command.env)
-            env.update(await trio.to_thread.run_sync(mount_directories, current, app_dir, identity))
-            env["BERTH_PROCESS"] = name
-            cwd = working_directory(current, app_dir)
-            await trio.to_thread.run_sync(lambda: app_dir.mkdir(parents=True, exist_ok=True))
-            return ProcessSpec(
-                app=app, process=name, argv=command.argv, cwd=cwd, env=env, user=current.settings.user
-            )
+            return await runner.spec_for(await self.target_of(current), name)
 
         async def save_handle(handle: Handle | None) -> None:
             await self.store.save_handle(app, name, msgspec.json.encode(handle) if handle else None)
@@ -283,7 +232,7 @@ class ProcessManager:
         process = SupervisedProcess(
             app=app,
             name=name,
-            runner=await self.runner_for(record),
+            runner=runner,
             build_spec=build_spec,
             log=self.log_of(app, name),
             policy=policy,
@@ -298,7 +247,7 @@ class ProcessManager:
         """The report, with what the runner can tell of each process (a container's state and health)."""
         rows = self.report(app)
         for row, process in zip(rows, self.processes_of(app), strict=True):
-            if process.handle is not None and process.runner is not self.native:
+            if process.handle is not None:
                 try:
                     row.update(await process.runner.inspect(process.handle))
                 except CommandError as exc:
@@ -315,13 +264,9 @@ class ProcessManager:
                     "state": str(process.state),
                     "runner": process.runner.name,
                     "pid": int(process.handle.ref)
-                    if process.handle and process.handle.runner == "native"
+                    if process.handle and process.runner.features.signals
                     else None,
-                    "ref": (
-                        process.handle.ref[:12] if process.handle.runner == "docker" else process.handle.ref
-                    )
-                    if process.handle
-                    else None,
+                    "ref": process.runner.shown_ref(process.handle) if process.handle else None,
                     "restarts": process.restarts,
                     "uptime_s": round(process.uptime, 1) if process.uptime is not None else None,
                     "last_exit_code": process.last_exit.code if process.last_exit else None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from berthd.deploy.daemons import DOCKER_INSTALL, TLS_CA_FILE_OPTION, is_socket_path
-from berthd.errors import CommandError, invalid_argument
+from berthd.errors import CommandError, daemon_unavailable, invalid_argument
 from berthd.store.records import DaemonRecord
 
 if TYPE_CHECKING:
@@ -129,11 +129,7 @@ def engine_errors() -> tuple[type[BaseException], ...]:
 
 def unavailable(name: str, exc: BaseException, daemon: DaemonRecord | None = None) -> CommandError:
     """The one error for an unreachable engine: `unavailable`, with the daemon's name and a short reason."""
-    return unavailable_because(name, reason(exc, daemon))
-
-
-def unavailable_because(name: str, why: str) -> CommandError:
-    return CommandError("unavailable", f"deploy daemon {name} is unavailable: {why}", {"daemon": name})
+    return daemon_unavailable(name, reason(exc, daemon))
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -9,6 +9,7 @@ a worker thread; an engine that is down or refuses becomes `unavailable` with th
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,35 +17,36 @@ from typing import Any
 import msgspec
 import trio
 
+from berthd.deploy.exapp import (
+    ContainerRequest,
+    app_host,
+    container_name,
+    container_request,
+    free_port,
+    volume_name,
+)
 from berthd.deploy.heartbeat import wait_heartbeat
-from berthd.errors import CommandError
-from berthd.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
+from berthd.errors import CommandError, not_found
+from berthd.runners import (
+    DaemonStatus,
+    EngineLine,
+    ExitStatus,
+    Features,
+    Handle,
+    LineSink,
+    OutputSink,
+    ProcessSpec,
+    Progress,
+    Runner,
+    RunnerError,
+    RunnerHost,
+    Target,
+)
+from berthd.runners.docker import engine
+from berthd.store.records import DaemonRecord
 
-HEALTH_TIMEOUT = 120.0
 POLL = 0.5  # while starting
 WATCH = 2.0  # while running: how soon berthd notices the engine gave up on a container
-
-
-class ContainerRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the engine needs to create the container, in the ExApp contract's terms."""
-
-    daemon: str
-    image: str
-    name: str
-    hostname: str
-    env: list[str]  # "KEY=VALUE", in order
-    volume: str
-    volume_target: str
-    network_mode: str
-    restart_policy: str = "unless-stopped"
-    gpu: str = "cpu"  # cpu, cuda, rocm
-    command: list[str] | None = None
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
-    health_timeout: float = HEALTH_TIMEOUT
-
-
-ClientFactory = Callable[[str], Any]  # daemon name -> docker.DockerClient (blocking)
-Progress = Callable[[str, int | None, int | None], None]
 
 
 def _docker() -> Any:
@@ -53,28 +55,73 @@ def _docker() -> Any:
     return docker
 
 
-class DockerRunner:
+class DockerRunner(Runner):
     name = "docker"
+    features = Features(engine_logs=True, image_pull=True, fingerprint=True, engine=True)
 
-    def __init__(self, client_for: ClientFactory, unavailable: Callable[[str, Exception], Exception]) -> None:
-        self._client_for = client_for
-        self._unavailable = unavailable
+    def __init__(self, host: RunnerHost) -> None:
+        super().__init__(host)
+        # one engine client per daemon config, kept while the config is the same (a new client costs a
+        # version round trip that makes dockerd run two programs)
+        self._clients: dict[str, tuple[bytes, Any]] = {}
+        self._clients_lock = threading.Lock()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with self._clients_lock:
+                clients, self._clients = list(self._clients.values()), {}
+            for _, client in clients:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    def _client_for(self, record: DaemonRecord) -> Any:
+        """On a worker thread: the engine client of the daemon config."""
+        fingerprint = msgspec.json.encode(record)
+        with self._clients_lock:
+            cached = self._clients.get(record.name)
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+        client = engine.client_for(record)
+        with self._clients_lock:
+            old = self._clients.get(record.name)
+            self._clients[record.name] = (fingerprint, client)
+        if old is not None and old[1] is not client:
+            old[1].close()
+        return client
 
     async def _call(self, daemon: str, function: Callable[..., Any], *args: Any, abandon: bool = True) -> Any:
+        record = await self.host.store.get_daemon(daemon)
+        if record is None:
+            raise not_found(f"no deploy daemon {daemon!r}")
+
         def run() -> Any:
             try:
-                return function(self._client_for(daemon), *args)
+                return function(self._client_for(record), *args)
             except RunnerError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every engine failure becomes one clear error
-                raise self._unavailable(daemon, exc) from None
+                raise engine.unavailable(daemon, exc) from None
 
         return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
 
-    async def start(self, spec: ProcessSpec, output: OutputSink, progress: Progress | None = None) -> Handle:
+    async def spec_for(self, target: Target, process: str) -> ProcessSpec:
+        record, daemon = target.app, _daemon_of(target)
+        secret, port = await self.host.store.exapp_identity(record.name, lambda taken: free_port(taken))
+        config = await self.host.store.get_config(record.name)
+        request = container_request(record, daemon, secret, port, config)
+        options: dict[str, Any] = {"container": msgspec.to_builtins(request)}
+        if record.source.detail.get("heartbeat") == "true":
+            host = app_host(daemon)
+            options["heartbeat"] = {"host": "127.0.0.1" if host == "0.0.0.0" else host, "port": port}
+        return ProcessSpec(app=record.name, process=process, argv=[], options=options)
+
+    async def start(self, spec: ProcessSpec, output: OutputSink) -> Handle:
         request = msgspec.convert(spec.options["container"], ContainerRequest)
         # not abandoned on cancel: a create finishing after we stopped waiting would leave a container
-        container_id = await self._call(request.daemon, _ensure_running, request, progress, abandon=False)
+        container_id = await self._call(request.daemon, _ensure_running, request, None, abandon=False)
         try:
             await self._wait_healthy(request, container_id)
             heartbeat = spec.options.get("heartbeat")
@@ -155,27 +202,42 @@ class DockerRunner:
             "restarting": state.get("Restarting", False),
         }
 
-    async def remove_by_name(self, daemon: str, name: str, volume: str | None) -> bool:
-        return bool(await self._call(daemon, _remove_named, name, volume))
+    def shown_ref(self, handle: Handle) -> str:
+        return handle.ref[:12]
 
-    async def logs(self, daemon: str, name: str, tail: int) -> list[tuple[str, str, str]]:
-        return list(await self._call(daemon, _logs, name, tail))
+    async def prepare(self, target: Target, progress: Progress | None) -> None:
+        image = target.app.source.detail["image"]
+        await self._call(_daemon_of(target).name, _ensure_image, image, progress)
 
-    async def engine_info(self, daemon: str) -> dict[str, Any]:
-        return dict(await self._call(daemon, lambda client: client.info()))
+    async def remove(self, target: Target, keep_data: bool) -> None:
+        volume = None if keep_data else volume_name(target.app.name)
+        await self._call(_daemon_of(target).name, _remove_named, container_name(target.app.name), volume)
 
-    async def ensure_image(self, daemon: str, image: str, progress: Progress | None) -> None:
-        await self._call(daemon, _ensure_image, image, progress)
+    async def logs(self, target: Target, tail: int) -> list[EngineLine]:
+        name = container_name(target.app.name)
+        return list(await self._call(_daemon_of(target).name, _logs, name, tail))
 
-    async def follow_logs(self, daemon: str, name: str, send: Callable[[str, str], None]) -> None:
-        """New lines of the container's output, as the engine streams them, until cancelled."""
+    async def follow_logs(self, target: Target, send: LineSink) -> None:
         streams: list[Any] = []
         try:
-            await self._call(daemon, _follow, name, send, streams)
+            await self._call(_daemon_of(target).name, _follow, container_name(target.app.name), send, streams)
         finally:
             for stream in streams:  # wakes the worker thread blocked on the engine's stream
                 with contextlib.suppress(Exception):
                     stream.close()
+
+    async def check(self, daemon: DaemonRecord) -> DaemonStatus:
+        reachable, version, why = await trio.to_thread.run_sync(engine.ping, daemon, abandon_on_cancel=True)
+        return DaemonStatus(reachable, version, why)
+
+    async def fingerprint(self, daemon: DaemonRecord) -> dict[str, Any]:
+        return dict(await self._call(daemon.name, lambda client: client.info()))
+
+
+def _daemon_of(target: Target) -> DaemonRecord:
+    if target.daemon is None:
+        raise RunnerError(f"{target.app.name} has no deploy daemon")
+    return target.daemon
 
 
 # blocking engine calls (worker threads)
@@ -298,11 +360,11 @@ def _follow(client: Any, name: str, send: Callable[[str, str], None], streams: l
             send("stdout", line.decode("utf-8", "replace"))
 
 
-def _logs(client: Any, name: str, tail: int) -> list[tuple[str, str, str]]:
+def _logs(client: Any, name: str, tail: int) -> list[EngineLine]:
     container = _find(client, name)
     if container is None:
         return []
-    lines: list[tuple[str, str, str]] = []
+    lines: list[EngineLine] = []
     for stream, flags in (
         ("stdout", {"stdout": True, "stderr": False}),
         ("stderr", {"stdout": False, "stderr": True}),
@@ -310,6 +372,6 @@ def _logs(client: Any, name: str, tail: int) -> list[tuple[str, str, str]]:
         raw = container.logs(timestamps=True, tail=tail or "all", **flags)
         for line in raw.decode("utf-8", "replace").splitlines():
             stamp, _, text = line.partition(" ")
-            lines.append((stamp, stream, text))
-    lines.sort()
+            lines.append(EngineLine(stamp, stream, text))
+    lines.sort(key=lambda line: (line.timestamp, line.stream))
     return lines[-tail:] if tail else []

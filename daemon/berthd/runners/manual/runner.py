@@ -10,16 +10,25 @@ import time
 
 import trio
 
+from berthd.deploy.exapp import app_host, free_port
 from berthd.deploy.heartbeat import heartbeat_ok, wait_heartbeat
-from berthd.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
+from berthd.runners import ExitStatus, Features, Handle, OutputSink, ProcessSpec, Runner, RunnerError, Target
 
 START_TIMEOUT = 30.0
 CHECK_EVERY = 5.0
 MISSES = 3
 
 
-class ManualRunner:
+class ManualRunner(Runner):
     name = "manual"
+    features = Features()  # berthd neither starts it, nor keeps its output, nor reaches an engine
+
+    async def spec_for(self, target: Target, process: str) -> ProcessSpec:
+        if target.daemon is None:
+            raise RunnerError(f"{target.app.name} has no deploy daemon")
+        _, port = await self.host.store.exapp_identity(target.app.name, lambda taken: free_port(taken))
+        options = {"host": app_host(target.daemon), "port": port}
+        return ProcessSpec(app=target.app.name, process=process, argv=[], options=options)
 
     async def start(self, spec: ProcessSpec, output: OutputSink) -> Handle:
         host, port = str(spec.options["host"]), int(spec.options["port"])
@@ -27,9 +36,6 @@ class ManualRunner:
         if not await trio.to_thread.run_sync(wait_heartbeat, host, port, timeout, abandon_on_cancel=True):
             raise RunnerError(f"{spec.app} does not answer its heartbeat at http://{host}:{port}/heartbeat")
         return Handle(runner=self.name, ref=f"{host}:{port}", started_at=time.time(), detail={"host": host})
-
-    async def recover(self, handle: Handle, output: OutputSink) -> bool:
-        return False
 
     async def wait(self, handle: Handle) -> ExitStatus:
         host, _, port = handle.ref.rpartition(":")
@@ -42,9 +48,6 @@ class ManualRunner:
 
     async def stop(self, handle: Handle, timeout: float, signum: int = 15) -> ExitStatus | None:
         return ExitStatus(0)  # berthd did not start it and does not stop it
-
-    async def destroy(self, handle: Handle) -> None:
-        return None
 
     async def inspect(self, handle: Handle) -> dict[str, object]:
         host, _, port = handle.ref.rpartition(":")

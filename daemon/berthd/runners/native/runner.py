@@ -10,8 +10,25 @@ from dataclasses import dataclass
 import psutil
 import trio
 
-from berthd.runners import ExitStatus, Handle, OutputSink, ProcessSpec, RunnerError
-from berthd.runners.native.reaper import Reaper
+from berthd.apps.launch import (
+    environment,
+    mount_directories,
+    process_types,
+    resolve_identity,
+    working_directory,
+)
+from berthd.runners import (
+    ExitStatus,
+    Features,
+    Handle,
+    OutputSink,
+    ProcessSpec,
+    Runner,
+    RunnerError,
+    RunnerHost,
+    Target,
+)
+from berthd.runners.native.reaper import Reaper, become_subreaper
 from berthd.runners.native.spawn import Child, Spawner, SpawnError, SpawnRequest, check_identity
 
 PIPE_READ = 65536
@@ -27,16 +44,53 @@ class _Running:
     exit: ExitStatus | None = None
 
 
-class NativeRunner:
+class NativeRunner(Runner):
     name = "native"
+    features = Features(signals=True, exec=True, captured_logs=True, scale=True)
 
-    def __init__(self, nursery: trio.Nursery, spawner: Spawner, reaper: Reaper) -> None:
-        self._nursery = nursery
-        self._spawner = spawner
-        self._reaper = reaper
+    def __init__(self, host: RunnerHost) -> None:
+        super().__init__(host)
+        self._nursery: trio.Nursery | None = None
+        self._spawner: Spawner | None = None  # its thread lives exactly as long as `serve`
+        self._reaper = Reaper()
         self._running: dict[str, _Running] = {}
 
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        become_subreaper()
+        self._spawner = Spawner()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reaper.run)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._spawner.close()
+
+    async def spec_for(self, target: Target, process: str) -> ProcessSpec:
+        record = target.app
+        kind = process.split(".", 1)[0]
+        command = process_types(record).get(kind)
+        if command is None:
+            raise ValueError(f"process type {kind} is gone from {record.name}")
+        identity = resolve_identity(record.settings.user)
+        app_dir = self.host.app_dir(record.name)
+        env = environment(record, await self.host.store.get_config(record.name), identity, command.env)
+        env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
+        env["BERTH_PROCESS"] = process
+        await trio.to_thread.run_sync(lambda: app_dir.mkdir(parents=True, exist_ok=True))
+        return ProcessSpec(
+            app=record.name,
+            process=process,
+            argv=command.argv,
+            cwd=working_directory(record, app_dir),
+            env=env,
+            user=record.settings.user,
+        )
+
     async def start(self, spec: ProcessSpec, output: OutputSink) -> Handle:
+        if self._spawner is None or self._nursery is None:
+            raise RunnerError("the native runner is not serving")
         try:
             identity = check_identity(spec.user)
             child = await self._spawner.spawn(
@@ -129,10 +183,6 @@ class NativeRunner:
 
     async def destroy(self, handle: Handle) -> None:
         await self.stop(handle, 0, signal.SIGKILL)
-
-    async def inspect(self, handle: Handle) -> dict[str, object]:
-        running = self._running.get(handle.ref)
-        return {"pid": int(handle.ref), "alive": running is not None and running.child.returncode is None}
 
 
 def _create_time(pid: int) -> str:
