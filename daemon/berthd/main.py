@@ -22,7 +22,6 @@ from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
 from berthd.server.notify import sd_notify
-from berthd.server.registry import REGISTRY
 from berthd.store import Store
 from berthd.supervision.manager import ProcessManager
 
@@ -186,7 +185,7 @@ async def serve(config: Config) -> int:
             capabilities = CapabilityCache(
                 data_dir, engine=_default_engine_version(processes, default_docker_url())
             )
-            services = Services(config, store, REGISTRY, data_dir, processes, capabilities)
+            services = Services(config, store, data_dir, processes, capabilities)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)

@@ -175,3 +175,26 @@ def describe_settings(settings: AppSettings) -> list[tuple[str, str]]:
     ]
     rows += [(f"require.{k}", v) for k, v in sorted(settings.requirements.items())]
     return rows
+
+
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_variable_name(key: str) -> str:
+    if not ENV_KEY.match(key):
+        raise invalid_argument(
+            f"invalid variable name {key!r}: letters, digits and _, not starting with a digit"
+        )
+    return key
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise invalid_argument(f"invalid pair {key!r}: expected KEY=VALUE")
+        if "\x00" in value:
+            raise invalid_argument(f"invalid value for {key}: contains a NUL byte")
+        values[check_variable_name(key)] = value
+    return values

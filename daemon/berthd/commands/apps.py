@@ -11,7 +11,8 @@ import trio
 from berthd.apps.launch import process_types
 from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
-from berthd.runners.table import runner_class
+from berthd.host.requirements import ensure_compatible
+from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AppName, NoParams, Params
 from berthd.server.registry import REGISTRY, Result
@@ -55,6 +56,14 @@ async def load_app(ctx: Context, name: str) -> AppRecord:
     if record is None:
         raise not_found(f"App {name} does not exist")
     return record
+
+
+async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
+    """The app, created when it does not exist yet (and whether it was)."""
+    record = await ctx.store.get_app(name)
+    if record is not None:
+        return record, False
+    return await ctx.store.create_app(name), True
 
 
 async def runner_names(ctx: Context, records: list[AppRecord]) -> dict[str, str]:
@@ -145,10 +154,8 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     if params.key not in SETTING_KEYS and not params.key.startswith("require."):
         raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
     settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
-    if params.key.startswith("require."):
-        from berthd.commands.sources import ensure_compatible
-
-        await ensure_compatible(ctx, params.app, settings.requirements, record.source.kind == "image")
+    if params.key.startswith("require.") and not through_daemon(record.source.kind):
+        await ensure_compatible(ctx.services.capabilities, params.app, settings.requirements)
     await ctx.store.save_settings(params.app, settings)
     shown = dict(describe_settings(settings)).get(params.key, params.value)
     if params.value == "":

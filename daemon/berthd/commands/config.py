@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 
+from berthd.apps.settings import check_variable_name, parse_pairs
 from berthd.commands.apps import load_app
-from berthd.errors import invalid_argument, not_found
+from berthd.errors import not_found
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
 
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NonEmpty = Annotated[list[str], msgspec.Meta(min_length=1)]
 
 
@@ -43,26 +42,6 @@ class ShowParams(Params):
     positional = ("app",)
 
 
-def _check_key(key: str) -> str:
-    if not ENV_KEY.match(key):
-        raise invalid_argument(
-            f"invalid variable name {key!r}: letters, digits and _, not starting with a digit"
-        )
-    return key
-
-
-def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise invalid_argument(f"invalid pair {key!r}: expected KEY=VALUE")
-        if "\x00" in value:
-            raise invalid_argument(f"invalid value for {key}: contains a NUL byte")
-        values[_check_key(key)] = value
-    return values
-
-
 @REGISTRY.command("config:set", summary="set environment variables of an app", mutating=True)
 async def set_(ctx: Context, params: SetParams) -> Result:
     values = parse_pairs(params.pairs)
@@ -73,7 +52,7 @@ async def set_(ctx: Context, params: SetParams) -> Result:
 
 @REGISTRY.command("config:unset", summary="remove environment variables of an app", mutating=True)
 async def unset(ctx: Context, params: UnsetParams) -> Result:
-    keys = [_check_key(k) for k in params.keys]
+    keys = [check_variable_name(k) for k in params.keys]
     await load_app(ctx, params.app)
     removed = await ctx.store.unset_config(params.app, keys)
     missing = [k for k in keys if k not in removed]

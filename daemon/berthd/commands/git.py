@@ -1,8 +1,8 @@
 """git:sync and git:from-archive: code from a git repository (built) or a source archive (with a Procfile).
 
-Both deploy into a fresh release folder and switch `current` to it only when everything worked, so a
-failed clone, build or unpack leaves the previous version in place and running. The long part
-(network, build) runs without the global lock; one deploy at a time per app.
+Both go through the deploy pipeline of `berthd.commands.sources`: a fresh release folder, `current`
+switched to it only when everything worked. An archive deploy starts the app (smartmob's agent runs what
+it is given); a git sync replaces the processes only of an app that runs.
 """
 
 from __future__ import annotations
@@ -18,56 +18,21 @@ import trio
 
 from berth.messages import ProgressEvent
 from berthd.apps.launch import environment
-from berthd.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
-from berthd.errors import CommandError, invalid_argument
+from berthd.commands.sources import DeployFailed, SourceOptions, begin_deploy, deploy_release, record_status
+from berthd.errors import invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
 from berthd.server.params import AppName, without_credentials
 from berthd.server.registry import REGISTRY, Result
-from berthd.sources import archive, releases
+from berthd.sources import archive
 from berthd.sources import git as gitsrc
 from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
-from berthd.store.records import AppRecord, AppSettings, AppSource
+from berthd.store.records import AppRecord, AppSettings
 from berthd.supervision.jobs import execute
 
 DEFAULT_BUILD_TIMEOUT = 300
 MAX_ENTRIES = 100_000
 REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
-
-
-class DeployFailed(Exception):
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-async def _record_status(ctx: Context, app: str, status: str, error: str | None = None) -> None:
-    record = await ctx.store.get_app(app)
-    if record is None:
-        return
-    detail = dict(record.source.detail)
-    detail["status"] = status
-    if error:
-        detail["error"] = error
-    else:
-        detail.pop("error", None)
-    await ctx.store.save_source(app, msgspec.structs.replace(record.source, detail=detail), record.settings)
-
-
-async def _prepare(
-    ctx: Context, app: str, options: SourceOptions, kind: str
-) -> tuple[AppRecord, AppSettings, dict[str, str]]:
-    existing = await ctx.store.get_app(app)
-    settings, env = apply_options(existing.settings if existing else AppSettings(), options)
-    await ensure_compatible(ctx, app, settings.requirements, kind == "image")
-    record, _ = await app_for_source(ctx, app)
-    if record.source.kind != kind:
-        detail = {"status": "pending"}
-        await ctx.store.save_source(app, AppSource(kind, detail), record.settings)
-    else:
-        await _record_status(ctx, app, "pending")
-    return record, settings, env
 
 
 # archives
@@ -92,42 +57,27 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
         raise invalid_argument(str(exc)) from None
     if not await trio.to_thread.run_sync(archive.caller_may_read, params.url, ctx.peer.uid):
         raise invalid_argument(f"{params.url}: you (uid {ctx.peer.uid}) may not read that file")
-    record, settings, env = await _prepare(ctx, params.app, params, "archive")
-    ctx.release_lock()
+    _, settings, env = await begin_deploy(ctx, params.app, params, "archive")
     app = params.app
     app_dir = ctx.services.app_dir(app)
-    async with ctx.services.source_lock(app):
-        release = await trio.to_thread.run_sync(releases.new_release, app_dir, "archive")
+    types: dict[str, ProcessType] = {}
+
+    async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
         incoming = app_dir / f".incoming-{secrets.token_hex(4)}"
         try:
-            types = await _download_and_unpack(ctx, app, params.url, incoming, release)
-            await _check_scale(ctx, app, set(types))
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(releases.discard, release)
-            if not isinstance(exc, DeployFailed):
-                raise
-            async with ctx.services.lock.held():
-                await _record_status(ctx, app, exc.status, exc.message)
-            raise CommandError("invalid_argument", exc.message) from None
+            types.update(await _download_and_unpack(ctx, app, params.url, incoming, release))
         finally:
             incoming.unlink(missing_ok=True)
+        await _check_scale(ctx, app, set(types))
         root = await trio.to_thread.run_sync(archive.source_root, release)
-        async with ctx.services.lock.held():
-            await trio.to_thread.run_sync(releases.activate, app_dir, release)
-            source_dir = app_dir / "current" / root.relative_to(release)
-            detail = {
-                "url": without_credentials(params.url),
-                "status": "running",
-                "procfile": msgspec.json.encode(types).decode(),
-                "source_dir": str(source_dir),
-                "release": release.name,
-            }
-            await ctx.store.save_source(app, AppSource("archive", detail), settings)
-            if env:
-                await ctx.store.set_config(app, env)
-            await ctx.processes.redeploy(app)
-        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
+        detail = {
+            "url": without_credentials(params.url),
+            "procfile": msgspec.json.encode(types).decode(),
+            "source_dir": str(app_dir / "current" / root.relative_to(release)),
+        }
+        return detail, settings
+
+    await deploy_release(ctx, app, "archive", env, build, start=True)
     rows = ctx.processes.report(app)
     listed = ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
     return Result(
@@ -139,7 +89,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
 async def _download_and_unpack(
     ctx: Context, app: str, url: str, incoming: Path, release: Path
 ) -> dict[str, ProcessType]:
-    await _record_status(ctx, app, "downloading")
+    await record_status(ctx, app, "downloading")
     await ctx.emit(ProgressEvent("downloading", 0, None))
     last = [0.0]
     progress_events: list[tuple[int, int | None]] = []
@@ -159,7 +109,7 @@ async def _download_and_unpack(
         await ctx.emit(ProgressEvent("downloading", done, total))
     if not progress_events or progress_events[-1][0] != size:
         await ctx.emit(ProgressEvent("downloading", size, size))
-    await _record_status(ctx, app, "unpacking")
+    await record_status(ctx, app, "unpacking")
     await ctx.emit(ProgressEvent("unpacking"))
     try:
         unpacked_limit = ctx.services.config.max_unpacked_bytes
@@ -229,48 +179,30 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
         raise invalid_argument(
             f"invalid executable {params.executable!r}: give a path relative to the checkout"
         )
-    record, settings, env = await _prepare(ctx, params.app, params, "git")
-    ctx.release_lock()
+    record, settings, env = await begin_deploy(ctx, params.app, params, "git")
     app = params.app
     app_dir = ctx.services.app_dir(app)
-    async with ctx.services.source_lock(app):
-        release = await trio.to_thread.run_sync(releases.new_release, app_dir, "git")
-        try:
-            commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
-            executable = await _build(ctx, record, params, release)
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(releases.discard, release)
-            if not isinstance(exc, DeployFailed):
-                raise
-            async with ctx.services.lock.held():
-                await _record_status(ctx, app, exc.status, exc.message)
-            raise CommandError("invalid_argument", exc.message) from None
-        async with ctx.services.lock.held():
-            await trio.to_thread.run_sync(releases.activate, app_dir, release)
-            live_executable = (
-                app_dir / "current" / executable.relative_to(release.resolve()) if executable else None
-            )
-            detail = {
-                "repository": repository.shown,
-                "ref": params.ref or "",
-                "ref_kind": kind,
-                "commit": commit,
-                "status": "ready",
-                "release": release.name,
-                "source_dir": str(app_dir / "current"),
-            }
-            if params.build_cmd:
-                detail["build_cmd"] = params.build_cmd
-            if live_executable:
-                settings = msgspec.structs.replace(settings, executable=str(live_executable))
-            await ctx.store.save_source(app, AppSource("git", detail), settings)
-            if env:
-                await ctx.store.set_config(app, env)
-            desired, _ = await ctx.store.get_runtime(app)
-            if desired == "running":
-                await ctx.processes.redeploy(app)
-        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
+
+    async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
+        commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
+        executable = await _build(ctx, record, params, release)
+        detail = {
+            "repository": repository.shown,
+            "ref": params.ref or "",
+            "ref_kind": kind,
+            "commit": commit,
+            "source_dir": str(app_dir / "current"),
+        }
+        if params.build_cmd:
+            detail["build_cmd"] = params.build_cmd
+        if executable is None:
+            return detail, settings
+        live = app_dir / "current" / executable.relative_to(release.resolve())
+        return detail, msgspec.structs.replace(settings, executable=str(live))
+
+    detail, live_settings = await deploy_release(ctx, app, "git", env, build, start=False)
+    commit, kind = detail["commit"], detail["ref_kind"]
+    live_executable = live_settings.executable if live_settings is not settings else None
     return Result(
         f"Syncing {app} from {repository.shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(
             " )", ")"
@@ -286,7 +218,7 @@ async def _fetch_and_checkout(
     askpass = await trio.to_thread.run_sync(gitsrc.ensure_askpass, data_dir)
     env = gitsrc.git_environment(askpass, repository)
     cache = ctx.services.app_dir(app) / "repo.git"
-    await _record_status(ctx, app, "fetching")
+    await record_status(ctx, app, "fetching")
     await ctx.emit(ProgressEvent("fetching"))
     try:
         await trio.to_thread.run_sync(gitsrc.fetch, cache, repository, env)
@@ -300,7 +232,7 @@ async def _fetch_and_checkout(
 
 async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: Path) -> Path | None:
     if params.build_cmd:
-        await _record_status(ctx, record.name, "building")
+        await record_status(ctx, record.name, "building")
         await ctx.emit(ProgressEvent("building"))
         folder = ctx.services.app_dir(record.name) / "builds" / release.name
         await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))

@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from berthd.commands.sources import SourceOptions, app_for_source, apply_options
+from berthd.commands.apps import app_for_source
+from berthd.commands.sources import SourceOptions, apply_options
 from berthd.deploy.placement import place
 from berthd.errors import invalid_argument, not_found
 from berthd.server.context import Context

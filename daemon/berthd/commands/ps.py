@@ -11,7 +11,7 @@ import trio
 from berth.messages import ProgressEvent
 from berthd.apps.settings import check_restart_policy
 from berthd.commands.apps import AppParams, SetParams, load_app
-from berthd.commands.sources import ensure_compatible
+from berthd.commands.sources import check_host_meets
 from berthd.errors import CommandError, invalid_argument
 from berthd.runners import RunnerError
 from berthd.server.context import Context
@@ -101,7 +101,7 @@ async def _settled(ctx: Context, app: str) -> None:
 
 async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
     record = await load_app(ctx, app)
-    await ensure_compatible(ctx, app, record.settings.requirements, record.source.kind == "image")
+    await check_host_meets(ctx, app, record.settings, record.source.kind)
     await _prepare(ctx, record)
     if stop_first:
         await ctx.processes.stop_app(app)

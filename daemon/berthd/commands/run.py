@@ -6,7 +6,7 @@ import msgspec
 
 from berthd.apps.settings import check_timeout
 from berthd.commands.apps import load_app
-from berthd.commands.sources import ensure_compatible
+from berthd.commands.sources import check_host_meets
 from berthd.errors import CommandError, not_found
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
@@ -47,7 +47,7 @@ def job_data(job: JobRecord) -> dict[str, object]:
 @REGISTRY.command("run", summary="run the app once; streams its output", mutating=False, streaming=True)
 async def run(ctx: Context, params: RunParams) -> Result:
     record = await load_app(ctx, params.app)
-    await ensure_compatible(ctx, params.app, record.settings.requirements, record.source.kind == "image")
+    await check_host_meets(ctx, params.app, record.settings, record.source.kind)
     timeout = check_timeout(
         params.timeout if params.timeout is not None else record.settings.timeout or DEFAULT_TIMEOUT
     )

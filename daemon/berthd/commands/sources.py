@@ -1,6 +1,17 @@
-"""How code reaches an app. The options every source command shares, and `apps:from-local`."""
+"""How code reaches an app: the options every source command shares, the one deploy pipeline every source
+goes through, and `apps:from-local`.
+
+A deploy that builds a release (git, archives) fills a fresh release folder without the global lock (one
+deploy at a time per app), and `current` moves to it only when everything worked, so a failed clone,
+build or unpack leaves the previous version in place and running. Every source ends the same way, under
+the lock: the source and settings are recorded, the environment added, and the processes replaced when
+the app runs (or is meant to start now).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 import trio
@@ -13,14 +24,18 @@ from berthd.apps.settings import (
     check_restart_policy,
     check_timeout,
     check_user,
+    parse_pairs,
 )
-from berthd.commands.config import parse_pairs
+from berthd.commands.apps import app_for_source
 from berthd.errors import CommandError
-from berthd.host.requirements import incompatible, parse_requirement_pair, unmet
+from berthd.host.requirements import ensure_compatible, parse_requirement_pair
+from berthd.runners.table import through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
+from berthd.sources import releases
 from berthd.store.records import AppRecord, AppSettings, AppSource
+from berthd.supervision.manager import RUNNING
 
 
 class SourceOptions(Params):
@@ -70,33 +85,102 @@ def apply_options(settings: AppSettings, options: SourceOptions) -> tuple[AppSet
     return msgspec.structs.replace(settings, **changes), parse_pairs(options.env)
 
 
-async def ensure_compatible(
-    ctx: Context, name: str, requirements: dict[str, str], image: bool = False
-) -> None:
-    """Refuse (`incompatible`, every unmet requirement named) an app this host cannot run.
-    Image apps are judged by their daemon's engine when they are placed, not by this host."""
-    if not requirements or image:
+async def check_host_meets(ctx: Context, app: str, settings: AppSettings, kind: str) -> None:
+    """This host must meet the requirements of an app that will run on it."""
+    if not through_daemon(kind):
+        await ensure_compatible(ctx.services.capabilities, app, settings.requirements)
+
+
+# the deploy pipeline
+
+
+class DeployFailed(Exception):
+    """A deploy step failed for a reason the user can act on; `status` is recorded in the source."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def record_status(ctx: Context, app: str, status: str, error: str | None = None) -> None:
+    record = await ctx.store.get_app(app)
+    if record is None:
         return
-    report = await ctx.services.capabilities.current()
-    problems = unmet(requirements, report.capabilities)
-    if problems:
-        raise incompatible(name, problems)
+    detail = dict(record.source.detail)
+    detail["status"] = status
+    if error:
+        detail["error"] = error
+    else:
+        detail.pop("error", None)
+    await ctx.store.save_source(app, msgspec.structs.replace(record.source, detail=detail), record.settings)
 
 
-async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
-    """The app, created when it does not exist yet (and whether it was)."""
-    record = await ctx.store.get_app(name)
-    if record is not None:
-        return record, False
-    return await ctx.store.create_app(name), True
+async def begin_deploy(
+    ctx: Context, app: str, options: SourceOptions, kind: str
+) -> tuple[AppRecord, AppSettings, dict[str, str]]:
+    """Options checked, the app made if new and its source marked pending; then the global lock is let go
+    (what follows waits on the network or a build)."""
+    existing = await ctx.store.get_app(app)
+    settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    await check_host_meets(ctx, app, settings, kind)
+    record, _ = await app_for_source(ctx, app)
+    if record.source.kind != kind:
+        await ctx.store.save_source(app, AppSource(kind, {"status": "pending"}), record.settings)
+    else:
+        await record_status(ctx, app, "pending")
+    ctx.release_lock()
+    return record, settings, env
 
 
-async def save_source(
-    ctx: Context, record: AppRecord, source: AppSource, settings: AppSettings, env: dict[str, str]
-) -> None:
-    await ctx.store.save_source(record.name, source, settings)
+Build = Callable[[Path], Awaitable[tuple[dict[str, str], AppSettings]]]
+"""Fills a release folder; returns the source's detail and the settings to record with it."""
+
+
+async def deploy_release(
+    ctx: Context, app: str, kind: str, env: dict[str, str], build: Build, *, start: bool
+) -> tuple[dict[str, str], AppSettings]:
+    """A release built, then made live: `current` moves to it and the source is recorded. A failure
+    discards the release and records why (`DeployFailed` becomes `invalid_argument`)."""
+    app_dir = ctx.services.app_dir(app)
+    async with ctx.services.source_lock(app):
+        release = await trio.to_thread.run_sync(releases.new_release, app_dir, kind)
+        try:
+            detail, settings = await build(release)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(releases.discard, release)
+            if not isinstance(exc, DeployFailed):
+                raise
+            async with ctx.services.lock.held():
+                await record_status(ctx, app, exc.status, exc.message)
+            raise CommandError("invalid_argument", exc.message) from None
+        async with ctx.services.lock.held():
+            await trio.to_thread.run_sync(releases.activate, app_dir, release)
+            detail = {**detail, "release": release.name}
+            detail = await go_live(ctx, app, AppSource(kind, detail), settings, env, start=start)
+        await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
+    return detail, settings
+
+
+async def go_live(
+    ctx: Context, app: str, source: AppSource, settings: AppSettings, env: dict[str, str], *, start: bool
+) -> dict[str, str]:
+    """The last step of every deploy (under the lock): the source, settings and environment recorded,
+    and the app's processes replaced when it runs, or started when `start` says so. The detail recorded
+    says which (`status`: running or ready)."""
+    desired, _ = await ctx.store.get_runtime(app)
+    runs = start or desired == RUNNING
+    detail = {**source.detail, "status": "running" if runs else "ready"}
+    await ctx.store.save_source(app, AppSource(source.kind, detail), settings)
     if env:
-        await ctx.store.set_config(record.name, env)
+        await ctx.store.set_config(app, env)
+    if runs:
+        await ctx.processes.redeploy(app)
+    return detail
+
+
+# apps:from-local
 
 
 class FromLocalParams(SourceOptions, kw_only=True):
@@ -111,10 +195,12 @@ async def from_local(ctx: Context, params: FromLocalParams) -> Result:
     existing = await ctx.store.get_app(params.app)
     base = existing.settings if existing else AppSettings()
     settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)
-    await ensure_compatible(ctx, params.app, settings.requirements)
-    record, created = await app_for_source(ctx, params.app)
+    await check_host_meets(ctx, params.app, settings, "local")
+    _, created = await app_for_source(ctx, params.app)
     try:
-        await save_source(ctx, record, AppSource("local", {"executable": executable}), settings, env)
+        await go_live(
+            ctx, params.app, AppSource("local", {"executable": executable}), settings, env, start=False
+        )
     except CommandError:
         if created:
             await ctx.store.delete_app(params.app)

@@ -27,7 +27,8 @@ from typing import Annotated
 import msgspec
 import trio
 
-from berthd.commands.sources import SourceOptions, app_for_source, apply_options, ensure_compatible
+from berthd.commands.apps import app_for_source
+from berthd.commands.sources import SourceOptions, apply_options, check_host_meets, go_live
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.log import LOG
 from berthd.server.context import Context, Services
@@ -236,7 +237,7 @@ async def end(ctx: Context, params: SessionParams) -> Result:
     existing = await ctx.store.get_app(upload.app)
     settings, env = apply_options(existing.settings if existing else AppSettings(), options)
     try:
-        await ensure_compatible(ctx, upload.app, settings.requirements)
+        await check_host_meets(ctx, upload.app, settings, "upload")
     except CommandError:
         await _drop(ctx.services, upload.id)
         raise
@@ -251,13 +252,8 @@ async def end(ctx: Context, params: SessionParams) -> Result:
         raise CommandError("internal", f"cannot install the upload: {exc.strerror}") from None
     settings = msgspec.structs.replace(settings, executable=str(target))
     source = AppSource("upload", {"filename": upload.filename, "upload_hash": digest, "size": str(size)})
-    await ctx.store.save_source(upload.app, source, settings)
-    if env:
-        await ctx.store.set_config(upload.app, env)
     await ctx.store.delete_upload(upload.id)
-    desired, _ = await ctx.store.get_runtime(upload.app)
-    if desired == "running":
-        await ctx.processes.redeploy(upload.app)
+    await go_live(ctx, upload.app, source, settings, env, start=False)
     return Result(
         f"Upload of {upload.filename} to {upload.app} done ({size} bytes, sha256 {digest})",
         {"app": upload.app, "executable": str(target), "upload_hash": digest, "size": size},

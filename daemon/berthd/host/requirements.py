@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from berthd.errors import CommandError, invalid_argument
 
 if TYPE_CHECKING:
-    from berthd.host.capabilities import Capabilities
+    from berthd.host.capabilities import Capabilities, CapabilityCache
 
 PLATFORMS = ("linux", "darwin", "windows")
 ARCHITECTURES = ("amd64", "arm64", "386", "arm")
@@ -137,3 +137,14 @@ def incompatible(app: str, problems: list[str]) -> CommandError:
         f"{app} cannot run here:\n" + "\n".join(f"- {p}" for p in problems),
         {"unmet": problems},
     )
+
+
+async def ensure_compatible(cache: CapabilityCache, app: str, requirements: dict[str, str]) -> None:
+    """Refuse (`incompatible`, every unmet requirement named) an app this host cannot run. An app that
+    runs through a deploy daemon is judged by the daemon's engine when it is placed, not by this host."""
+    if not requirements:
+        return
+    report = await cache.current()
+    problems = unmet(requirements, report.capabilities)
+    if problems:
+        raise incompatible(app, problems)

@@ -35,14 +35,14 @@ ROWS: tuple[Row, ...] = (
 RUNNERS: tuple[type[Runner], ...] = tuple(dict.fromkeys(row.runner for row in ROWS))
 
 
-def through_daemon(record: AppRecord) -> bool:
-    """Does the app run through a deploy daemon (rather than as processes of this host)?"""
-    return record.source.kind == IMAGE
+def through_daemon(source_kind: str) -> bool:
+    """Does an app with this kind of source run through a deploy daemon (rather than on this host)?"""
+    return source_kind == IMAGE
 
 
 def runner_class(record: AppRecord, daemon: DaemonRecord | None) -> type[Runner]:
     """The runner of the app (an image app's: by its deploy daemon's kind)."""
-    if not through_daemon(record):
+    if not through_daemon(record.source.kind):
         return host_runner_class()
     if daemon is None:
         raise LookupError(f"{record.name} runs through a deploy daemon and has none")

@@ -14,7 +14,6 @@ from berthd.config import Config
 from berthd.host.capabilities import CapabilityCache
 from berthd.server.lock import CommandLock
 from berthd.server.peercred import Peer
-from berthd.server.registry import Registry
 from berthd.store import Store
 from berthd.supervision.manager import ProcessManager
 
@@ -23,7 +22,6 @@ from berthd.supervision.manager import ProcessManager
 class Services:
     config: Config
     store: Store
-    registry: Registry
     data_dir: Path
     processes: ProcessManager
     capabilities: CapabilityCache

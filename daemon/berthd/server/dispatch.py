@@ -20,7 +20,7 @@ from berthd.log import COMMAND_LOG, LOG
 from berthd.server.context import Context, Emit, Services
 from berthd.server.params import Bound, bind_named, bind_tokens
 from berthd.server.peercred import Peer
-from berthd.server.registry import Command, Result
+from berthd.server.registry import REGISTRY, Command, Result
 
 INVALID_COMMAND = "Invalid command"
 
@@ -63,14 +63,12 @@ class Outcome:
 async def _run(
     services: Services, request: Request, peer: Peer, emit: Emit, client_gone: Callable[[], bool]
 ) -> Outcome:
-    registry = services.registry
+    registry = REGISTRY
     command = registry.lookup(request.cmd)
     if command is None:
         topic = registry.topic_help_name(request.cmd)
         if topic is not None and not request.tokens and not request.named:
-            from berthd.commands.core import topic_help
-
-            return Outcome(_ok(topic_help(registry, topic)), request.cmd)
+            return Outcome(_ok(registry.topic_help(topic)), request.cmd)
         return Outcome(
             Response(False, INVALID_COMMAND, error="invalid_command"), f"{request.cmd[:80]!r} (unknown)"
         )

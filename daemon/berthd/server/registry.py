@@ -9,12 +9,10 @@ from __future__ import annotations
 import typing
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from berthd.server.context import Context
 from berthd.server.params import Params, usage
-
-if TYPE_CHECKING:
-    from berthd.server.context import Context
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +21,7 @@ class Result:
     data: Any = None
 
 
-Handler = Callable[["Context", Any], Awaitable[Result]]
+Handler = Callable[[Context, Any], Awaitable[Result]]
 H = TypeVar("H", bound=Callable[..., Awaitable[Result]])
 
 
@@ -95,9 +93,34 @@ class Registry:
     def __iter__(self) -> Iterator[Command]:
         return iter(sorted(self._commands.values(), key=lambda c: c.name))
 
+    def help(self) -> Result:
+        """`help`: every command with its usage, by topic."""
+        lines = ["Usage: COMMAND [ARG ...]   (one command a line; answers are JSON lines)", ""]
+        data = []
+        for topic in self.topics():
+            commands = [c for c in self if c.topic == topic]
+            lines += [f"{topic}:", *_help_lines(commands), ""]
+            data += [_described(c) for c in commands]
+        return Result("\n".join(lines).rstrip("\n"), data)
+
+    def topic_help(self, topic: str) -> Result:
+        """`TOPIC:help`: one topic's commands."""
+        commands = [c for c in self if c.topic == topic]
+        lines = [f"Usage: {topic}:COMMAND", "", f"Commands of {topic}:", *_help_lines(commands)]
+        return Result("\n".join(lines), [_described(c) for c in commands])
+
     def names(self) -> list[str]:
         topic_help = [f"{t}:help" for t in self.topics() if t != "core"]
         return sorted([*self._names, *topic_help])
+
+
+def _help_lines(commands: list[Command]) -> list[str]:
+    width = max(len(c.usage) for c in commands)
+    return [f"    {c.usage.ljust(width)}  {c.summary}" for c in commands]
+
+
+def _described(command: Command) -> dict[str, str]:
+    return {"command": command.name, "usage": command.usage, "summary": command.summary}
 
 
 REGISTRY = Registry()

@@ -53,7 +53,7 @@ class ProcessManager:
         return daemon
 
     async def target_of(self, record: AppRecord) -> Target:
-        return Target(record, await self.daemon_for(record) if through_daemon(record) else None)
+        return Target(record, await self.daemon_for(record) if through_daemon(record.source.kind) else None)
 
     async def runner_for(self, record: AppRecord) -> tuple[Runner, Target]:
         """The app's runner (from the runner table) and what it runs."""
