@@ -1,0 +1,90 @@
+"""berthd installed as a user installs it: a wheel built from the checkout, in a fresh venv elsewhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv outside the checkout with the wheel (and its dependencies) installed: its bin folder."""
+    base = tmp_path_factory.mktemp("wheel")
+    wheels = base / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(ROOT)],
+        capture_output=True,
+        text=True,
+        cwd=base,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("berthd-*.whl")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        cwd=base,
+    )
+    assert install.returncode == 0, install.stderr
+    return venv / "bin"
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def test_the_installed_berthd_prints_its_version(installed: Path, tmp_path: Path) -> None:
+    answer = subprocess.run(
+        [str(installed / "berthd"), "-v"], capture_output=True, text=True, cwd=tmp_path, env=_clean_env()
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith("Version ")
+
+
+def test_the_installed_berthd_serves_and_its_clients_get_pong(installed: Path, tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "berthd.sock"
+    env = _clean_env()
+    daemon = subprocess.Popen(
+        [str(installed / "berthd"), "--socket", str(sock), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert daemon.poll() is None, daemon.stderr.read().decode() if daemon.stderr else ""
+            assert time.monotonic() < deadline, "berthd did not listen within 20 s"
+            time.sleep(0.05)
+        cli = subprocess.run(
+            [str(installed / "berth"), "--socket", str(sock), "ping"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.strip() == "pong"
+        script = (
+            f"from berth import Client\nwith Client({str(sock)!r}) as b:\n    print(b.call('ping').output)\n"
+        )
+        library = subprocess.run(
+            [str(installed / "python"), "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert library.returncode == 0, library.stderr
+        assert library.stdout.strip() == "pong"
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=20) == 0
