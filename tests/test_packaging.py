@@ -88,3 +88,30 @@ def test_the_installed_berthd_serves_and_its_clients_get_pong(installed: Path, t
     finally:
         daemon.terminate()
         assert daemon.wait(timeout=20) == 0
+
+
+def test_make_install_stages_a_working_berthd_under_destdir(tmp_path: Path) -> None:
+    """`make install`'s script with DESTDIR (as a packager runs it): a venv whose berthd starts, the units
+    and the client link, all under the staging folder and naming the final paths."""
+    stage = tmp_path / "stage"
+    env = {**_clean_env(), "DESTDIR": str(stage), "PREFIX": "/opt/berthd", "PYTHON": sys.executable}
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install.sh")], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    venv = stage / "opt" / "berthd" / "venv"
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-m", "berthd", "-v"], capture_output=True, text=True, env=env
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("Version ")
+    client = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-c", "import berth.cli, berthd.main; print('ok')"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert client.stdout.strip() == "ok", client.stderr
+    assert (stage / "etc" / "systemd" / "system" / "berthd.service").is_file()
+    assert os.readlink(stage / "usr" / "local" / "bin" / "berth") == "/opt/berthd/venv/bin/berth"
+    assert "/opt/berthd/venv" in (venv / "bin" / "berthd").read_text().splitlines()[0]
