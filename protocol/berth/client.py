@@ -15,8 +15,11 @@ from typing import Any
 
 import msgspec
 
+from berth.framing import AnswerLines
 from berth.messages import JsonRequest, Response, decode_line
 from berth.paths import client_socket_path
+
+READ_SIZE = 65536
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -50,7 +53,7 @@ class Client:
         self.path = str(path or client_socket_path())
         self.timeout = timeout
         self._sock: socket.socket | None = None
-        self._buffer = b""
+        self._lines = AnswerLines()
 
     def __enter__(self) -> Client:
         return self
@@ -71,18 +74,17 @@ class Client:
             sock.settimeout(self.timeout)
             sock.connect(self.path)
             self._sock = sock
-            self._buffer = b""
+            self._lines = AnswerLines()
         return self._sock
 
     def _read_line(self) -> bytes:
         sock = self._connection()
-        while b"\n" not in self._buffer:
-            chunk = sock.recv(65536)
+        while (line := self._lines.next_line()) is None:
+            chunk = sock.recv(READ_SIZE)
             if not chunk:
                 self.close()
                 raise ConnectionError("berthd closed the connection before answering")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+            self._lines.feed(chunk)
         return line
 
     def send(

@@ -6,6 +6,7 @@ Feed it bytes as they arrive; it yields complete lines (without the `\n` and a t
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,3 +55,25 @@ class LineSplitter:
             line = bytes(self._buffer)
             self._buffer.clear()
             yield line[:-1] if line.endswith(b"\r") else line
+
+
+MAX_ANSWER = 256 * 1024 * 1024
+"""The longest answer line a client accepts (an answer's `data` can be large: a long listing, many lines)."""
+
+
+class AnswerLines:
+    """The clients' side: bytes from berthd in, complete answer lines out (one splitter for both clients)."""
+
+    def __init__(self, max_line: int = MAX_ANSWER) -> None:
+        self._splitter = LineSplitter(max_line)
+        self._ready: deque[bytes] = deque()
+
+    def next_line(self) -> bytes | None:
+        """The next complete line, or None until more bytes are fed."""
+        return self._ready.popleft() if self._ready else None
+
+    def feed(self, data: bytes) -> None:
+        for line in self._splitter.feed(data):
+            if isinstance(line, TooLong):
+                raise ConnectionError(f"berthd sent an answer longer than {line.limit} bytes")
+            self._ready.append(line)

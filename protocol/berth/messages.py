@@ -63,13 +63,7 @@ class QueuedEvent(msgspec.Struct, tag_field="event", tag="queued"):
     position: int
 
 
-class StateEvent(msgspec.Struct, tag_field="event", tag="state"):
-    app: str
-    process: str
-    state: str
-
-
-Event = LogEvent | ProgressEvent | QueuedEvent | StateEvent
+Event = LogEvent | ProgressEvent | QueuedEvent
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)

@@ -8,7 +8,8 @@ from typing import Any
 
 import trio
 
-from berth.client import CommandFailed, EventHandler, encode_request
+from berth.client import READ_SIZE, CommandFailed, EventHandler, encode_request
+from berth.framing import AnswerLines
 from berth.messages import Response, decode_line
 from berth.paths import client_socket_path
 
@@ -17,7 +18,7 @@ class TrioClient:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = str(path or client_socket_path())
         self._stream: trio.SocketStream | None = None
-        self._buffer = b""
+        self._lines = AnswerLines()
 
     async def __aenter__(self) -> TrioClient:
         await self.connect()
@@ -29,7 +30,7 @@ class TrioClient:
     async def connect(self) -> None:
         if self._stream is None:
             self._stream = await trio.open_unix_socket(self.path)
-            self._buffer = b""
+            self._lines = AnswerLines()
 
     async def aclose(self) -> None:
         if self._stream is not None:
@@ -38,12 +39,11 @@ class TrioClient:
 
     async def _read_line(self) -> bytes:
         assert self._stream is not None
-        while b"\n" not in self._buffer:
-            chunk = await self._stream.receive_some(65536)
+        while (line := self._lines.next_line()) is None:
+            chunk = await self._stream.receive_some(READ_SIZE)
             if not chunk:
                 raise ConnectionError("berthd closed the connection before answering")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+            self._lines.feed(chunk)
         return line
 
     async def stream(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +124,3 @@ def _variable_part(path: str) -> str:
 def sanitise_args(args: list[str]) -> list[str]:
     """The seed's rule: arguments that are empty or only whitespace are dropped."""
     return [arg for arg in args if arg.strip()]
-
-
-def describe_argv(argv: list[str]) -> str:
-    return shlex.join(argv)

@@ -15,10 +15,6 @@ class CommandLock:
         self._lock = trio.Lock()
         self._waiting = 0
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     async def acquire(self, on_queued: Callable[[int], Awaitable[None]] | None = None) -> None:
         if self._lock.locked() and on_queued is not None:
             await on_queued(self._waiting + 1)

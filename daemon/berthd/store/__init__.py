@@ -398,12 +398,6 @@ class Store:
     _APPS_USING_DAEMON = "FROM apps WHERE json_extract(CAST(settings AS TEXT), '$.daemon') = ?"
 
     @threaded
-    def count_apps_using(self, name: str) -> int:
-        """How many apps have `daemon` set to NAME."""
-        (count,) = self._conn.execute(f"SELECT count(*) {self._APPS_USING_DAEMON}", (name,)).fetchone()
-        return int(count)
-
-    @threaded
     def apps_using_daemon(self, name: str) -> list[str]:
         rows = self._conn.execute(f"SELECT name {self._APPS_USING_DAEMON} ORDER BY name", (name,))
         return [row[0] for row in rows.fetchall()]

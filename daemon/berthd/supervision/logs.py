@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,8 +245,3 @@ async def follow(log: LogFile, start_at_end: bool = True) -> AsyncIterator[list[
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def iter_parsed(lines: list[bytes], process: str) -> Iterator[LogLine]:
-    for raw in lines:
-        yield parse_line(raw, process)

@@ -118,7 +118,6 @@ class SupervisedProcess:
     _wanted: bool = False
     _stop_requested: trio.Event = field(default_factory=trio.Event)
     _finished: trio.Event = field(default_factory=trio.Event)
-    _state_changed: trio.Event = field(default_factory=trio.Event)
 
     def _enter(self, new: State, why: str = "") -> None:
         if new not in TRANSITIONS[self.state]:
@@ -129,11 +128,6 @@ class SupervisedProcess:
         message = f"{new}" + (f": {why}" if why else "")
         self.log.note(message)
         LOG.info("%s %s %s", self.app, self.name, message)
-        self._state_changed.set()
-        self._state_changed = trio.Event()
-
-    async def wait_state_change(self) -> None:
-        await self._state_changed.wait()
 
     @property
     def uptime(self) -> float | None:
