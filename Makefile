@@ -33,6 +33,7 @@ lint: setup
 	$(BIN)/ruff check daemon protocol tests bench
 	$(BIN)/ruff format --check daemon protocol tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tests/daemon_proc.py tests/wire.py tests/docker_engine.py tests/conftest.py tests/test_layout.py tests/test_packaging.py
 
 install:
 	bash scripts/install.sh
