@@ -241,31 +241,22 @@ def _list_gpus(lib: Any, notes: list[str]) -> list[Gpu]:
             notes.append(f"gpus: GPU {index} skipped: {exc}")
             continue
         mig_enabled = _mig_enabled(lib, handle, index, notes)
-        gpus.append(
-            Gpu(
-                index=index,
-                name=_text(ask(f"GPU {index} name", lib.nvmlDeviceGetName, handle)),
+
+        def device(what: str, device_handle: Any, number: int, **extra: Any) -> Gpu:
+            return Gpu(
+                index=number,
+                name=_text(ask(f"{what} name", lib.nvmlDeviceGetName, device_handle)),
                 vendor="nvidia",
-                memory_mb=_memory_mb(ask(f"GPU {index} memory", lib.nvmlDeviceGetMemoryInfo, handle)),
-                uuid=_text(ask(f"GPU {index} uuid", lib.nvmlDeviceGetUUID, handle)),
+                memory_mb=_memory_mb(ask(f"{what} memory", lib.nvmlDeviceGetMemoryInfo, device_handle)),
+                uuid=_text(ask(f"{what} uuid", lib.nvmlDeviceGetUUID, device_handle)),
                 driver_version=driver,
-                mig_enabled=mig_enabled,
+                **extra,
             )
-        )
+
+        gpus.append(device(f"GPU {index}", handle, index, mig_enabled=mig_enabled))
         if mig_enabled:
             for number, mig in enumerate(_mig_handles(lib, handle, index, notes)):
-                what = f"GPU {index} MIG device {number}"
-                gpus.append(
-                    Gpu(
-                        index=number,
-                        name=_text(ask(f"{what} name", lib.nvmlDeviceGetName, mig)),
-                        vendor="nvidia",
-                        memory_mb=_memory_mb(ask(f"{what} memory", lib.nvmlDeviceGetMemoryInfo, mig)),
-                        uuid=_text(ask(f"{what} uuid", lib.nvmlDeviceGetUUID, mig)),
-                        driver_version=driver,
-                        mig_parent=index,
-                    )
-                )
+                gpus.append(device(f"GPU {index} MIG device {number}", mig, number, mig_parent=index))
     return gpus
 
 
