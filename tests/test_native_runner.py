@@ -519,3 +519,25 @@ def test_sigterm_stops_every_group_before_exiting(berthd: Berthd) -> None:
     berthd.stop()
     berthd.start()
     assert report(berthd, "graceful") == []  # stopped on purpose: stays stopped
+
+
+def test_from_local_on_a_running_app_makes_the_new_executable_live(berthd: Berthd, tmp_path: Path) -> None:
+    """Every source ends in the same pipeline: new code for an app that runs replaces its processes."""
+    first = script(tmp_path, "first.sh", "#!/bin/sh\nexec sleep 300\n")
+    second = script(tmp_path, "second.sh", "#!/bin/sh\necho second >&2\nexec sleep 301\n")
+    assert berthd.call(["apps:from-local", "swap", str(first)]).ok
+    assert berthd.call("apps:info swap").data["source_detail"]["status"] == "ready"
+    assert berthd.call("ps:start swap").ok
+    wait_for(lambda: state_of(berthd, "swap") == "RUNNING")
+    old = pid_of(berthd, "swap")
+    answer = berthd.call(["apps:from-local", "swap", str(second)])
+    assert answer.ok, answer.output
+    wait_for(lambda: state_of(berthd, "swap") == "RUNNING")
+    new = pid_of(berthd, "swap")
+    assert new != old
+    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+    assert psutil.Process(new).cmdline()[-1] == "301"
+    assert berthd.call("apps:info swap").data["source_detail"]["status"] == "running"
+    assert berthd.call("ps:stop swap").ok
+    assert berthd.call(["apps:from-local", "swap", str(first)]).ok
+    assert report(berthd, "swap")[0]["state"] == "STOPPED"
