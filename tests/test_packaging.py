@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv outside the checkout with the wheel (and its dependencies) installed: its bin folder."""
-    base = tmp_path_factory.mktemp("wheel")
-    wheels = base / "dist"
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from the checkout as `pip install .` builds it."""
+    wheels = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(ROOT)],
         capture_output=True,
         text=True,
-        cwd=base,
+        cwd=wheels,
     )
     assert build.returncode == 0, build.stderr
-    (wheel,) = wheels.glob("berthd-*.whl")
+    (built,) = wheels.glob("berthd-*.whl")
+    return built
+
+
+def test_the_wheel_holds_every_module_of_both_packages_under_its_import_name(wheel: Path) -> None:
+    """daemon/berthd/X.py is `berthd/X.py` in the wheel, protocol/berth/X.py is `berth/X.py`: nothing left
+    out (the hand-kept package list once missed whole wings), nothing under the folder names."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = {name for name in archive.namelist() if name.endswith(".py")}
+    expected = {
+        f"{top}/{path.relative_to(ROOT / folder / top).as_posix()}"
+        for folder, top in (("daemon", "berthd"), ("protocol", "berth"))
+        for path in (ROOT / folder / top).rglob("*.py")
+    }
+    assert len(expected) > 70
+    assert expected - names == set()
+    assert {n for n in names if n.startswith(("daemon/", "protocol/", "tests/", "bench/"))} == set()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """A venv outside the checkout with the wheel (and its dependencies) installed: its bin folder."""
+    base = tmp_path_factory.mktemp("wheel")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
