@@ -92,23 +92,23 @@ def test_the_clients_import_nothing_of_the_server() -> None:
     assert {m: e for m, e in leaks.items() if m.startswith("berth.") or m == "berth" if e} == {}
 
 
+def _heavy_modules_loaded(imports: str, heavy: set[str]) -> list[str]:
+    """The top-level names of `heavy` that a fresh interpreter has loaded after `import IMPORTS`."""
+    script = f"import sys, {imports}\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy!r}))\n"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return list(ast.literal_eval(loaded.stdout.strip()))
+
+
 def test_the_client_library_loads_nothing_heavier_than_msgspec() -> None:
     """`berth`, its blocking client, its uploads and its CLI: no trio, no server, no SDKs."""
-    script = (
-        "import sys, berth, berth.client, berth.upload, berth.cli, berth.framing, berth.messages\n"
-        "heavy = {'trio', 'berthd', 'docker', 'psutil', 'git', 'pynvml', 'requests'}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
-    )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "[]"
+    imports = "berth, berth.client, berth.upload, berth.cli, berth.framing, berth.messages"
+    heavy = {"trio", "berthd", "docker", "psutil", "git", "pynvml", "requests"}
+    assert _heavy_modules_loaded(imports, heavy) == []
+    assert _heavy_modules_loaded("berth.trio_client", heavy) == ["trio"]  # the check sees what loads
 
 
 def test_the_server_starts_without_importing_the_heavy_sdks() -> None:
     """docker, GitPython and NVML load on first use, not when berthd starts (idle memory, start-up)."""
-    script = (
-        "import sys, berthd.main, berthd.commands\n"
-        "heavy = {'docker', 'git', 'pynvml', 'requests'}\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))\n"
+    assert (
+        _heavy_modules_loaded("berthd.main, berthd.commands", {"docker", "git", "pynvml", "requests"}) == []
     )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "[]"

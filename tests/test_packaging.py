@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,10 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built from the checkout as `pip install .` builds it."""
+    """The wheel, built as `pip install .` builds it, from a copy of the checkout without what earlier builds
+    left (a stale build/ folder would put modules in the wheel that the project's own rules leave out)."""
+    source = tmp_path_factory.mktemp("source") / "berthd"
+    left_behind = shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "run", "var", ".test-engine", ".*_cache"
+    )
+    shutil.copytree(ROOT, source, ignore=left_behind, symlinks=True)
     wheels = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         cwd=wheels,
