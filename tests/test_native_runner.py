@@ -306,7 +306,8 @@ def test_env_mounts_and_cwd_reach_the_process(berthd: Berthd, tmp_path: Path) ->
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-def test_run_as_an_unprivileged_user(berthd: Berthd) -> None:
+def test_run_as_an_unprivileged_user(start_berthd: Callable[..., Berthd], reachable_tmp: Path) -> None:
+    berthd = start_berthd(root=reachable_tmp)  # the user enters the app's folder with its own rights
     user = "berthtest"
     try:
         pwd.getpwnam(user)
