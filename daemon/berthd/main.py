@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 import trio
@@ -22,7 +21,7 @@ from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
 from berthd.server.notify import sd_notify
-from berthd.store import Store
+from berthd.store import Store, modes
 from berthd.supervision.manager import ProcessManager
 
 
@@ -89,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     setup_logging(config.log_level, config.log_file)
     try:
         return trio.run(serve, config)
@@ -96,11 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("%s", exc)
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-
-
-def prepare_data_dir(data_dir: Path) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    (data_dir / "apps").mkdir(exist_ok=True)
 
 
 async def sweep_orphaned_app_dirs(services: Services) -> None:
@@ -115,6 +110,14 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
     await trio.to_thread.run_sync(sweep)
+
+
+async def fix_file_modes(services: Services) -> None:
+    """Each app's folder opened to its group only; what an older berthd left open to others, closed."""
+    for record in await services.store.list_apps():
+        app_dir = services.app_dir(record.name)
+        if app_dir.is_dir():
+            await trio.to_thread.run_sync(modes.fix_app_dir, app_dir, modes.app_group(record.settings.user))
 
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -177,7 +180,7 @@ async def serve(config: Config) -> int:
     # The receiver opens before the socket does: a signal from the first instant on is acted upon.
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         data_dir = config.data_path()
-        await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+        await trio.to_thread.run_sync(modes.prepare_data_dir, data_dir)
         store = await Store.open(data_dir, config.sync.upper())
         await store.interrupt_running_jobs()
         processes = ProcessManager(config, store, data_dir)
@@ -188,6 +191,7 @@ async def serve(config: Config) -> int:
             services = Services(config, store, data_dir, processes, capabilities)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
+            await fix_file_modes(services)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)

@@ -10,6 +10,7 @@ the app runs (or is meant to start now).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import releases
+from berthd.store import modes
 from berthd.store.records import AppRecord, AppSettings, AppSource
 from berthd.supervision.manager import RUNNING
 
@@ -147,6 +149,10 @@ async def deploy_release(
         release = await trio.to_thread.run_sync(releases.new_release, app_dir, kind)
         try:
             detail, settings = await build(release)
+            # the code is berthd's again (a build's user owned it), readable by the app's group only
+            gid = modes.app_group(settings.user)
+            await trio.to_thread.run_sync(modes.open_path, app_dir, releases.releases_dir(app_dir), gid)
+            await trio.to_thread.run_sync(modes.hand_over, release, os.geteuid(), gid)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(releases.discard, release)

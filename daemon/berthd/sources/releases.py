@@ -26,8 +26,8 @@ def current_link(app_dir: Path) -> Path:
 
 def new_release(app_dir: Path, label: str) -> Path:
     folder = releases_dir(app_dir) / f"{time.strftime('%Y%m%d%H%M%S')}-{label}-{secrets.token_hex(3)}"
-    folder.mkdir(parents=True, mode=0o755)
-    folder.chmod(0o755)
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.mkdir(mode=0o700)  # berthd's until the deploy hands it to the app
     return folder
 
 

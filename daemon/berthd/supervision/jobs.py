@@ -22,6 +22,7 @@ from berth.messages import Event, LogEvent
 from berthd.apps.launch import MAIN, process_types
 from berthd.errors import CommandError
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
+from berthd.store import modes
 from berthd.store.records import AppRecord, JobRecord
 from berthd.supervision.logs import LineCutter
 from berthd.supervision.manager import ProcessManager
@@ -85,9 +86,9 @@ def _create_output_files(folder: Path) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for name in OUTPUT_FILES:
-            fd = os.open(folder / f"{name}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            fds[name] = fd
-            os.fchmod(fd, 0o644)  # whatever berthd's umask
+            # berthd's only (the caller reads them through berthd), from the first instant
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fds[name] = os.open(folder / f"{name}.txt", flags, modes.PRIVATE_FILE_MODE)
     except OSError:
         for fd in fds.values():
             os.close(fd)
@@ -95,9 +96,9 @@ def _create_output_files(folder: Path) -> dict[str, int]:
     return fds
 
 
-def _make_folder(folder: Path) -> None:
-    folder.mkdir(parents=True, mode=0o755)
-    folder.chmod(0o755)  # whatever berthd's umask
+def _make_folder(app_dir: Path, folder: Path, gid: int) -> None:
+    """The job's folder (BERTH_JOB_DIR): the job may enter it, only berthd writes to it."""
+    modes.open_path(app_dir, folder, gid)
 
 
 async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
@@ -134,8 +135,9 @@ async def run_job(
     kind = MAIN if MAIN in types else next(iter(types))
     process = await runner.spec_for(target, f"{kind}.1")
     job_id = new_job_id()
-    folder = manager.data_dir / "apps" / record.name / "jobs" / job_id
-    await trio.to_thread.run_sync(_make_folder, folder)
+    app_dir = manager.data_dir / "apps" / record.name
+    folder = app_dir / "jobs" / job_id
+    await trio.to_thread.run_sync(_make_folder, app_dir, folder, modes.app_group(record.settings.user))
     env = {k: v for k, v in process.env.items() if k != "BERTH_PROCESS"}
     env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
     argv = [*process.argv, *extra_args]
