@@ -1,5 +1,5 @@
-"""Processes run with the app user's rights from the first step: the working directory is entered as
-that user."""
+"""Processes and builds run with the app user's rights, from the first step: the working directory is
+entered as that user, and a build runs as that user in a release it owns only while it builds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_proc import Berthd
+from tests.test_sources import git
 from tests.users import NEEDS_ROOT, User, system_users
 
 pytestmark = NEEDS_ROOT
@@ -84,3 +85,80 @@ def test_without_the_exec_helper_the_folder_is_entered_as_the_user_too(
     answer = daemon.call("run polite")
     assert (Path(answer.data["output_dir"]) / "stdout.txt").read_text() == f"{folder} {user.uid}\n"
     assert "processes are started with preexec_fn" in daemon.log()
+
+
+BUILD = """#!/bin/sh
+set -e
+id -u > built-by
+id -G > built-groups
+mkdir -p out
+printf '#!/bin/sh\\necho "hello from $(id -un)"\\n' > out/app
+chmod 755 out/app
+cp out/app out/setuid
+chmod 4755 out/setuid
+echo notes > out/notes
+chmod 666 out/notes
+"""
+
+
+@pytest.fixture
+def built_repository(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "build.sh").write_text(BUILD)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "v1")
+    os.chmod(tmp_path, 0o755)  # berthd (root) clones it; nothing here is the user's
+    return repo
+
+
+def test_a_build_runs_as_the_apps_user_and_its_release_is_berthds_afterwards(
+    daemon: Berthd, user: User, built_repository: Path
+) -> None:
+    answer = daemon.call(
+        ["git:sync", "built", f"file://{built_repository}", "--user", user.name,
+         "--build-cmd", "sh build.sh", "--executable", "out/app"]
+    )  # fmt: skip
+    assert answer.ok, answer.output
+    release = (daemon.data_dir / "apps" / "built" / "current").resolve()
+    assert (release / "built-by").read_text().strip() == str(user.uid)
+    assert str(user.extra_gid) in (release / "built-groups").read_text().split()  # with its groups
+    for path in [release, *release.rglob("*")]:
+        if path.is_symlink():
+            continue
+        info = path.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        assert (info.st_uid, info.st_gid) == (0, user.gid), path  # berthd's again, the app's group reads
+        assert mode & 0o7027 == 0, f"{path}: {mode:o}"  # no set-id bit, no group write, nothing for others
+    assert stat.S_IMODE((release / "out" / "setuid").stat().st_mode) == 0o750
+    assert stat.S_IMODE((release / "out" / "notes").stat().st_mode) == 0o640
+    # the app's user can run it, and cannot change it
+    assert user.run([str(release / "out" / "app")]).stdout == f"hello from {user.name}\n"
+    assert user.run(["sh", "-c", f"echo x >> {release}/out/app"]).returncode != 0
+    ran = daemon.call("run built")
+    assert ran.ok, ran.output
+    assert (Path(ran.data["output_dir"]) / "stdout.txt").read_text() == f"hello from {user.name}\n"
+
+
+def test_a_build_whose_release_its_user_cannot_reach_fails_clearly(
+    start_berthd: Callable[..., Berthd], user: User, built_repository: Path, tmp_path: Path
+) -> None:
+    assert stat.S_IMODE(tmp_path.parent.stat().st_mode) & 0o001 == 0  # pytest's folders: root's only
+    daemon = start_berthd("closed")
+    answer = daemon.call(
+        [
+            "git:sync",
+            "unreachable",
+            f"file://{built_repository}",
+            "--user",
+            user.name,
+            "--build-cmd",
+            "id -u > x",
+        ]
+    )
+    assert answer.ok is False
+    assert "build failed" in answer.output
+    assert "cannot enter working directory" in answer.output and f"as {user.name}" in answer.output
+    info = daemon.call("apps:info unreachable")
+    assert "build failure" in info.output or "build failure" in str(info.data)
