@@ -13,6 +13,7 @@ from typing import NoReturn
 import trio
 
 from berthd import __version__
+from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
 from berthd.host.capabilities import CapabilityCache, default_docker_url, docker_version_from
@@ -191,6 +192,7 @@ async def serve(config: Config) -> int:
             services = Services(config, store, data_dir, processes, capabilities)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
+            await sweep_interrupted_deploys(store, services.app_dir)
             await fix_file_modes(services)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
