@@ -1,4 +1,6 @@
-"""berthd killed with SIGKILL: what it was deploying is swept at the next start and recorded as failed."""
+"""berthd killed with SIGKILL: what it was deploying is swept at the next start and recorded as failed,
+and what had ended by itself under its restart policy stays ended (desired state is what the user asked).
+"""
 
 from __future__ import annotations
 
@@ -183,3 +185,70 @@ def test_kill_9_mid_build_removes_the_release_and_its_build_folder(
     )
     again = daemon.call(["git:sync", "slowbuild", f"file://{repo}"])  # the app is usable again
     assert again.ok, again.output
+
+
+# desired state across a restart
+
+
+@pytest.mark.parametrize(
+    ("policy", "command"),
+    [("no", "exit 3"), ("no", "exit 0"), ("on-failure", "exit 0"), ("on-failure:2", "exit 1")],
+)
+def test_a_process_that_ended_under_its_policy_stays_ended_after_a_restart(
+    start_berthd: Callable[..., Berthd], policy: str, command: str
+) -> None:
+    daemon = start_berthd()
+    done = daemon.call(
+        ["apps:from-local", "once", "/bin/sh", "--restart-policy", policy, "--", "-c", command]
+    )
+    assert done.ok, done.output
+    assert daemon.call("ps:start once").ok
+    wait_for(lambda: state_of(daemon, "once") in ("EXITED", "FAILED"))
+    for stop in (daemon.kill, daemon.stop):  # killed, then stopped cleanly: the same either way
+        stop()
+        daemon.start()
+        time.sleep(1.5)
+        assert state_of(daemon, "once") == "none", report(daemon, "once")
+    # what the user asks next still counts
+    assert daemon.call("ps:start once").ok
+    wait_for(lambda: state_of(daemon, "once") in ("EXITED", "FAILED"))
+
+
+def test_running_and_stopped_apps_come_back_as_the_user_left_them(
+    start_berthd: Callable[..., Berthd],
+) -> None:
+    daemon = start_berthd()
+    for app in ("keeps", "stays-stopped", "no-policy"):
+        policy = "no" if app == "no-policy" else "always"
+        answer = daemon.call(["apps:from-local", app, "/bin/sleep", "--restart-policy", policy, "--", "1000"])
+        assert answer.ok, answer.output
+        assert daemon.call(f"ps:start {app}").ok
+    assert daemon.call("ps:stop stays-stopped").ok
+    for app in ("keeps", "no-policy"):
+        wait_for(lambda app=app: state_of(daemon, app) == "RUNNING")  # type: ignore[misc]
+    daemon.kill()
+    daemon.start()
+    # a process berthd's death ended was meant to run, whatever its policy: it runs again
+    for app in ("keeps", "no-policy"):
+        wait_for(lambda app=app: state_of(daemon, app) == "RUNNING")  # type: ignore[misc]
+    assert state_of(daemon, "stays-stopped") == "none"
+
+
+def test_scaling_up_does_not_restart_a_process_that_ended(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    daemon = start_berthd()
+    flag = tmp_path / "first-done"
+    script = tmp_path / "run.sh"
+    script.write_text(f"#!/bin/sh\nif [ ! -e {flag} ]; then touch {flag}; exit 0; fi\nexec sleep 1000\n")
+    script.chmod(0o755)
+    assert daemon.call(["apps:from-local", "scaled", str(script), "--restart-policy", "no"]).ok
+    assert daemon.call("ps:start scaled").ok
+    wait_for(lambda: state_of(daemon, "scaled", "main.1") == "EXITED")
+    assert daemon.call("ps:scale scaled main=2").ok
+    wait_for(lambda: state_of(daemon, "scaled", "main.2") == "RUNNING")
+    assert state_of(daemon, "scaled", "main.1") == "EXITED"
+    daemon.kill()
+    daemon.start()
+    wait_for(lambda: state_of(daemon, "scaled", "main.2") == "RUNNING")
+    assert state_of(daemon, "scaled", "main.1") == "none"
