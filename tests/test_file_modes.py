@@ -102,12 +102,21 @@ def check_rule(data_dir: Path, owner: User) -> list[str]:
     return wrong
 
 
-def test_every_file_under_the_data_dir_gives_nobody_else_anything(
+@pytest.fixture
+def deployed(
     start_berthd: Callable[..., Berthd], reachable_tmp: Path, tmp_path: Path, users: tuple[User, User]
-) -> None:
+) -> tuple[Berthd, User, User]:
+    """A berthd with both apps deployed, run and started; the alpha app's user, and a stranger."""
     owner, stranger = users
     daemon = start_berthd(root=reachable_tmp)
     deploy_both(daemon, owner, tmp_path)
+    return daemon, owner, stranger
+
+
+def test_every_file_under_the_data_dir_gives_nobody_else_anything(
+    deployed: tuple[Berthd, User, User],
+) -> None:
+    daemon, owner, stranger = deployed
     data_dir = daemon.data_dir
     assert check_rule(data_dir, owner) == []
     kinds = {
@@ -139,12 +148,8 @@ def test_every_file_under_the_data_dir_gives_nobody_else_anything(
         assert owner.run(["cat", str(path)]).returncode != 0, path
 
 
-def test_an_installation_left_world_readable_is_closed_at_start(
-    start_berthd: Callable[..., Berthd], reachable_tmp: Path, tmp_path: Path, users: tuple[User, User]
-) -> None:
-    owner, stranger = users
-    daemon = start_berthd(root=reachable_tmp)
-    deploy_both(daemon, owner, tmp_path)
+def test_an_installation_left_world_readable_is_closed_at_start(deployed: tuple[Berthd, User, User]) -> None:
+    daemon, owner, stranger = deployed
     daemon.stop()
     # what an older berthd made: 0755 folders, 0644 files, everywhere
     subprocess.run(["chmod", "-R", "go+rX", str(daemon.data_dir)], check=True)
