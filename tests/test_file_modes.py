@@ -88,11 +88,10 @@ def check_rule(data_dir: Path, owner: User) -> list[str]:
                 expected_ok = False  # others: nothing, anywhere in an app
             elif len(parts) == 2:
                 expected_ok = (mode, info.st_uid, info.st_gid) == (0o750, 0, app_gid)
-            elif parts[2] in ("repo.git", "logs", "builds") or parts[2].startswith(".incoming-"):
+            elif parts[2] in ("repo.git", "logs") or parts[2].startswith(".incoming-"):
                 expected_ok = mode & 0o070 == 0 and info.st_uid == 0  # berthd's only
-            elif parts[2] == "jobs":  # the job may enter its folder; the outputs are berthd's only
-                regular = stat.S_ISREG(info.st_mode)
-                expected_ok = info.st_uid == 0 and (mode == 0o600 if regular else mode & 0o027 == 0)
+            elif parts[2] in ("jobs", "builds") and stat.S_ISREG(info.st_mode):  # the app's group reads them
+                expected_ok = (mode, info.st_uid, info.st_gid) == (0o640, 0, app_gid)
             elif parts[2] == "mounts" and len(parts) == 5:  # the mount itself: its user's
                 expected_ok = mode & 0o007 == 0 and info.st_uid == (owner.uid if app_gid else 0)
             else:  # code and folders the app enters: berthd's, the app's group reads, never writes
@@ -142,9 +141,10 @@ def test_every_file_under_the_data_dir_gives_nobody_else_anything(
         assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, path
     listed = stranger.run(["ls", str(data_dir), str(data_dir / "apps")])
     assert listed.returncode != 0 and "Permission denied" in listed.stderr
-    # the app's own user reads its code, and nothing of berthd's or of the other app
+    # the app's own user reads its code and its job's output, and nothing of berthd's or of the other app
     assert owner.run(["cat", str(release / "out" / "app")]).returncode == 0
-    for path in [alpha / "repo.git" / "HEAD", job / "stdout.txt", *beta_files]:
+    assert owner.run(["cat", str(job / "stdout.txt")]).stdout == "secret-a\n"
+    for path in [alpha / "repo.git" / "HEAD", alpha / "logs" / "main.1.log", *beta_files]:
         assert owner.run(["cat", str(path)]).returncode != 0, path
 
 

@@ -240,17 +240,18 @@ async def _fetch_and_checkout(
 
 async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: Path) -> Path | None:
     """The build runs as the app's user (this sync's `--user`, else the app's), in the release, which that
-    user owns while the build runs; its output goes to a folder of berthd's own."""
+    user owns while the build runs; its output is kept as a run's is (readable by the app's group)."""
     if params.build_cmd:
         await record_status(ctx, record.name, "building")
         await ctx.emit(ProgressEvent("building"))
         app_dir = ctx.services.app_dir(record.name)
         folder = app_dir / "builds" / release.name
-        await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o700))
         user = apply_options(record.settings, params)[0].user
+        gid = modes.app_group(user)
+        await trio.to_thread.run_sync(modes.open_path, app_dir, folder.parent, gid)
+        await trio.to_thread.run_sync(modes.open_output_folder, folder, gid)
         identity = resolve_identity(user)
         if identity is not None:
-            gid = modes.app_group(user)
             await trio.to_thread.run_sync(modes.open_path, app_dir, release.parent, gid)
             await trio.to_thread.run_sync(modes.hand_over, release, identity.uid, identity.gid)
         config = await ctx.store.get_config(record.name)

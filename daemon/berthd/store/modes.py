@@ -9,8 +9,9 @@ group, never to others, and only ever loosened from private, never tightened aft
     DATA/apps/APP/     0750  berthd's, group = the app user's group (berthd's own for apps with no --user)
       releases/ REL/   0750  the code: group-readable, nothing writable by the app (a build's user owns
                              its release while the build runs)
-      jobs/ JOB/       0750  with the job's output files 0600
-      repo.git logs/ builds/ .incoming-*   0700 / 0600: berthd's only
+      jobs/ JOB/, builds/ REL/   2750  the output files of a run or a build 0640 (group: the app's,
+                             by the set-gid bit)
+      repo.git logs/ .incoming-*   0700 / 0600: berthd's only
 
 The app's folder belongs to berthd, not to the app's user: a user who owned it could swap a folder
 berthd writes into (its logs) for a link to anywhere. The group is the app user's primary group (or the
@@ -31,8 +32,14 @@ DATA_DIR_MODE = 0o711
 APP_DIR_MODE = 0o750
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
-# What under an app's folder its processes run (the rest of it is berthd's, and mounts are the app's own).
+# A job's folder: what berthd makes in it takes the folder's group (set-gid), so its outputs are the
+# app group's to read from the instant they exist.
+OUTPUT_DIR_MODE = 0o2750
+OUTPUT_FILE_MODE = 0o640
+# What under an app's folder its processes run, and where the outputs of its runs and builds are (the
+# rest of it is berthd's, and mounts are the app's own).
 APP_CODE_PARTS = ("releases", "bin")
+OUTPUT_PARTS = ("jobs", "builds")
 
 
 def app_group(user: str | None) -> int:
@@ -57,6 +64,11 @@ def open_folder(folder: Path, gid: int, mode: int = APP_DIR_MODE) -> None:
             os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def open_output_folder(folder: Path, gid: int) -> None:
+    """A run's or a build's own folder (made when missing): the app's group reads what berthd writes in it."""
+    open_folder(folder, gid, OUTPUT_DIR_MODE)
 
 
 def open_path(top: Path, folder: Path, gid: int) -> None:
@@ -145,10 +157,24 @@ def fix_app_dir(app_dir: Path, gid: int) -> None:
             open_folder(entry, gid)
             for child in entry.iterdir():
                 hand_over(child, os.geteuid(), gid)
+        elif entry.name in OUTPUT_PARTS:
+            _fix_outputs(entry, gid)
         elif entry.name == "mounts":
             _fix_mounts(entry, gid)
         else:
             close_to_others(entry)
+
+
+def _fix_outputs(outputs: Path, gid: int) -> None:
+    """Each run's (or build's) folder and output files as `open_output_folder` and jobs.py make them."""
+    open_folder(outputs, gid)
+    for folder in outputs.iterdir():
+        if folder.is_dir() and not folder.is_symlink():
+            open_output_folder(folder, gid)
+            for output in folder.iterdir():
+                if output.is_file() and not output.is_symlink():
+                    os.chown(output, os.geteuid(), gid, follow_symlinks=False)
+                    os.chmod(output, OUTPUT_FILE_MODE)
 
 
 def _fix_mounts(mounts: Path, gid: int) -> None:

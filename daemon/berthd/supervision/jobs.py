@@ -86,9 +86,11 @@ def _create_output_files(folder: Path) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for name in OUTPUT_FILES:
-            # berthd's only (the caller reads them through berthd), from the first instant
+            # made 0600 (berthd's umask), group the app's (the folder is set-gid); the group's read is
+            # added before a byte is written: never open to more than that
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fds[name] = os.open(folder / f"{name}.txt", flags, modes.PRIVATE_FILE_MODE)
+            fds[name] = os.open(folder / f"{name}.txt", flags, modes.OUTPUT_FILE_MODE)
+            os.fchmod(fds[name], modes.OUTPUT_FILE_MODE)
     except OSError:
         for fd in fds.values():
             os.close(fd)
@@ -97,8 +99,10 @@ def _create_output_files(folder: Path) -> dict[str, int]:
 
 
 def _make_folder(app_dir: Path, folder: Path, gid: int) -> None:
-    """The job's folder (BERTH_JOB_DIR): the job may enter it, only berthd writes to it."""
-    modes.open_path(app_dir, folder, gid)
+    """The job's folder (BERTH_JOB_DIR): the app's group enters it and reads the outputs, only berthd
+    writes to it."""
+    modes.open_path(app_dir, folder.parent, gid)
+    modes.open_output_folder(folder, gid)
 
 
 async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
