@@ -160,3 +160,17 @@ def test_an_installation_left_world_readable_is_closed_at_start(deployed: tuple[
     job = next((daemon.data_dir / "apps" / "alpha" / "jobs").iterdir())
     assert stranger.run(["cat", str(job / "stdout.txt")]).returncode != 0
     assert daemon.call("run alpha --timeout 1").data["job_id"]
+
+
+def test_the_folders_made_for_the_socket_stay_reachable(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, users: tuple[User, User]
+) -> None:
+    _, stranger = users
+    daemon = start_berthd(root=reachable_tmp, extra_args=["--socket-mode", "0666"])
+    assert stat.S_IMODE(daemon.socket.parent.stat().st_mode) == 0o755  # made by berthd, under its umask 077
+    ping = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+        " s.sendall(b'ping\\n'); print(s.recv(200).decode())"
+    )
+    answer = stranger.run(["/usr/bin/python3", "-c", ping, str(daemon.socket)])
+    assert '"pong"' in answer.stdout, answer.stderr

@@ -89,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    setup_logging(config.log_level, config.log_file)  # the log file sets its own mode
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
-    setup_logging(config.log_level, config.log_file)
     try:
         return trio.run(serve, config)
     except (ListenerError, OSError) as exc:
@@ -194,6 +194,7 @@ async def serve(config: Config) -> int:
             await sweep_orphaned_app_dirs(services)
             await sweep_interrupted_deploys(store, services.app_dir)
             await fix_file_modes(services)
+            await trio.to_thread.run_sync(modes.make_public_folders, config.socket_path().parent)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)

@@ -131,9 +131,22 @@ def _close(entry: Path) -> None:
             os.chmod(entry, stat.S_IMODE(info.st_mode) & 0o700)
 
 
+def make_public_folders(folder: Path) -> None:
+    """`folder` and the folders above it that are missing made 0755, as they were before berthd worked
+    under umask 077: for the socket's folder (callers must reach the socket; its own mode and group say
+    who may connect) and the folders above the data dir."""
+    missing = [each for each in (folder, *folder.parents) if not each.exists()]
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            each.mkdir(mode=PRIVATE_DIR_MODE)
+            os.chmod(each, 0o755)
+
+
 def prepare_data_dir(data_dir: Path) -> None:
     """The data dir and `apps/`, made (or fixed) with their modes; the database files berthd's only."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    make_public_folders(data_dir.parent)
+    with contextlib.suppress(FileExistsError):
+        data_dir.mkdir(mode=PRIVATE_DIR_MODE)
     os.chmod(data_dir, DATA_DIR_MODE)
     apps = data_dir / "apps"
     with contextlib.suppress(FileExistsError):
