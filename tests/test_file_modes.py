@@ -174,3 +174,17 @@ def test_the_folders_made_for_the_socket_stay_reachable(
     )
     answer = stranger.run(["/usr/bin/python3", "-c", ping, str(daemon.socket)])
     assert '"pong"' in answer.stdout, answer.stderr
+
+
+def test_a_new_user_for_the_app_gets_its_code_and_the_old_one_loses_it(
+    deployed: tuple[Berthd, User, User],
+) -> None:
+    daemon, old, new = deployed
+    assert daemon.call("ps:stop alpha").ok
+    assert daemon.call(f"apps:set alpha user {new.name}").ok
+    ran = daemon.call("run alpha --timeout 1")
+    assert (Path(ran.data["output_dir"]) / "stdout.txt").read_text() == "secret-a\n"
+    assert check_rule(daemon.data_dir, new) == []
+    code = (daemon.data_dir / "apps" / "alpha" / "current").resolve() / "out" / "app"
+    assert new.run(["cat", str(code)]).returncode == 0
+    assert old.run(["cat", str(code)]).returncode != 0

@@ -15,7 +15,6 @@ import msgspec
 
 from berthd.errors import CommandError, invalid_argument
 from berthd.runners.native.spawn import Identity, SpawnError
-from berthd.sources import releases
 from berthd.sources.procfile import ProcessType
 from berthd.store import modes
 from berthd.store.records import AppRecord, Mount
@@ -91,14 +90,13 @@ def resolve_identity(spec: str | None) -> Identity | None:
 
 def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str | None) -> None:
     """The app's folder, and the folders on the way to its working directory and executable when they
-    lie in it, opened to the app's group (see `berthd.store.modes`). When the app's user changed, its
-    live release is handed to the new group."""
+    lie in it, opened to the app's group (see `berthd.store.modes`). When the app's user changed, what
+    the app runs is handed to the new group."""
     gid = modes.app_group(record.settings.user)
-    regrouped = app_dir.exists() and app_dir.stat().st_gid != gid
-    modes.open_folder(app_dir, gid)
-    live = releases.live_release(app_dir)
-    if regrouped and live is not None:
-        modes.hand_over(live, os.geteuid(), gid)
+    if app_dir.exists() and app_dir.stat().st_gid != gid:
+        modes.fix_app_dir(app_dir, gid)
+    else:
+        modes.open_folder(app_dir, gid)
     for path in (Path(cwd), Path(executable).parent if executable else None):
         if path is not None and path.is_relative_to(app_dir) and path != app_dir:
             # through `current` (a link to a release) the folders are the release's, handed over at deploy

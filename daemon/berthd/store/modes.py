@@ -159,12 +159,17 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 def fix_app_dir(app_dir: Path, gid: int) -> None:
     """An app's folder as this module makes it, for an installation from before these modes (every
-    folder 0755, every file 0644): what the app runs is handed to its group, what only berthd reads
-    is closed to all others. Parts already right are not walked, so a start stays quick."""
+    folder 0755, every file 0644) or an app whose user changed: what the app runs is handed to its
+    group, what only berthd reads is closed to all others. Parts already right are not walked."""
     open_folder(app_dir, gid)
     for entry in app_dir.iterdir():
         info = entry.lstat()
-        if stat.S_ISLNK(info.st_mode) or not (info.st_mode & 0o007 or info.st_gid not in (gid, 0)):
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        if entry.name in (*APP_CODE_PARTS, *OUTPUT_PARTS, "mounts"):
+            if not info.st_mode & 0o007 and info.st_gid == gid:
+                continue  # right already (the app's user may have changed since: then its group did)
+        elif not info.st_mode & 0o077:
             continue
         if entry.name in APP_CODE_PARTS:
             open_folder(entry, gid)
