@@ -98,6 +98,10 @@ cp out/app out/setuid
 chmod 4755 out/setuid
 echo notes > out/notes
 chmod 666 out/notes
+ln -s /etc/passwd out/passwd-link
+mkfifo out/fifo
+echo linked > out/linked
+ln out/linked out/linked-too
 """
 
 
@@ -124,10 +128,15 @@ def test_a_build_runs_as_the_apps_user_and_its_release_is_berthds_afterwards(
     release = (daemon.data_dir / "apps" / "built" / "current").resolve()
     assert (release / "built-by").read_text().strip() == str(user.uid)
     assert str(user.extra_gid) in (release / "built-groups").read_text().split()  # with its groups
+    passwd = os.stat("/etc/passwd")
+    assert (passwd.st_uid, passwd.st_gid, stat.S_IMODE(passwd.st_mode)) == (0, 0, 0o644)  # not followed
+    assert stat.S_ISFIFO((release / "out" / "fifo").lstat().st_mode)  # never opened
+    assert (release / "out" / "linked").stat().st_uid == user.uid  # a hard link is not berthd's to give
     for path in [release, *release.rglob("*")]:
-        if path.is_symlink():
-            continue
         info = path.lstat()
+        if stat.S_ISLNK(info.st_mode) or stat.S_ISFIFO(info.st_mode) or info.st_nlink > 1 and path.is_file():
+            continue
+
         mode = stat.S_IMODE(info.st_mode)
         assert (info.st_uid, info.st_gid) == (0, user.gid), path  # berthd's again, the app's group reads
         assert mode & 0o7027 == 0, f"{path}: {mode:o}"  # no set-id bit, no group write, nothing for others

@@ -84,7 +84,8 @@ def open_path(top: Path, folder: Path, gid: int) -> None:
 def hand_over(tree: Path, uid: int, gid: int) -> None:
     """Every folder and file of `tree` owned by `uid`:`gid`, readable by the group, nothing for others,
     no set-id bits; links are never followed (each entry is opened with O_NOFOLLOW and changed through
-    its descriptor), so a tree its user could change while this runs cannot redirect it."""
+    its descriptor) and hard-linked files are left alone, so a tree its user could change while this
+    runs cannot redirect it."""
     _hand_over_entry(tree, None, uid, gid)
     for _, dirs, files, dir_fd in os.fwalk(tree, follow_symlinks=False):
         for name in (*dirs, *files):
@@ -93,16 +94,21 @@ def hand_over(tree: Path, uid: int, gid: int) -> None:
 
 def _hand_over_entry(name: Path, dir_fd: int | None, uid: int, gid: int) -> None:
     try:
+        seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not (stat.S_ISDIR(seen.st_mode) or stat.S_ISREG(seen.st_mode)):
+            return  # a link, a FIFO, a socket, a device: never opened
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        return  # a link (ELOOP), a socket (ENXIO), or gone: nothing to hand over
+        return  # gone, or swapped for a link since (ELOOP): nothing to hand over
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             mode = 0o750
         elif stat.S_ISREG(info.st_mode):
-            if info.st_nlink > 1 and info.st_uid not in (uid, os.geteuid()):
-                return  # a hard link to somebody else's file: not ours to give away
+            # a file linked from elsewhere too (a root file, where protected_hardlinks is off) is not
+            # ours to give away; a tree berthd made has none
+            if info.st_nlink > 1:
+                return
             executable = info.st_mode & 0o100
             mode = 0o640 | (0o110 if executable else 0)
         else:
