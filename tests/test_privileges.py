@@ -3,6 +3,7 @@ entered as that user, and a build runs as that user in a release it owns only wh
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -171,3 +172,21 @@ def test_a_build_whose_release_its_user_cannot_reach_fails_clearly(
     assert "cannot enter working directory" in answer.output and f"as {user.name}" in answer.output
     info = daemon.call("apps:info unreachable")
     assert "build failure" in info.output or "build failure" in str(info.data)
+
+
+def test_an_uploaded_executable_runs_as_its_user_from_a_folder_open_to_its_group(
+    daemon: Berthd, user: User
+) -> None:
+    data = b"#!/bin/sh\nid -u\n"
+    with daemon.client() as client:
+        begin = client.call(["upload:begin", "uploaded", "tool", str(len(data)), "1", "--user", user.name])
+        assert begin.ok, begin.output
+        session = begin.data["session_id"]
+        assert client.call(["upload:chunk", session, "0", base64.b64encode(data).decode()]).ok
+        end = client.call(["upload:end", session])
+        assert end.ok, end.output
+    ran = daemon.call("run uploaded")
+    assert ran.ok, ran.output
+    assert (Path(ran.data["output_dir"]) / "stdout.txt").read_text() == f"{user.uid}\n"
+    folder = Path(end.data["executable"]).parent.stat()
+    assert (stat.S_IMODE(folder.st_mode), folder.st_uid, folder.st_gid) == (0o750, 0, user.gid)
