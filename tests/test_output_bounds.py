@@ -1,0 +1,131 @@
+"""Whatever a client or an app does, berthd's memory, CPU and disk stay bounded, and others get answers.
+
+Each test is an attack as a user would mount it: a client that never reads a streaming answer, a
+Procfile line that is long and quote-heavy, output with no newline, a run that prints without end,
+runs by the hundred, upload sessions by the dozen.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from berth.client import Client
+from berthd.sources.procfile import MAX_LINE, parse_procfile
+from tests.daemon_proc import Berthd
+
+MB = 1000 * 1000
+MIB = 1024 * 1024
+
+
+class Pinger:
+    """Another client, pinging all along: the longest a `ping` took, and how many were answered."""
+
+    def __init__(self, daemon: Berthd) -> None:
+        self.daemon = daemon
+        self.worst = 0.0
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Client(self.daemon.socket, timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                assert client.call("ping").output == "pong"
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.answered += 1
+                time.sleep(0.02)
+
+    def __enter__(self) -> Pinger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+@contextmanager
+def sampled_rss(daemon: Berthd) -> Iterator[list[int]]:
+    """berthd's resident memory, sampled every 50 ms while the block runs."""
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+    samples = [process.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            samples.append(process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# 2. a quadratic parse on the event loop
+
+
+def quote_heavy_line(words: int) -> bytes:
+    assignments = " ".join(f'V{i}="a \\"quoted\\" b {i}"' for i in range(words))
+    arguments = " ".join(f"'w {i}' \"x {i}\"" for i in range(words))
+    return f"web: {assignments} sleep 1000 {arguments}\n".encode()
+
+
+def test_a_long_quote_heavy_procfile_line_parses_in_linear_time() -> None:
+    line = quote_heavy_line(1200)
+    assert 50_000 < len(line) < MAX_LINE
+    started = time.monotonic()
+    types = parse_procfile(line)
+    assert time.monotonic() - started < 0.5
+    assert types["web"].env["V7"] == 'a "quoted" b 7' and len(types["web"].env) == 1200
+    assert types["web"].command.startswith("sleep 1000 'w 0' \"x 0\"")
+
+
+def make_archive(path: Path, procfile: bytes) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("Procfile")
+        info.size = len(procfile)
+        tar.addfile(info, io.BytesIO(procfile))
+
+
+def test_a_deploy_of_a_quote_heavy_procfile_keeps_other_clients_answered(
+    berthd: Berthd, tmp_path: Path
+) -> None:
+    make_archive(tmp_path / "app.tar.gz", quote_heavy_line(1200))
+    with Pinger(berthd) as pinger:
+        time.sleep(0.2)
+        answer = berthd.call(["git:from-archive", "quotes", f"file://{tmp_path}/app.tar.gz"])
+        time.sleep(0.2)
+    assert answer.ok, answer.output
+    assert pinger.answered > 0 and pinger.worst < 1.0, pinger.worst  # it was 8.7 s for 12 KB
+    berthd.call("ps:stop quotes")
+
+
+def test_a_procfile_over_the_limits_is_an_invalid_procfile(berthd: Berthd, tmp_path: Path) -> None:
+    for name, procfile in (
+        ("long-line", b"web: sleep 1 " + b"'x' " * (MAX_LINE // 4) + b"\n"),
+        ("big-file", b"".join(b"t%d: sleep 1 %s\n" % (i, b"y" * 1000) for i in range(1000))),
+    ):
+        make_archive(tmp_path / f"{name}.tar.gz", procfile)
+        with Pinger(berthd) as pinger:
+            answer = berthd.call(["git:from-archive", name, f"file://{tmp_path}/{name}.tar.gz"])
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), answer
+        assert "longer than" in answer.output or "larger than" in answer.output, answer.output
+        assert berthd.call(f"apps:info {name}").data["source_detail"]["status"] == "invalid procfile"
+        assert pinger.worst < 1.0
