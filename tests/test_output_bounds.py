@@ -7,11 +7,12 @@ runs by the hundred, upload sessions by the dozen.
 
 from __future__ import annotations
 
+import base64
 import io
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,3 +130,30 @@ def test_a_procfile_over_the_limits_is_an_invalid_procfile(berthd: Berthd, tmp_p
         assert "longer than" in answer.output or "larger than" in answer.output, answer.output
         assert berthd.call(f"apps:info {name}").data["source_detail"]["status"] == "invalid procfile"
         assert pinger.worst < 1.0
+
+
+# 5. upload sessions
+
+
+def test_upload_sessions_are_bounded_per_app_and_in_all(start_berthd: Callable[..., Berthd]) -> None:
+    daemon = start_berthd(extra_args=["--max-uploads-per-app", "2", "--max-uploads", "3"])
+
+    def begin(app: str) -> tuple[bool, str | None, str]:
+        answer = daemon.call(["upload:begin", app, "tool", "10", "1"])
+        return answer.ok, answer.error, answer.data["session_id"] if answer.ok else answer.output
+
+    first, second = begin("alpha"), begin("alpha")
+    assert first[0] and second[0]
+    ok, error, output = begin("alpha")
+    assert (ok, error) == (False, "busy") and "alpha has 2 unfinished uploads" in output
+    assert begin("beta")[0]  # the third in all
+    ok, error, output = begin("gamma")
+    assert (ok, error) == (False, "busy") and "3 unfinished uploads" in output
+    # the sessions that exist are untouched, and ending one makes room
+    data = base64.b64encode(b"#!/bin/sh\n").decode()
+    assert daemon.call(["upload:chunk", first[2], "0", data]).ok
+    assert daemon.call(["upload:end", first[2]]).ok
+    assert daemon.call(["upload:status", second[2]]).data["missing"] == [0]
+    assert begin("gamma")[0]
+    assert daemon.call(["upload:abort", second[2]]).ok
+    assert begin("alpha")[0]

@@ -78,6 +78,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--max-unpacked-bytes", type=int, metavar="BYTES", help="largest unpacked archive (2 GiB)"
     )
+    parser.add_argument("--max-uploads-per-app", type=int, metavar="N", help="open uploads per app (16)")
+    parser.add_argument("--max-uploads", type=int, metavar="N", help="open uploads in all (default 128)")
     return parser
 
 

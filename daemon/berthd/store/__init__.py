@@ -321,6 +321,14 @@ class Store:
     def all_upload_ids(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]
 
+    @threaded
+    def count_uploads(self, app: str) -> tuple[int, int]:
+        """Open upload sessions: the app's, and all."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FILTER (WHERE app = ?), COUNT(*) FROM uploads", (app,)
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     # deploy daemons
 
     _DAEMON_COLUMNS = "name, display_name, deploy_id, protocol, host, deploy_config, is_default, created_at"
