@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import random
 import tarfile
 import threading
 import time
@@ -20,7 +22,10 @@ import psutil
 
 from berth.client import Client
 from berthd.sources.procfile import MAX_LINE, parse_procfile
+from berthd.supervision.logs import MAX_LOG_LINE, LineCutter
 from tests.daemon_proc import Berthd
+from tests.test_native_runner import create, wait_for
+from tests.wire import RawConnection
 
 MB = 1000 * 1000
 MIB = 1024 * 1024
@@ -79,6 +84,35 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+# 1. a client that does not read
+
+
+def test_a_client_that_never_reads_a_run_of_100_mb_of_empty_lines_costs_bounded_memory(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    total = 100 * MB
+    daemon = start_berthd()
+    create(daemon, "flood", "/bin/sh", "--", "-c", f"head -c {total} /dev/zero | tr '\\0' '\\n'")
+    jobs = daemon.data_dir / "apps" / "flood" / "jobs"
+    conn = RawConnection(daemon.socket, 120)
+    with sampled_rss(daemon) as rss, Pinger(daemon) as pinger:
+        conn.send(b"run flood\n")  # and read nothing while it runs
+        wait_for(lambda: any(f.stat().st_size == total for f in jobs.glob("*/stdout.txt")), timeout=120)
+        time.sleep(0.5)
+    assert max(rss) - rss[0] < 150 * MB, f"berthd grew from {rss[0]} to {max(rss)} bytes"
+    assert pinger.answered > 0 and pinger.worst < 1.0, pinger.worst
+    print(f"berthd's RSS: {rss[0] / MB:.1f} MB at the start, {max(rss) / MB:.1f} MB at most")
+    # now the client reads: what was held, then a count of what it missed, then the answer
+    lines = missed = 0
+    with conn:
+        while "ok" not in (message := conn.read_message()):
+            missed += int(message.get("missed", 0))
+            lines += message["stream"] == "stdout"
+    assert message["ok"] is True and message["data"]["exit_code"] == 0, message
+    assert missed > 0 and lines > 0
+    assert lines + missed == total  # every line either came or was counted
+
+
 # 2. a quadratic parse on the event loop
 
 
@@ -130,6 +164,66 @@ def test_a_procfile_over_the_limits_is_an_invalid_procfile(berthd: Berthd, tmp_p
         assert "longer than" in answer.output or "larger than" in answer.output, answer.output
         assert berthd.call(f"apps:info {name}").data["source_detail"]["status"] == "invalid procfile"
         assert pinger.worst < 1.0
+
+
+# 3. output without newlines
+
+
+def test_output_without_newlines_is_cut_into_marked_pieces_within_the_log_limit(
+    start_berthd: Callable[..., Berthd],
+) -> None:
+    max_bytes, backups = MIB, 2
+    daemon = start_berthd(extra_args=["--log-max-bytes", str(max_bytes), "--log-backups", str(backups)])
+    size = 60 * MB
+    command = f"head -c {size} /dev/zero | tr '\\0' x; echo; echo END; exec sleep 1000"
+    create(daemon, "noline", "/bin/sh", "--", "-c", command)
+    started = time.monotonic()
+    with Pinger(daemon) as pinger:
+        assert daemon.call("ps:start noline").ok
+
+        def last_line() -> str:
+            lines = daemon.call("logs noline --num 1").data
+            return str(lines[-1]["text"]) if lines else ""
+
+        wait_for(lambda: last_line() == "END", timeout=120)
+    took = time.monotonic() - started
+    assert pinger.worst < 1.0, pinger.worst
+    logs = daemon.data_dir / "apps" / "noline" / "logs"
+    sizes = {p.name: p.stat().st_size for p in logs.iterdir()}
+    assert max(sizes.values()) <= max_bytes, sizes
+    assert folder_size(logs) <= (backups + 1) * max_bytes
+    with RawConnection(daemon.socket) as conn:
+        conn.send(b"logs noline --num 2\n")
+        raw = conn.read_line()
+    assert len(raw) < 64 * 1024  # it was 250 MB
+    answer = json.loads(raw)
+    assert [line["text"] for line in answer["data"]][-1] == "END"
+    pieces = daemon.call("logs noline --num 5").data[:-1]
+    assert all(set(line["text"]) == {"x"} for line in pieces)
+    assert [line["continued"] for line in pieces][:-1] == [True] * (len(pieces) - 1)
+    assert pieces[-1]["continued"] is False  # the piece its newline ended
+    assert "[continues]" in daemon.call("logs noline --num 3").output
+    daemon.call("ps:stop noline")
+    print(f"60 MB without a newline logged in {took:.1f} s; longest ping {pinger.worst:.3f} s")
+
+
+def test_the_line_cutter_gives_back_every_byte_in_lines_no_longer_than_its_limit() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        limit = rng.choice([4, 5, 8, 16])
+        cutter = LineCutter(limit)
+        data = bytes(rng.choice(b"ab\n\xc3\xa9") for _ in range(rng.randint(0, 200)))
+        again: list[bytes] = []
+        for start in range(0, len(data), step := rng.randint(1, 30)):
+            for block, continued in cutter.complete("stdout", data[start : start + step]):
+                assert all(len(line) <= limit for line in block.split(b"\n")[:-1])
+                again.append(block[:-1] if continued else block)  # a piece's newline is berthd's
+            assert len(cutter.partial.get("stdout", b"")) <= limit
+        again += [block[:-1] for _, block in cutter.rest()]
+        assert b"".join(again) == data
+    started = time.monotonic()
+    pieces = LineCutter().complete("stdout", b"x" * (50 * MB))  # one 50 MB line: linear, not quadratic
+    assert len(pieces) == 50 * MB // MAX_LOG_LINE and time.monotonic() - started < 1.0
 
 
 # 5. upload sessions

@@ -1,4 +1,9 @@
-"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come."""
+"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come.
+
+A piece of a line too long to keep whole is marked `continued` (its line goes on in the next one). A
+follower that cannot keep up is told how many lines it missed (`missed`); it holds a bounded amount of
+berthd's memory whatever the app writes.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from berthd.runners import Runner, Target
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
-from berthd.supervision.logs import LogFile, Missed, follow, parse_line, tail_lines
+from berthd.supervision.logs import EventBacklog, LogFile, LogLine, Missed, follow, parse_line, tail_lines
 
 MAX_LINES = 100_000
 
@@ -63,10 +68,10 @@ async def logs(ctx: Context, params: LogsParams) -> Result:
     lines.sort(key=lambda line: line.timestamp)
     lines = lines[-params.num :] if params.num else []
     if not params.tail:
-        text = "\n".join(f"{line.timestamp} {line.process} {line.stream}: {line.text}" for line in lines)
+        text = "\n".join(map(_shown, lines))
         return Result(text, [dataclasses.asdict(line) for line in lines])
     for line in lines:
-        await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text))
+        await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text, continued=line.continued))
     async with trio.open_nursery() as nursery:
         for name, log in sources:
             nursery.start_soon(_follow_one, ctx, params.app, name, log)
@@ -82,8 +87,13 @@ async def _follow_one(ctx: Context, app: str, name: str, log: LogFile) -> None:
             continue
         for raw in batch:
             line = parse_line(raw, name)
-            await ctx.emit(LogEvent(app, name, line.stream, line.text, missed))
+            await ctx.emit(LogEvent(app, name, line.stream, line.text, missed, line.continued))
             missed = 0
+
+
+def _shown(line: LogLine) -> str:
+    more = " [continues]" if line.continued else ""
+    return f"{line.timestamp} {line.process} {line.stream}: {line.text}{more}"
 
 
 async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
@@ -106,33 +116,21 @@ async def _engine_logs(ctx: Context, runner: Runner, target: Target, params: Log
     for line in lines:
         await ctx.emit(LogEvent(app, "main.1", line.stream, line.text))
     token = trio.lowlevel.current_trio_token()
-    sender, receiver = trio.open_memory_channel[LogEvent](4096)
-    missed = [0]
+    backlog = EventBacklog(app, "main.1")
 
     def send(stream: str, line: str) -> None:
-        def offer() -> None:
-            event = LogEvent(app, "main.1", stream, line, missed[0])
-            try:
-                sender.send_nowait(event)
-                missed[0] = 0
-            except trio.WouldBlock:
-                missed[0] += 1
-            except trio.ClosedResourceError:
-                pass
-
         with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(offer)
+            token.run_sync_soon(backlog.offer, stream, line)
 
     async with trio.open_nursery() as nursery:
 
         async def follow() -> None:
-            await runner.follow_logs(target, send)
-
-        async def forward() -> None:
-            async for event in receiver:
-                await ctx.emit(event)
+            try:
+                await runner.follow_logs(target, send)
+            finally:
+                backlog.close()
 
         nursery.start_soon(follow)
-        nursery.start_soon(forward)
+        nursery.start_soon(backlog.deliver, ctx.emit)
         nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
     return Result("end of logs")

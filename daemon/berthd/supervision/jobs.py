@@ -1,8 +1,9 @@
 """One-shot runs (`run APP`): one execution with a timeout, its output kept in files and streamed.
 
 The job's folder holds `stdout.txt`, `stderr.txt` and `logs.txt` (both streams, line by line, in the
-order they came). The client gets `log` events as lines come; a client too slow to keep up is told
-how many lines it missed, and never slows the process down.
+order they came, a line longer than `MAX_LOG_LINE` in pieces). The client gets `log` events as lines
+come; a client too slow to keep up is told how many lines it missed, holds at most
+`EVENT_BACKLOG_BYTES` of berthd's memory, and never slows the process down.
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from pathlib import Path
 import msgspec
 import trio
 
-from berth.messages import Event, LogEvent
+from berth.messages import Event
 from berthd.apps.launch import MAIN, process_types
 from berthd.errors import CommandError
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
 from berthd.store.records import AppRecord, JobRecord
-from berthd.supervision.logs import LineCutter
+from berthd.supervision.logs import MAX_LOG_LINE, EventBacklog, LineCutter
 from berthd.supervision.manager import ProcessManager
 
 Emit = Callable[[Event], Awaitable[None]]  # sends an event to the client who asked
 
 OUTPUT_FILES = ("stdout", "stderr", "logs")
-EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
 TIMED_OUT = "Process execution timed out"
 
 
@@ -39,14 +39,11 @@ def new_job_id() -> str:
 
 @dataclass
 class JobOutput:
-    """Writes the three files and hands lines to the client's emitter; never waits for either."""
+    """Writes the three files and hands lines to the client's backlog; never waits for either."""
 
     folder: Path
-    app: str
-    process: str
-    channel: trio.MemorySendChannel[list[LogEvent]]
-    missed: int = 0
-    _cutter: LineCutter = field(default_factory=LineCutter)
+    backlog: EventBacklog
+    _cutter: LineCutter = field(default_factory=lambda: LineCutter(MAX_LOG_LINE))
     _fds: dict[str, int] = field(default_factory=dict)
 
     async def open(self) -> None:
@@ -55,23 +52,12 @@ class JobOutput:
 
     def write(self, stream: str, data: bytes) -> None:
         os.write(self._fds[stream], data)
-        block = self._cutter.complete(stream, data)
-        if block:
-            self._lines(stream, block)
+        for block, continued in self._cutter.complete(stream, data):
+            self._lines(stream, block, continued)
 
-    def _lines(self, stream: str, block: bytes) -> None:
+    def _lines(self, stream: str, block: bytes, continued: bool = False) -> None:
         os.write(self._fds["logs"], block)
-        lines = block.decode("utf-8", "replace").split("\n")[:-1]
-        events = [LogEvent(self.app, self.process, stream, line.removesuffix("\r")) for line in lines]
-        if self.missed and events:
-            events[0] = msgspec.structs.replace(events[0], missed=self.missed)
-        try:
-            self.channel.send_nowait(events)
-            self.missed = 0
-        except trio.WouldBlock:
-            self.missed += len(events)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        self.backlog.offer_block(stream, block, continued)
 
     def close(self) -> None:
         for stream, block in self._cutter.rest():
@@ -79,6 +65,7 @@ class JobOutput:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self.backlog.close()
 
 
 def _create_output_files(folder: Path) -> dict[str, int]:
@@ -98,18 +85,6 @@ def _create_output_files(folder: Path) -> dict[str, int]:
 def _make_folder(folder: Path) -> None:
     folder.mkdir(parents=True, mode=0o755)
     folder.chmod(0o755)  # whatever berthd's umask
-
-
-async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
-    async with receiver:
-        async for events in receiver:
-            try:
-                for event in events:
-                    await emit(event)
-            except Exception:  # noqa: BLE001 - the client left; the job goes on without it
-                async for _ in receiver:
-                    pass
-                return
 
 
 async def run_job(
@@ -183,12 +158,11 @@ async def execute(
     emit: Emit,
 ) -> Outcome:
     """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
-    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
-    output = JobOutput(folder, spec.app, spec.process, sender)
+    output = JobOutput(folder, EventBacklog(spec.app, spec.process))
     await output.open()
     outcome = Outcome(time.monotonic())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_emit_events, receiver, emit)
+        nursery.start_soon(output.backlog.deliver, emit)
         try:
             try:
                 handle = await runner.start(spec, output.write)
@@ -208,7 +182,6 @@ async def execute(
         finally:
             with trio.CancelScope(shield=True):
                 output.close()
-                await sender.aclose()
     return outcome
 
 
