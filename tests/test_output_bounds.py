@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
 import tarfile
 import threading
@@ -91,7 +92,7 @@ def test_a_client_that_never_reads_a_run_of_100_mb_of_empty_lines_costs_bounded_
     start_berthd: Callable[..., Berthd], tmp_path: Path
 ) -> None:
     total = 100 * MB
-    daemon = start_berthd()
+    daemon = start_berthd(extra_args=["--job-output-max-bytes", str(2 * total)])
     create(daemon, "flood", "/bin/sh", "--", "-c", f"head -c {total} /dev/zero | tr '\\0' '\\n'")
     jobs = daemon.data_dir / "apps" / "flood" / "jobs"
     conn = RawConnection(daemon.socket, 120)
@@ -224,6 +225,53 @@ def test_the_line_cutter_gives_back_every_byte_in_lines_no_longer_than_its_limit
     started = time.monotonic()
     pieces = LineCutter().complete("stdout", b"x" * (50 * MB))  # one 50 MB line: linear, not quadratic
     assert len(pieces) == 50 * MB // MAX_LOG_LINE and time.monotonic() - started < 1.0
+
+
+# 4. run output and job folders
+
+
+def test_a_run_keeps_at_most_its_output_limit_and_says_it_cut(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    limit = MIB
+    daemon = start_berthd(extra_args=["--job-output-max-bytes", str(limit)])
+    total = 20 * MB
+    create(
+        daemon, "chatty", "/bin/sh", "--", "-c", f"yes 'a line of output' | head -c {total}; echo done >&2"
+    )
+    events: list[dict[str, object]] = []
+    with Client(daemon.socket, timeout=120) as client:
+        answer = client.call("run chatty", on_event=events.append)
+    assert answer.ok, answer.output  # the process ran to its end: its pipes were drained
+    assert answer.data["truncated"] is True and answer.data["dropped_bytes"] == total + 5 - limit
+    assert "output truncated" in answer.output
+    folder = Path(answer.data["output_dir"])
+    for name in ("stdout.txt", "stderr.txt", "logs.txt"):
+        text = (folder / name).read_bytes()
+        assert len(text) <= limit + 200, (name, len(text))
+        assert text.rstrip().endswith(b"output truncated: a job keeps at most 1048576 bytes of output]")
+    assert events[-1]["stream"] == "berthd" and "output truncated" in str(events[-1]["line"])
+    assert daemon.call(f"jobs:info {answer.data['job_id']}").data["truncated"] is True
+
+
+def test_job_folders_are_pruned_by_count_and_by_age(start_berthd: Callable[..., Berthd]) -> None:
+    daemon = start_berthd(extra_args=["--jobs-keep", "3", "--jobs-max-age", "4"])
+    create(daemon, "often", "/bin/echo", "--", "hi")
+    folders = [Path(daemon.call("run often").data["output_dir"]) for _ in range(5)]
+    assert [f.exists() for f in folders] == [False, False, True, True, True]
+    listed = [job["output_dir"] for job in daemon.call("jobs:list often").data]
+    assert listed == [str(f) for f in reversed(folders[2:])]
+    time.sleep(4.5)
+    builds = daemon.data_dir / "apps" / "often" / "builds"
+    for age in range(5):  # build folders, the same rules: the newest 3, none older than 4 s
+        (builds / f"release-{age}").mkdir(parents=True)
+        os.utime(builds / f"release-{age}", (time.time() - age * 0.1,) * 2)
+    (builds / "ancient").mkdir()
+    os.utime(builds / "ancient", (time.time() - 60,) * 2)
+    latest = Path(daemon.call("run often").data["output_dir"])
+    assert [f.exists() for f in folders] == [False] * 5 and latest.exists()
+    assert [job["output_dir"] for job in daemon.call("jobs:list often").data] == [str(latest)]
+    assert sorted(p.name for p in builds.iterdir()) == ["release-0", "release-1", "release-2"]
 
 
 # 5. upload sessions
