@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from berth.client import Client
+from berthd.commands.logs import MAX_ANSWER_BYTES
 from berthd.sources.procfile import MAX_LINE, parse_procfile
 from berthd.supervision.logs import MAX_LOG_LINE, LineCutter
 from tests.daemon_proc import Berthd
@@ -225,6 +226,22 @@ def test_the_line_cutter_gives_back_every_byte_in_lines_no_longer_than_its_limit
     started = time.monotonic()
     pieces = LineCutter().complete("stdout", b"x" * (50 * MB))  # one 50 MB line: linear, not quadratic
     assert len(pieces) == 50 * MB // MAX_LOG_LINE and time.monotonic() - started < 1.0
+
+
+def test_a_logs_answer_holds_the_newest_lines_up_to_its_byte_limit(berthd: Berthd) -> None:
+    command = f"head -c {20 * MB} /dev/zero | tr '\\0' y; echo; echo END; exec sleep 1000"
+    create(berthd, "wide", "/bin/sh", "--", "-c", command)
+    assert berthd.call("ps:start wide").ok
+    wait_for(lambda: [line["text"] for line in berthd.call("logs wide --num 1").data] == ["END"], timeout=60)
+    with RawConnection(berthd.socket) as conn:
+        conn.send(b"logs wide --num 100000\n")
+        raw = conn.read_line()
+    assert len(raw) < 2 * MAX_ANSWER_BYTES + MB  # the text twice (output and data): it would be 40 MB
+    answer = json.loads(raw)
+    assert answer["output"].startswith("(older lines left out: an answer holds at most")
+    assert answer["data"][-1]["text"] == "END"
+    assert sum(len(line["text"]) for line in answer["data"]) > 0.9 * MAX_ANSWER_BYTES
+    berthd.call("ps:stop wide")
 
 
 # 4. run output and job folders

@@ -25,6 +25,8 @@ from berthd.server.registry import REGISTRY, Result
 from berthd.supervision.logs import EventBacklog, LogFile, LogLine, Missed, follow, parse_line, tail_lines
 
 MAX_LINES = 100_000
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of log text in one answer: the newest lines that fit
+LINE_COST = 64  # what a line adds to the answer beside its text (timestamp, names, JSON), roughly
 
 
 class LogsParams(Params):
@@ -61,14 +63,16 @@ async def logs(ctx: Context, params: LogsParams) -> Result:
     if not runner.features.captured_logs:
         return Result(f"{record.name} runs through the {runner.name} runner: berthd does not see its output")
     sources = await _logs_of(ctx, params.app, params.process)
-    lines = []
-    for name, log in sources:
+    lines: list[LogLine] = []
+    left_out = False
+    for name, log in sources:  # one process at a time, so what is held is one tail and the answer
         raw = await trio.to_thread.run_sync(tail_lines, log.files_newest_first(), params.num)
-        lines += [parse_line(line, name) for line in raw]
-    lines.sort(key=lambda line: line.timestamp)
-    lines = lines[-params.num :] if params.num else []
+        lines, cut = _newest(lines + [parse_line(line, name) for line in raw], params.num)
+        left_out = left_out or cut
     if not params.tail:
         text = "\n".join(map(_shown, lines))
+        if left_out:
+            text = f"(older lines left out: an answer holds at most {MAX_ANSWER_BYTES} bytes of log)\n{text}"
         return Result(text, [dataclasses.asdict(line) for line in lines])
     for line in lines:
         await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text, continued=line.continued))
@@ -89,6 +93,19 @@ async def _follow_one(ctx: Context, app: str, name: str, log: LogFile) -> None:
             line = parse_line(raw, name)
             await ctx.emit(LogEvent(app, name, line.stream, line.text, missed, line.continued))
             missed = 0
+
+
+def _newest(lines: list[LogLine], count: int) -> tuple[list[LogLine], bool]:
+    """The newest `count` lines, in time order, no more of them than MAX_ANSWER_BYTES holds; and
+    whether lines were left out for that limit."""
+    lines.sort(key=lambda line: line.timestamp)
+    lines = lines[-count:] if count else []
+    size = 0
+    for index in range(len(lines) - 1, -1, -1):
+        size += len(lines[index].text) + LINE_COST
+        if size > MAX_ANSWER_BYTES:
+            return lines[index + 1 :], True
+    return lines, False
 
 
 def _shown(line: LogLine) -> str:
