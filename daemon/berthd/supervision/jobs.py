@@ -240,6 +240,10 @@ async def _feed_stdin(stream: trio.lowlevel.FdStream | None, data: bytes) -> Non
 
 
 def describe_job(job: JobRecord) -> str:
+    return _how_it_ended(job) + _truncated(job)
+
+
+def _how_it_ended(job: JobRecord) -> str:
     if job.timed_out:
         return f"{TIMED_OUT} after {job.duration_s} s"
     if job.error:
@@ -247,16 +251,14 @@ def describe_job(job: JobRecord) -> str:
     if job.exit_code == 127:
         return "Process exited with code 127: executable not found"
     if job.signal is not None:
-        return f"Process killed by signal {job.signal}" + _truncated(job)
-    return f"Process exited with code {job.exit_code}" + _truncated(job)
+        return f"Process killed by signal {job.signal}"
+    return f"Process exited with code {job.exit_code}"
 
 
 def _truncated(job: JobRecord) -> str:
-    return (
-        f" (output truncated: {job.dropped_bytes} bytes over the job's limit were not kept)"
-        if job.truncated
-        else ""
-    )
+    if not job.truncated:
+        return ""
+    return f" (output truncated: {job.dropped_bytes} bytes over the job's limit were not kept)"
 
 
 # retention
