@@ -126,7 +126,13 @@ async def _engine_logs(ctx: Context, runner: Runner, target: Target, params: Log
     if not params.tail:
         text = "\n".join(f"{line.timestamp} main.1 {line.stream}: {line.text}" for line in lines)
         data = [
-            {"timestamp": ln.timestamp, "stream": ln.stream, "text": ln.text, "process": "main.1"}
+            {
+                "timestamp": ln.timestamp,
+                "stream": ln.stream,
+                "text": ln.text,
+                "process": "main.1",
+                "continued": False,
+            }
             for ln in lines
         ]
         return Result(text, data)
