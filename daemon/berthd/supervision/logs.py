@@ -124,7 +124,8 @@ class LogFile:
     max_bytes: int
     backups: int
     generation: int = 0
-    lines_per_generation: dict[int, int] = field(default_factory=dict)
+    lines_written: int = 0  # since this berthd opened the log
+    first_line: dict[int, int] = field(default_factory=lambda: {0: 0})  # of the generations that exist
     _size: int = -1
     _fd: int = -1
     _cutter: LineCutter = field(init=False)
@@ -183,8 +184,7 @@ class LogFile:
                     continue
                 stop = prefixed.index(b"\n", start) + 1  # a line larger than a file: lines are cut, so never
             self._size += os.writev(self._fd, [head, view[start:stop]])
-            count = self.lines_per_generation.get(self.generation, 0) + prefixed.count(b"\n", start, stop)
-            self.lines_per_generation[self.generation] = count
+            self.lines_written += prefixed.count(b"\n", start, stop)
             head, start = b"", stop
             if self._size >= self.max_bytes:
                 self._rotate()
@@ -206,8 +206,8 @@ class LogFile:
                     older.rename(self.path.with_name(f"{self.path.name}.{age + 1}"))
             self.path.rename(self.path.with_name(f"{self.path.name}.1"))
         self.generation += 1
-        for gone in [g for g in self.lines_per_generation if g < self.generation - self.backups - 100_000]:
-            del self.lines_per_generation[gone]
+        self.first_line[self.generation] = self.lines_written
+        self.first_line.pop(self.generation - self.backups - 1, None)  # rotated away
         self._open()
 
     async def changed(self) -> None:
@@ -270,13 +270,16 @@ class Missed:
 
 
 async def follow(log: LogFile, start_at_end: bool = True) -> AsyncIterator[list[bytes] | Missed]:
-    """New lines of a log as they are written, in order, across rotations."""
+    """New lines of a log as they are written, in order, across rotations. Lines are counted as they
+    go (`seen`, on the log's own count), so the lines of generations rotated away unread are the
+    difference to where the next generation that exists begins: nothing kept per generation gone."""
     generation = log.generation
     path = log.path_of(generation)
     assert path is not None
     log._open()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     position = os.fstat(fd).st_size if start_at_end else 0
+    seen = log.lines_written if start_at_end else log.first_line[generation]
     partial = b""
     try:
         while True:
@@ -287,17 +290,18 @@ async def follow(log: LogFile, start_at_end: bool = True) -> AsyncIterator[list[
                 cut = data.rfind(b"\n")
                 partial = data[cut + 1 :]
                 if cut >= 0:
-                    yield data[:cut].split(b"\n")
+                    lines = data[:cut].split(b"\n")
+                    seen += len(lines)
+                    yield lines
                 continue
             if log.generation > generation:
                 # our file was rotated and fully read: go on with the next generation that still exists
                 os.close(fd)
                 fd = -1
                 generation += 1
-                missed = 0
                 while (next_path := log.path_of(generation)) is None:
-                    missed += log.lines_per_generation.get(generation, 0)
                     generation += 1
+                missed, seen = max(0, log.first_line[generation] - seen), log.first_line[generation]
                 if missed:
                     yield Missed(missed)
                 fd = os.open(next_path, os.O_RDONLY | os.O_CLOEXEC)
