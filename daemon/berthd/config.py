@@ -32,6 +32,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * MIB
     max_archive_bytes: Annotated[int, msgspec.Meta(ge=1)] = 512 * MIB
     max_unpacked_bytes: Annotated[int, msgspec.Meta(ge=1)] = 2 * 1024 * MIB
+    job_output_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * MIB
+    jobs_keep: Annotated[int, msgspec.Meta(ge=1)] = 100
+    jobs_max_age: Annotated[float, msgspec.Meta(gt=0)] = 30 * 24 * 3600.0
+    max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
+    max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
 
     @property
     def socket_mode_bits(self) -> int:
@@ -68,6 +73,11 @@ ENVIRONMENT = {
     "BERTHD_MAX_UPLOAD_BYTES": "max_upload_bytes",
     "BERTHD_MAX_ARCHIVE_BYTES": "max_archive_bytes",
     "BERTHD_MAX_UNPACKED_BYTES": "max_unpacked_bytes",
+    "BERTHD_JOB_OUTPUT_MAX_BYTES": "job_output_max_bytes",
+    "BERTHD_JOBS_KEEP": "jobs_keep",
+    "BERTHD_JOBS_MAX_AGE": "jobs_max_age",
+    "BERTHD_MAX_UPLOADS_PER_APP": "max_uploads_per_app",
+    "BERTHD_MAX_UPLOADS": "max_uploads",
 }
 
 

@@ -23,6 +23,7 @@ from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
 from berthd.server.notify import sd_notify
 from berthd.store import Store, modes
+from berthd.supervision.jobs import prune_jobs_forever
 from berthd.supervision.manager import ProcessManager
 
 
@@ -78,6 +79,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--max-unpacked-bytes", type=int, metavar="BYTES", help="largest unpacked archive (2 GiB)"
     )
+    parser.add_argument(
+        "--job-output-max-bytes", type=int, metavar="BYTES", help="output a run keeps (64 MiB)"
+    )
+    parser.add_argument("--jobs-keep", type=int, metavar="N", help="past runs kept per app (default 100)")
+    parser.add_argument("--jobs-max-age", type=float, metavar="SECONDS", help="older runs go (30 days)")
+    parser.add_argument("--max-uploads-per-app", type=int, metavar="N", help="open uploads per app (16)")
+    parser.add_argument("--max-uploads", type=int, metavar="N", help="open uploads in all (default 128)")
     return parser
 
 
@@ -202,6 +210,7 @@ async def serve(config: Config) -> int:
                     await nursery.start(processes.run)
                     nursery.start_soon(capabilities.run)
                     nursery.start_soon(expire_uploads, services)
+                    nursery.start_soon(prune_jobs_forever, processes)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",

@@ -50,7 +50,8 @@ class LogEvent(msgspec.Struct, tag_field="event", tag="log", omit_defaults=True)
     process: str
     stream: str
     line: str
-    missed: int = 0
+    missed: int = 0  # lines before this one that the client was too slow to get
+    continued: bool = False  # a piece of a longer line: the line goes on in the next event
 
 
 class ProgressEvent(msgspec.Struct, tag_field="event", tag="progress", omit_defaults=True):

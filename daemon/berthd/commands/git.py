@@ -129,7 +129,7 @@ async def _download_and_unpack(
     if not procfile.is_file() or procfile.is_symlink():
         raise DeployFailed("no procfile", "no Procfile at the root of the archive")
     try:
-        types = parse_procfile(await trio.to_thread.run_sync(procfile.read_bytes))
+        types = await trio.to_thread.run_sync(parse_procfile, procfile)
     except ProcfileError as exc:
         raise DeployFailed("invalid procfile", str(exc)) from None
     return dict(types)

@@ -1,4 +1,9 @@
-"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come."""
+"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come.
+
+A piece of a line too long to keep whole is marked `continued` (its line goes on in the next one). A
+follower that cannot keep up is told how many lines it missed (`missed`); it holds a bounded amount of
+berthd's memory whatever the app writes.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ from berthd.runners import Runner, Target
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
-from berthd.supervision.logs import LogFile, Missed, follow, parse_line, tail_lines
+from berthd.supervision.logs import EventBacklog, LogFile, LogLine, Missed, follow, parse_line, tail_lines
 
 MAX_LINES = 100_000
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of log text in one answer: the newest lines that fit
+LINE_COST = 64  # what a line adds to the answer beside its text (timestamp, names, JSON), roughly
 
 
 class LogsParams(Params):
@@ -56,17 +63,19 @@ async def logs(ctx: Context, params: LogsParams) -> Result:
     if not runner.features.captured_logs:
         return Result(f"{record.name} runs through the {runner.name} runner: berthd does not see its output")
     sources = await _logs_of(ctx, params.app, params.process)
-    lines = []
-    for name, log in sources:
+    lines: list[LogLine] = []
+    left_out = False
+    for name, log in sources:  # one process at a time, so what is held is one tail and the answer
         raw = await trio.to_thread.run_sync(tail_lines, log.files_newest_first(), params.num)
-        lines += [parse_line(line, name) for line in raw]
-    lines.sort(key=lambda line: line.timestamp)
-    lines = lines[-params.num :] if params.num else []
+        lines, cut = _newest(lines + [parse_line(line, name) for line in raw], params.num)
+        left_out = left_out or cut
     if not params.tail:
-        text = "\n".join(f"{line.timestamp} {line.process} {line.stream}: {line.text}" for line in lines)
+        text = "\n".join(map(_shown, lines))
+        if left_out:
+            text = f"(older lines left out: an answer holds at most {MAX_ANSWER_BYTES} bytes of log)\n{text}"
         return Result(text, [dataclasses.asdict(line) for line in lines])
     for line in lines:
-        await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text))
+        await ctx.emit(LogEvent(params.app, line.process, line.stream, line.text, continued=line.continued))
     async with trio.open_nursery() as nursery:
         for name, log in sources:
             nursery.start_soon(_follow_one, ctx, params.app, name, log)
@@ -82,8 +91,26 @@ async def _follow_one(ctx: Context, app: str, name: str, log: LogFile) -> None:
             continue
         for raw in batch:
             line = parse_line(raw, name)
-            await ctx.emit(LogEvent(app, name, line.stream, line.text, missed))
+            await ctx.emit(LogEvent(app, name, line.stream, line.text, missed, line.continued))
             missed = 0
+
+
+def _newest(lines: list[LogLine], count: int) -> tuple[list[LogLine], bool]:
+    """The newest `count` lines, in time order, no more of them than MAX_ANSWER_BYTES holds; and
+    whether lines were left out for that limit."""
+    lines.sort(key=lambda line: line.timestamp)
+    lines = lines[-count:] if count else []
+    size = 0
+    for index in range(len(lines) - 1, -1, -1):
+        size += len(lines[index].text) + LINE_COST
+        if size > MAX_ANSWER_BYTES:
+            return lines[index + 1 :], True
+    return lines, False
+
+
+def _shown(line: LogLine) -> str:
+    more = " [continues]" if line.continued else ""
+    return f"{line.timestamp} {line.process} {line.stream}: {line.text}{more}"
 
 
 async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
@@ -99,40 +126,34 @@ async def _engine_logs(ctx: Context, runner: Runner, target: Target, params: Log
     if not params.tail:
         text = "\n".join(f"{line.timestamp} main.1 {line.stream}: {line.text}" for line in lines)
         data = [
-            {"timestamp": ln.timestamp, "stream": ln.stream, "text": ln.text, "process": "main.1"}
+            {
+                "timestamp": ln.timestamp,
+                "stream": ln.stream,
+                "text": ln.text,
+                "process": "main.1",
+                "continued": False,
+            }
             for ln in lines
         ]
         return Result(text, data)
     for line in lines:
         await ctx.emit(LogEvent(app, "main.1", line.stream, line.text))
     token = trio.lowlevel.current_trio_token()
-    sender, receiver = trio.open_memory_channel[LogEvent](4096)
-    missed = [0]
+    backlog = EventBacklog(app, "main.1")
 
     def send(stream: str, line: str) -> None:
-        def offer() -> None:
-            event = LogEvent(app, "main.1", stream, line, missed[0])
-            try:
-                sender.send_nowait(event)
-                missed[0] = 0
-            except trio.WouldBlock:
-                missed[0] += 1
-            except trio.ClosedResourceError:
-                pass
-
         with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(offer)
+            token.run_sync_soon(backlog.offer, stream, line)
 
     async with trio.open_nursery() as nursery:
 
         async def follow() -> None:
-            await runner.follow_logs(target, send)
-
-        async def forward() -> None:
-            async for event in receiver:
-                await ctx.emit(event)
+            try:
+                await runner.follow_logs(target, send)
+            finally:
+                backlog.close()
 
         nursery.start_soon(follow)
-        nursery.start_soon(forward)
+        nursery.start_soon(backlog.deliver, ctx.emit)
         nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
     return Result("end of logs")

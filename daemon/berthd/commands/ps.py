@@ -23,6 +23,7 @@ from berthd.supervision.supervisor import RestartPolicy, State
 START_WAIT = 3.0  # how long ps:start waits to see each process leave STARTING
 SCALE_PAIR = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})=(?P<count>-?[0-9]+)$")
 MAX_SCALE = 100
+MAX_STAGE = 200  # characters of a progress stage: the engine's text, held in a bounded channel
 
 
 class ReportParams(Params):
@@ -48,7 +49,7 @@ async def _prepare(ctx: Context, record: AppRecord) -> None:
 
     def progress(stage: str, done: int | None, total: int | None) -> None:
         with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError):
-            token.run_sync_soon(lambda: _offer(events, ProgressEvent(stage, done, total)))
+            token.run_sync_soon(lambda: _offer(events, ProgressEvent(stage[:MAX_STAGE], done, total)))
 
     async def forward() -> None:
         async for event in received:

@@ -105,6 +105,7 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
         raise invalid_argument("more chunks than bytes")
     existing = await ctx.store.get_app(params.app)
     apply_options(existing.settings if existing else AppSettings(), params)  # refuse bad options now
+    await _check_room(ctx, params.app)
     options = msgspec.json.encode(params)
     session = f"up-{secrets.token_urlsafe(12)}"
     folder = uploads_dir(ctx.services)
@@ -134,6 +135,23 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
         f"Upload {session} started: {params.total_chunks} chunks of {upload.chunk_size} bytes",
         {"session_id": session, "chunk_size": upload.chunk_size, "total_chunks": params.total_chunks},
     )
+
+
+async def _check_room(ctx: Context, app: str) -> None:
+    """Each session may reserve up to --max-upload-bytes: their number is bounded, per app and in all.
+    (upload:begin holds the command lock, so the count and the new row cannot race.)"""
+    config = ctx.services.config
+    of_app, total = await ctx.store.count_uploads(app)
+    if of_app >= config.max_uploads_per_app:
+        raise CommandError(
+            "busy",
+            f"{app} has {of_app} unfinished uploads, the most it may have: end or abort one"
+            " (upload:end, upload:abort), or let it expire",
+        )
+    if total >= config.max_uploads:
+        raise CommandError(
+            "busy", f"{total} unfinished uploads, the most berthd takes at once: try again later"
+        )
 
 
 @REGISTRY.command("upload:chunk", summary="one chunk, base64; any order; repeats are harmless", mutating=True)

@@ -298,6 +298,24 @@ class Store:
         with self._write() as conn:
             conn.execute("DELETE FROM jobs WHERE app = ?", (app,))
 
+    @threaded
+    def jobs_to_prune(self, app: str | None, keep: int, cutoff: float) -> list[JobRecord]:
+        """Finished jobs of the app (of every app: None) past its newest `keep`, or started before `cutoff`."""
+        rows = self._conn.execute(
+            "SELECT record FROM ("
+            " SELECT record, state, started_at,"
+            "  ROW_NUMBER() OVER (PARTITION BY app ORDER BY started_at DESC) AS newest"
+            " FROM jobs WHERE ? IS NULL OR app = ?"
+            ") WHERE state != 'running' AND (newest > ? OR started_at < ?)",
+            (app, app, keep, cutoff),
+        ).fetchall()
+        return [msgspec.json.decode(row[0], type=JobRecord) for row in rows]
+
+    @threaded
+    def delete_job(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     # uploads
 
     _UPLOAD_COLUMNS = "id, app, filename, total_size, total_chunks, sha256, received, created_at, options"
@@ -338,6 +356,14 @@ class Store:
     @threaded
     def all_upload_ids(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]
+
+    @threaded
+    def count_uploads(self, app: str) -> tuple[int, int]:
+        """Open upload sessions: the app's, and all."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FILTER (WHERE app = ?), COUNT(*) FROM uploads", (app,)
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
     # deploy daemons
 

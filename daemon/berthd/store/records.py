@@ -54,6 +54,8 @@ class JobRecord(msgspec.Struct):
     timed_out: bool = False
     duration_s: float | None = None
     error: str | None = None
+    truncated: bool = False  # output over the job's limit was not kept
+    dropped_bytes: int = 0  # how much
 
 
 class UploadRecord(msgspec.Struct):

@@ -1,15 +1,20 @@
 """One-shot runs (`run APP`): one execution with a timeout, its output kept in files and streamed.
 
 The job's folder holds `stdout.txt`, `stderr.txt` and `logs.txt` (both streams, line by line, in the
-order they came). The client gets `log` events as lines come; a client too slow to keep up is told
-how many lines it missed, and never slows the process down.
+order they came, a line longer than `MAX_LOG_LINE` in pieces). The client gets `log` events as lines
+come; a client too slow to keep up is told how many lines it missed, holds at most
+`EVENT_BACKLOG_BYTES` of berthd's memory, and never slows the process down. A job keeps at most
+`max_output` bytes of output: past that, the files and the client get a marker, the rest is counted
+and dropped (the process runs on, its pipes drained). Job folders are pruned by count and age.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,36 +23,43 @@ from pathlib import Path
 import msgspec
 import trio
 
-from berth.messages import Event, LogEvent
+from berth.messages import Event
 from berthd.apps.launch import MAIN, process_types
+from berthd.config import Config
 from berthd.errors import CommandError
+from berthd.log import LOG
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
 from berthd.store import modes
 from berthd.store.records import AppRecord, JobRecord
-from berthd.supervision.logs import LineCutter
+from berthd.supervision.logs import MAX_LOG_LINE, EventBacklog, LineCutter
 from berthd.supervision.manager import ProcessManager
 
 Emit = Callable[[Event], Awaitable[None]]  # sends an event to the client who asked
 
 OUTPUT_FILES = ("stdout", "stderr", "logs")
-EVENT_BACKLOG = 4096  # batches of lines waiting for a slow client before lines are counted as missed
+DEFAULT_MAX_OUTPUT = Config().job_output_max_bytes  # for a caller that gives none (a git:sync build)
 TIMED_OUT = "Process execution timed out"
+PRUNE_INTERVAL = 3600.0
 
 
 def new_job_id() -> str:
     return f"job-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def truncation_marker(max_output: int) -> str:
+    return f"[berthd: output truncated: a job keeps at most {max_output} bytes of output]"
+
+
 @dataclass
 class JobOutput:
-    """Writes the three files and hands lines to the client's emitter; never waits for either."""
+    """Writes the three files and hands lines to the client's backlog; never waits for either."""
 
     folder: Path
-    app: str
-    process: str
-    channel: trio.MemorySendChannel[list[LogEvent]]
-    missed: int = 0
-    _cutter: LineCutter = field(default_factory=LineCutter)
+    backlog: EventBacklog
+    max_output: int = DEFAULT_MAX_OUTPUT
+    kept: int = 0  # bytes of output in stdout.txt and stderr.txt
+    dropped: int = 0  # bytes of output past max_output, not kept
+    _cutter: LineCutter = field(default_factory=lambda: LineCutter(MAX_LOG_LINE))
     _fds: dict[str, int] = field(default_factory=dict)
 
     async def open(self) -> None:
@@ -55,24 +67,33 @@ class JobOutput:
         self._fds.update(await trio.to_thread.run_sync(_create_output_files, self.folder))
 
     def write(self, stream: str, data: bytes) -> None:
-        os.write(self._fds[stream], data)
-        block = self._cutter.complete(stream, data)
-        if block:
-            self._lines(stream, block)
+        if self.dropped:
+            self.dropped += len(data)
+            return
+        room = self.max_output - self.kept
+        if len(data) > room:
+            self.dropped = len(data) - room
+            data = data[:room]
+        if data:
+            os.write(self._fds[stream], data)
+            self.kept += len(data)
+            for block, continued in self._cutter.complete(stream, data):
+                self._lines(stream, block, continued)
+        if self.dropped:
+            self._truncate()
 
-    def _lines(self, stream: str, block: bytes) -> None:
+    def _lines(self, stream: str, block: bytes, continued: bool = False) -> None:
         os.write(self._fds["logs"], block)
-        lines = block.decode("utf-8", "replace").split("\n")[:-1]
-        events = [LogEvent(self.app, self.process, stream, line.removesuffix("\r")) for line in lines]
-        if self.missed and events:
-            events[0] = msgspec.structs.replace(events[0], missed=self.missed)
-        try:
-            self.channel.send_nowait(events)
-            self.missed = 0
-        except trio.WouldBlock:
-            self.missed += len(events)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        self.backlog.offer_block(stream, block, continued)
+
+    def _truncate(self) -> None:
+        """The limit is reached: what is cut so far ends its line, and every file says it was cut."""
+        for stream, block in self._cutter.rest():
+            self._lines(stream, block)
+        marker = truncation_marker(self.max_output)
+        for fd in self._fds.values():
+            os.write(fd, f"\n{marker}\n".encode())
+        self.backlog.tell(marker)
 
     def close(self) -> None:
         for stream, block in self._cutter.rest():
@@ -80,6 +101,7 @@ class JobOutput:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self.backlog.close()
 
 
 def _create_output_files(folder: Path) -> dict[str, int]:
@@ -103,18 +125,6 @@ def _make_folder(app_dir: Path, folder: Path, gid: int) -> None:
     writes to it."""
     modes.open_path(app_dir, folder.parent, gid)
     modes.open_output_folder(folder, gid)
-
-
-async def _emit_events(receiver: trio.MemoryReceiveChannel[list[LogEvent]], emit: Emit) -> None:
-    async with receiver:
-        async for events in receiver:
-            try:
-                for event in events:
-                    await emit(event)
-            except Exception:  # noqa: BLE001 - the client left; the job goes on without it
-                async for _ in receiver:
-                    pass
-                return
 
 
 async def run_job(
@@ -149,7 +159,9 @@ async def run_job(
     job = JobRecord(job_id, record.name, argv, time.time(), str(folder))
     await manager.store.save_job(job)
     try:
-        outcome = await execute(runner, spec, folder, timeout, stdin, emit)
+        outcome = await execute(
+            runner, spec, folder, timeout, stdin, emit, manager.config.job_output_max_bytes
+        )
     except BaseException:
         with trio.CancelScope(shield=True):
             interrupted = msgspec.structs.replace(
@@ -167,8 +179,11 @@ async def run_job(
         timed_out=outcome.timed_out,
         duration_s=duration,
         error=outcome.error,
+        truncated=outcome.dropped > 0,
+        dropped_bytes=outcome.dropped,
     )
     await manager.store.save_job(job)
+    await prune_jobs(manager, record.name)
     return job
 
 
@@ -178,6 +193,7 @@ class Outcome:
     status: ExitStatus | None = None
     timed_out: bool = False
     error: str | None = None  # could not start
+    dropped: int = 0  # bytes of output over the job's limit
 
 
 async def execute(
@@ -187,14 +203,14 @@ async def execute(
     timeout: float,
     stdin: str | None,
     emit: Emit,
+    max_output: int = DEFAULT_MAX_OUTPUT,
 ) -> Outcome:
     """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
-    sender, receiver = trio.open_memory_channel[list[LogEvent]](EVENT_BACKLOG)
-    output = JobOutput(folder, spec.app, spec.process, sender)
+    output = JobOutput(folder, EventBacklog(spec.app, spec.process), max_output)
     await output.open()
     outcome = Outcome(time.monotonic())
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_emit_events, receiver, emit)
+        nursery.start_soon(output.backlog.deliver, emit)
         try:
             try:
                 handle = await runner.start(spec, output.write)
@@ -214,7 +230,7 @@ async def execute(
         finally:
             with trio.CancelScope(shield=True):
                 output.close()
-                await sender.aclose()
+                outcome.dropped = output.dropped
     return outcome
 
 
@@ -230,6 +246,10 @@ async def _feed_stdin(stream: trio.lowlevel.FdStream | None, data: bytes) -> Non
 
 
 def describe_job(job: JobRecord) -> str:
+    return _how_it_ended(job) + _truncated(job)
+
+
+def _how_it_ended(job: JobRecord) -> str:
     if job.timed_out:
         return f"{TIMED_OUT} after {job.duration_s} s"
     if job.error:
@@ -239,3 +259,50 @@ def describe_job(job: JobRecord) -> str:
     if job.signal is not None:
         return f"Process killed by signal {job.signal}"
     return f"Process exited with code {job.exit_code}"
+
+
+def _truncated(job: JobRecord) -> str:
+    if not job.truncated:
+        return ""
+    return f" (output truncated: {job.dropped_bytes} bytes over the job's limit were not kept)"
+
+
+# retention
+
+
+async def prune_jobs(manager: ProcessManager, app: str | None = None) -> None:
+    """Past jobs beyond the newest `jobs_keep` of an app, or older than `jobs_max_age`: their rows and
+    folders go, and so do build folders by the same rules. Running jobs stay."""
+    store, config = manager.store, manager.config
+    cutoff = time.time() - config.jobs_max_age
+    for job in await store.jobs_to_prune(app, config.jobs_keep, cutoff):
+        await trio.to_thread.run_sync(shutil.rmtree, job.output_dir, True)
+        await store.delete_job(job.id)
+    apps = [app] if app else [record.name for record in await store.list_apps()]
+    apps_dir = manager.data_dir / "apps"
+    await trio.to_thread.run_sync(_prune_builds, apps_dir, apps, config.jobs_keep, cutoff)
+
+
+def _prune_builds(apps_dir: Path, apps: list[str], keep: int, cutoff: float) -> None:
+    for app in apps:
+        try:
+            builds = sorted(
+                (apps_dir / app / "builds").iterdir(), key=lambda p: p.stat().st_mtime, reverse=True
+            )
+        except OSError:
+            continue
+        for index, folder in enumerate(builds):
+            try:
+                if index >= keep or folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue
+
+
+async def prune_jobs_forever(manager: ProcessManager) -> None:
+    while True:
+        try:
+            await prune_jobs(manager)
+        except (OSError, sqlite3.Error):  # the disk or the database: the next sweep tries again
+            LOG.exception("pruning old jobs failed")
+        await trio.sleep(PRUNE_INTERVAL)
