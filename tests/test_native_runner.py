@@ -225,11 +225,11 @@ def test_run_writes_output_files_with_their_modes(berthd: Berthd, tmp_path: Path
     data = answer.data
     assert data["exit_code"] == 0 and data["timed_out"] is False and data["duration_s"] >= 0
     folder = Path(data["output_dir"])
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o2750  # the app's group reads, others nothing
     files = {p.name: p for p in folder.iterdir()}
     assert set(files) == {"stdout.txt", "stderr.txt", "logs.txt"}
     for path in files.values():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert files["stdout.txt"].read_text() == "one\nthree\n"
     assert files["stderr.txt"].read_text() == "two\n"
     assert sorted(files["logs.txt"].read_text().splitlines()) == ["one", "three", "two"]
@@ -306,7 +306,8 @@ def test_env_mounts_and_cwd_reach_the_process(berthd: Berthd, tmp_path: Path) ->
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-def test_run_as_an_unprivileged_user(berthd: Berthd) -> None:
+def test_run_as_an_unprivileged_user(start_berthd: Callable[..., Berthd], reachable_tmp: Path) -> None:
+    berthd = start_berthd(root=reachable_tmp)  # the user enters the app's folder with its own rights
     user = "berthtest"
     try:
         pwd.getpwnam(user)

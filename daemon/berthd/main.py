@@ -8,12 +8,12 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 import trio
 
 from berthd import __version__
+from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
 from berthd.host.capabilities import CapabilityCache, default_docker_url, docker_version_from
@@ -22,7 +22,7 @@ from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
 from berthd.server.notify import sd_notify
-from berthd.store import Store
+from berthd.store import Store, modes
 from berthd.supervision.jobs import prune_jobs_forever
 from berthd.supervision.manager import ProcessManager
 
@@ -97,18 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log_level, config.log_file)
+    setup_logging(config.log_level, config.log_file)  # the log file sets its own mode
+    os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config)
     except (ListenerError, OSError) as exc:
         LOG.error("%s", exc)
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-
-
-def prepare_data_dir(data_dir: Path) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    (data_dir / "apps").mkdir(exist_ok=True)
 
 
 async def sweep_orphaned_app_dirs(services: Services) -> None:
@@ -123,6 +119,14 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
     await trio.to_thread.run_sync(sweep)
+
+
+async def fix_file_modes(services: Services) -> None:
+    """Each app's folder opened to its group only; what an older berthd left open to others, closed."""
+    for record in await services.store.list_apps():
+        app_dir = services.app_dir(record.name)
+        if app_dir.is_dir():
+            await trio.to_thread.run_sync(modes.fix_app_dir, app_dir, modes.app_group(record.settings.user))
 
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -185,7 +189,7 @@ async def serve(config: Config) -> int:
     # The receiver opens before the socket does: a signal from the first instant on is acted upon.
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         data_dir = config.data_path()
-        await trio.to_thread.run_sync(prepare_data_dir, data_dir)
+        await trio.to_thread.run_sync(modes.prepare_data_dir, data_dir)
         store = await Store.open(data_dir, config.sync.upper())
         await store.interrupt_running_jobs()
         processes = ProcessManager(config, store, data_dir)
@@ -196,6 +200,9 @@ async def serve(config: Config) -> int:
             services = Services(config, store, data_dir, processes, capabilities)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
+            await sweep_interrupted_deploys(store, services.app_dir)
+            await fix_file_modes(services)
+            await trio.to_thread.run_sync(modes.make_public_folders, config.socket_path().parent)
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)

@@ -16,6 +16,7 @@ import msgspec
 from berthd.errors import CommandError, invalid_argument
 from berthd.runners.native.spawn import Identity, SpawnError
 from berthd.sources.procfile import ProcessType
+from berthd.store import modes
 from berthd.store.records import AppRecord, Mount
 
 PRIVATE_VARIABLES = re.compile(
@@ -87,17 +88,36 @@ def resolve_identity(spec: str | None) -> Identity | None:
         raise invalid_argument(str(exc)) from None
 
 
+def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str | None) -> None:
+    """The app's folder, and the folders on the way to its working directory and executable when they
+    lie in it, opened to the app's group (see `berthd.store.modes`). When the app's user changed, what
+    the app runs is handed to the new group."""
+    gid = modes.app_group(record.settings.user)
+    if app_dir.exists() and app_dir.stat().st_gid != gid:
+        modes.fix_app_dir(app_dir, gid)
+    else:
+        modes.open_folder(app_dir, gid)
+    for path in (Path(cwd), Path(executable).parent if executable else None):
+        if path is not None and path.is_relative_to(app_dir) and path != app_dir:
+            # through `current` (a link to a release) the folders are the release's, handed over at deploy
+            first = app_dir / path.relative_to(app_dir).parts[0]
+            if not first.is_symlink() and path.is_dir():
+                modes.open_path(app_dir, path, gid)
+
+
 def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
-    """The MOUNT interfaces, as folders under the app's own folder, and the variables naming them."""
+    """The MOUNT interfaces, as folders under the app's own folder (each its user's own, the folders
+    above it berthd's and open to the app's group), and the variables naming them."""
     env: dict[str, str] = {}
     inputs: list[str] = []
     outputs: list[str] = []
+    gid = modes.app_group(record.settings.user)
     for mount in record.settings.mounts:
         folder = mount_folder(app_dir, mount)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o755)
-        folder.chmod(0o755)
+        modes.open_path(app_dir.resolve(), folder.parent, gid)
+        folder.mkdir(exist_ok=True, mode=0o700)
         if identity is not None:
-            os.chown(folder, identity.uid, identity.gid)
+            os.chown(folder, identity.uid, identity.gid, follow_symlinks=False)
         (inputs if mount.function == "INPUT" else outputs).append(str(folder))
         env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = str(folder)
     if inputs:

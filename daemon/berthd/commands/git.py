@@ -17,8 +17,15 @@ import msgspec
 import trio
 
 from berth.messages import ProgressEvent
-from berthd.apps.launch import environment
-from berthd.commands.sources import DeployFailed, SourceOptions, begin_deploy, deploy_release, record_status
+from berthd.apps.launch import environment, resolve_identity
+from berthd.commands.sources import (
+    DeployFailed,
+    SourceOptions,
+    apply_options,
+    begin_deploy,
+    deploy_release,
+    record_status,
+)
 from berthd.errors import invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
@@ -27,6 +34,7 @@ from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
 from berthd.sources import git as gitsrc
 from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
+from berthd.store import modes
 from berthd.store.records import AppRecord, AppSettings
 from berthd.supervision.jobs import execute
 
@@ -231,11 +239,21 @@ async def _fetch_and_checkout(
 
 
 async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: Path) -> Path | None:
+    """The build runs as the app's user (this sync's `--user`, else the app's), in the release, which that
+    user owns while the build runs; its output is kept as a run's is (readable by the app's group)."""
     if params.build_cmd:
         await record_status(ctx, record.name, "building")
         await ctx.emit(ProgressEvent("building"))
-        folder = ctx.services.app_dir(record.name) / "builds" / release.name
-        await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o755))
+        app_dir = ctx.services.app_dir(record.name)
+        folder = app_dir / "builds" / release.name
+        user = apply_options(record.settings, params)[0].user
+        gid = modes.app_group(user)
+        await trio.to_thread.run_sync(modes.open_path, app_dir, folder.parent, gid)
+        await trio.to_thread.run_sync(modes.open_output_folder, folder, gid)
+        identity = resolve_identity(user)
+        if identity is not None:
+            await trio.to_thread.run_sync(modes.open_path, app_dir, release.parent, gid)
+            await trio.to_thread.run_sync(modes.hand_over, release, identity.uid, identity.gid)
         config = await ctx.store.get_config(record.name)
         spec = ProcessSpec(
             app=record.name,
@@ -243,7 +261,8 @@ async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: P
             # the build command is the user's own shell command: the single argument of sh -c
             argv=["/bin/sh", "-c", params.build_cmd],
             cwd=str(release),
-            env=environment(record, config, None),
+            env=environment(record, config, identity),
+            user=user,
         )
         outcome = await execute(
             ctx.processes.host_runner(), spec, folder, params.build_timeout, None, ctx.emit

@@ -10,6 +10,7 @@ the app runs (or is meant to start now).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from berthd.apps.settings import (
 from berthd.commands.apps import app_for_source
 from berthd.errors import CommandError
 from berthd.host.requirements import ensure_compatible, parse_requirement_pair
+from berthd.log import LOG
 from berthd.runners.table import through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import releases
+from berthd.store import Store, modes
 from berthd.store.records import AppRecord, AppSettings, AppSource
 from berthd.supervision.manager import RUNNING
 
@@ -147,6 +150,10 @@ async def deploy_release(
         release = await trio.to_thread.run_sync(releases.new_release, app_dir, kind)
         try:
             detail, settings = await build(release)
+            # the code is berthd's again (a build's user owned it), readable by the app's group only
+            gid = modes.app_group(settings.user)
+            await trio.to_thread.run_sync(modes.open_path, app_dir, releases.releases_dir(app_dir), gid)
+            await trio.to_thread.run_sync(modes.hand_over, release, os.geteuid(), gid)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(releases.discard, release)
@@ -178,6 +185,26 @@ async def go_live(
     if runs:
         await ctx.processes.redeploy(app)
     return detail
+
+
+IN_PROGRESS = frozenset({"pending", "fetching", "downloading", "unpacking", "building"})
+INTERRUPTED = "interrupted: berthd stopped during the deploy"
+
+
+async def sweep_interrupted_deploys(store: Store, app_dir: Callable[[str], Path]) -> None:
+    """At start, before anything runs: every deploy the last berthd did not live to finish is cleaned
+    up (its partial release, download and build folder) and recorded as failed. The live release, if
+    any, is untouched, and runs again if it was meant to."""
+    for record in await store.list_apps():
+        removed = await trio.to_thread.run_sync(releases.sweep_interrupted, app_dir(record.name))
+        status = record.source.detail.get("status")
+        if status in IN_PROGRESS:
+            detail = {**record.source.detail, "status": "failed", "error": f"{INTERRUPTED} ({status})"}
+            await store.save_source(record.name, AppSource(record.source.kind, detail), record.settings)
+        if removed or status in IN_PROGRESS:
+            LOG.warning(
+                "%s: a deploy was interrupted (%s); removed: %s", record.name, status, ", ".join(removed)
+            )
 
 
 # apps:from-local

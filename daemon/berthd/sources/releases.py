@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 KEEP = 2  # the live release and the one before it
+DEPLOYING_PREFIX = ".deploying-"
+INCOMING_PREFIX = ".incoming-"  # a download in progress (git:from-archive)
+CURRENT_TEMPORARY_PREFIX = ".current-"
 
 
 def releases_dir(app_dir: Path) -> Path:
@@ -24,19 +27,28 @@ def current_link(app_dir: Path) -> Path:
     return app_dir / "current"
 
 
+def _deploying_marker(app_dir: Path, release_name: str) -> Path:
+    return app_dir / f"{DEPLOYING_PREFIX}{release_name}"
+
+
 def new_release(app_dir: Path, label: str) -> Path:
-    folder = releases_dir(app_dir) / f"{time.strftime('%Y%m%d%H%M%S')}-{label}-{secrets.token_hex(3)}"
-    folder.mkdir(parents=True, mode=0o755)
-    folder.chmod(0o755)
+    """A fresh release folder, private to berthd until it is handed to the app. A marker says a deploy
+    fills it: one that berthd did not live to finish or discard is swept at the next start."""
+    name = f"{time.strftime('%Y%m%d%H%M%S')}-{label}-{secrets.token_hex(3)}"
+    folder = releases_dir(app_dir) / name
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(_deploying_marker(app_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    folder.mkdir(mode=0o700)
     return folder
 
 
 def activate(app_dir: Path, release: Path) -> None:
     """`current` now points at `release`; the old releases stay until `prune`."""
     link = current_link(app_dir)
-    temporary = app_dir / f".current-{secrets.token_hex(4)}"
+    temporary = app_dir / f"{CURRENT_TEMPORARY_PREFIX}{secrets.token_hex(4)}"
     os.symlink(os.path.relpath(release, app_dir), temporary)
     os.replace(temporary, link)
+    _deploying_marker(app_dir, release.name).unlink(missing_ok=True)
 
 
 def live_release(app_dir: Path) -> Path | None:
@@ -58,3 +70,31 @@ def prune(app_dir: Path) -> None:
 
 def discard(release: Path) -> None:
     shutil.rmtree(release, ignore_errors=True)
+    _deploying_marker(release.parent.parent, release.name).unlink(missing_ok=True)
+
+
+def sweep_interrupted(app_dir: Path) -> list[str]:
+    """What deploys cut short by berthd's end left in `app_dir` (a release being filled that `current`
+    does not point to, its build folder, a download, a half-made `current` link) removed; the names of
+    what was removed, relative to `app_dir`."""
+    removed: list[str] = []
+    live = live_release(app_dir)
+    for marker in sorted(app_dir.glob(f"{DEPLOYING_PREFIX}*")):
+        name = marker.name.removeprefix(DEPLOYING_PREFIX)
+        release = releases_dir(app_dir) / name
+        if release.exists() and release.resolve() != live:
+            shutil.rmtree(release, ignore_errors=True)
+            removed.append(str(release.relative_to(app_dir)))
+        build = app_dir / "builds" / name
+        if build.exists():
+            shutil.rmtree(build, ignore_errors=True)
+            removed.append(str(build.relative_to(app_dir)))
+        marker.unlink(missing_ok=True)
+    for pattern in (f"{INCOMING_PREFIX}*", f"{CURRENT_TEMPORARY_PREFIX}*"):
+        for leftover in sorted(app_dir.glob(pattern)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover.name)
+    return removed

@@ -190,8 +190,26 @@ class Store:
 
     @threaded
     def set_desired(self, name: str, desired: str) -> None:
+        """What the user asked for (running, stopped): every process of the app counts again."""
         with self._write() as conn:
-            conn.execute("UPDATE apps SET desired = ? WHERE name = ?", (desired, name))
+            conn.execute("UPDATE apps SET desired = ?, ended = '[]' WHERE name = ?", (desired, name))
+
+    @threaded
+    def mark_ended(self, name: str, process: str) -> None:
+        """`process` ended by itself and its restart policy let it stay ended."""
+        with self._write() as conn:
+            row = conn.execute("SELECT ended FROM apps WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return
+            ended = set(msgspec.json.decode(row[0], type=list[str])) | {process}
+            conn.execute(
+                "UPDATE apps SET ended = ? WHERE name = ?", (msgspec.json.encode(sorted(ended)), name)
+            )
+
+    @threaded
+    def ended_processes(self, name: str) -> set[str]:
+        row = self._conn.execute("SELECT ended FROM apps WHERE name = ?", (name,)).fetchone()
+        return set(msgspec.json.decode(row[0], type=list[str])) if row else set()
 
     @threaded
     def apps_desired_running(self) -> list[str]:

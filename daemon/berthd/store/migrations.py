@@ -73,4 +73,9 @@ MIGRATIONS: tuple[str, ...] = (
         port   INTEGER NOT NULL UNIQUE
     );
     """,
+    # 6: the processes of an app meant to run that ended by themselves and whose restart policy let them
+    # stay ended: they stay so when berthd restarts, until the user starts the app again
+    """
+    ALTER TABLE apps ADD COLUMN ended BLOB NOT NULL DEFAULT '[]';
+    """,
 )

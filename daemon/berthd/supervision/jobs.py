@@ -29,6 +29,7 @@ from berthd.config import Config
 from berthd.errors import CommandError
 from berthd.log import LOG
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
+from berthd.store import modes
 from berthd.store.records import AppRecord, JobRecord
 from berthd.supervision.logs import MAX_LOG_LINE, EventBacklog, LineCutter
 from berthd.supervision.manager import ProcessManager
@@ -107,9 +108,11 @@ def _create_output_files(folder: Path) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for name in OUTPUT_FILES:
-            fd = os.open(folder / f"{name}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            fds[name] = fd
-            os.fchmod(fd, 0o644)  # whatever berthd's umask
+            # made 0600 (berthd's umask), group the app's (the folder is set-gid); the group's read is
+            # added before a byte is written: never open to more than that
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fds[name] = os.open(folder / f"{name}.txt", flags, modes.OUTPUT_FILE_MODE)
+            os.fchmod(fds[name], modes.OUTPUT_FILE_MODE)
     except OSError:
         for fd in fds.values():
             os.close(fd)
@@ -117,9 +120,11 @@ def _create_output_files(folder: Path) -> dict[str, int]:
     return fds
 
 
-def _make_folder(folder: Path) -> None:
-    folder.mkdir(parents=True, mode=0o755)
-    folder.chmod(0o755)  # whatever berthd's umask
+def _make_folder(app_dir: Path, folder: Path, gid: int) -> None:
+    """The job's folder (BERTH_JOB_DIR): the app's group enters it and reads the outputs, only berthd
+    writes to it."""
+    modes.open_path(app_dir, folder.parent, gid)
+    modes.open_output_folder(folder, gid)
 
 
 async def run_job(
@@ -144,8 +149,9 @@ async def run_job(
     kind = MAIN if MAIN in types else next(iter(types))
     process = await runner.spec_for(target, f"{kind}.1")
     job_id = new_job_id()
-    folder = manager.data_dir / "apps" / record.name / "jobs" / job_id
-    await trio.to_thread.run_sync(_make_folder, folder)
+    app_dir = manager.data_dir / "apps" / record.name
+    folder = app_dir / "jobs" / job_id
+    await trio.to_thread.run_sync(_make_folder, app_dir, folder, modes.app_group(record.settings.user))
     env = {k: v for k, v in process.env.items() if k != "BERTH_PROCESS"}
     env.update({"BERTH_JOB_ID": job_id, "BERTH_JOB_DIR": str(folder)})
     argv = [*process.argv, *extra_args]

@@ -104,7 +104,7 @@ class ProcessManager:
             await self.store.save_handle(app, process, None)
         for app in await self.store.apps_desired_running():
             try:
-                await self.start_app(app)
+                await self.start_app(app, resume=True)
             except CommandError as exc:
                 LOG.error("cannot bring back %s: %s", app, exc.message)
 
@@ -144,12 +144,19 @@ class ProcessManager:
         merged = default_scale(record) | {k: v for k, v in scale.items() if k in types}
         return merged
 
-    async def start_app(self, app: str) -> list[SupervisedProcess]:
+    async def start_app(self, app: str, *, resume: bool = False) -> list[SupervisedProcess]:
+        """The app is meant to run (the user asked): every process of its scale is started that does not
+        run. With `resume` the user asked nothing new (berthd's start, a change of scale): a process that
+        ended by itself under its restart policy stays ended."""
         scale = await self.desired_scale(app)
-        await self.store.set_desired(app, RUNNING)
+        if resume:
+            ended = await self.store.ended_processes(app)
+        else:
+            await self.store.set_desired(app, RUNNING)
+            ended = set()
         wanted = {f"{kind}.{index}" for kind, count in scale.items() for index in range(1, count + 1)}
         await self._stop_processes(app, [p for p in self.processes_of(app) if p.name not in wanted])
-        for name in sorted(wanted, key=_order):
+        for name in sorted(wanted - ended, key=_order):
             current = self.processes.get((app, name))
             if current is not None and current.state not in (State.EXITED, State.FAILED, State.STOPPED):
                 continue
@@ -191,7 +198,7 @@ class ProcessManager:
         await self.store.set_scale(app, scale)
         desired, _ = await self.store.get_runtime(app)
         if desired == RUNNING:
-            await self.start_app(app)
+            await self.start_app(app, resume=True)
         return scale
 
     async def restart_policy_changed(self, app: str, policy: RestartPolicy) -> None:
@@ -229,6 +236,9 @@ class ProcessManager:
         async def save_handle(handle: Handle | None) -> None:
             await self.store.save_handle(app, name, msgspec.json.encode(handle) if handle else None)
 
+        async def ended() -> None:
+            await self.store.mark_ended(app, name)
+
         process = SupervisedProcess(
             app=app,
             name=name,
@@ -237,6 +247,7 @@ class ProcessManager:
             log=self.log_of(app, name),
             policy=policy,
             save_handle=save_handle,
+            ended=ended,
             stop_timeout=self.config.stop_timeout,
         )
         self.processes[(app, name)] = process

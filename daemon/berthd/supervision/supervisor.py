@@ -89,6 +89,7 @@ class Backoff:
 
 SpecBuilder = Callable[[], Awaitable[ProcessSpec]]
 HandleSaver = Callable[[Handle | None], Awaitable[None]]
+Ended = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -100,6 +101,7 @@ class SupervisedProcess:
     log: LogFile
     policy: RestartPolicy
     save_handle: HandleSaver
+    ended: Ended  # told when the policy lets the process stay ended: it stays so across restarts
     stop_timeout: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
@@ -174,6 +176,7 @@ class SupervisedProcess:
                 if not self.policy.restarts_after(status or ExitStatus(1), self.failures):
                     given_up = self.policy.kind == "on-failure" and failed
                     self._enter(State.FAILED if given_up or status is None else State.EXITED, why)
+                    await self.ended()
                     return
                 delay = self.backoff.delay(self.attempt, self.rng)
                 self.attempt += 1

@@ -13,6 +13,7 @@ import trio
 from berthd.apps.launch import (
     environment,
     mount_directories,
+    open_app_folders,
     process_types,
     resolve_identity,
     working_directory,
@@ -76,14 +77,15 @@ class NativeRunner(Runner):
         identity = resolve_identity(record.settings.user)
         app_dir = self.host.app_dir(record.name)
         env = environment(record, await self.host.store.get_config(record.name), identity, command.env)
+        cwd = working_directory(record, app_dir)
+        await trio.to_thread.run_sync(open_app_folders, record, app_dir, cwd, record.settings.executable)
         env.update(await trio.to_thread.run_sync(mount_directories, record, app_dir, identity))
         env["BERTH_PROCESS"] = process
-        await trio.to_thread.run_sync(lambda: app_dir.mkdir(parents=True, exist_ok=True))
         return ProcessSpec(
             app=record.name,
             process=process,
             argv=command.argv,
-            cwd=working_directory(record, app_dir),
+            cwd=cwd,
             env=env,
             user=record.settings.user,
         )

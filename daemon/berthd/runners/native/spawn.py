@@ -12,6 +12,10 @@ instead of 0.3 ms). The helper runs after Popen has switched user (a credential 
 death signal), checks that berthd did not die before the signal was armed, and execs the program,
 sending an exec failure's errno back so that errors read as Popen's own. Without a C compiler, or
 where the helper cannot run, berthd falls back to the `preexec_fn`.
+
+The working directory is entered by the helper (or the `preexec_fn`), never by Popen: Popen changes
+directory before it switches user, so a process meant to run as an unprivileged user could start in a
+folder only root may enter. Entered after the switch, the kernel checks the folder with the user's rights.
 """
 
 from __future__ import annotations
@@ -136,18 +140,34 @@ class Child:
                 await stream.aclose()
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
+# What failed in the child, as the helper and the preexec_fn report it (with the errno) on the error pipe.
+FAILED_EXEC = 0
+FAILED_CHDIR = 1
+
+
+def _child_setup(parent_pid: int, cwd: str | None, error_fd: int) -> Callable[[], None]:
     def setup() -> None:
-        # Runs in the child between fork and exec: async-signal-safe calls only.
+        # Runs in the child between fork and exec, after the user switch: async-signal-safe calls only.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # berthd died before the death signal was armed
             os.kill(os.getpid(), signal.SIGKILL)
+        if cwd is not None:
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                os.write(error_fd, _report(FAILED_CHDIR, exc.errno or 0))
+                os._exit(127)
 
     return setup
 
 
-# argv: HELPER PARENT_PID ERROR_FD SELF_FD PROGRAM ARGS...; PROGRAM is looked up in PATH as Popen does
-# (no /bin/sh for a file without a #! line), and the errno of a failed exec is written to ERROR_FD.
+def _report(stage: int, code: int) -> bytes:
+    return stage.to_bytes(4, sys.byteorder, signed=True) + code.to_bytes(4, sys.byteorder, signed=True)
+
+
+# argv: HELPER PARENT_PID ERROR_FD SELF_FD CWD PROGRAM ARGS...; CWD (empty: stay) is entered first, with
+# the user's rights; PROGRAM is looked up in PATH as Popen does (no /bin/sh for a file without a #! line).
+# A failure writes two ints to ERROR_FD: what failed (0 exec, 1 chdir) and its errno.
 EXEC_HELPER_SOURCE = r"""
 #include <errno.h>
 #include <fcntl.h>
@@ -158,17 +178,25 @@ EXEC_HELPER_SOURCE = r"""
 #include <sys/prctl.h>
 #include <unistd.h>
 
+static void report(int error_fd, int stage, int error) {
+    int message[2] = {stage, error};
+    while (write(error_fd, message, sizeof message) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 5) return 127;
+    if (argc < 6) return 127;
     int error_fd = atoi(argv[2]);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (getppid() != (pid_t)atol(argv[1])) kill(getpid(), SIGKILL); /* berthd died before the arming */
     close(atoi(argv[3]));
     fcntl(error_fd, F_SETFD, FD_CLOEXEC);
-    const char *program = argv[4];
+    if (argv[4][0] != '\0' && chdir(argv[4]) != 0) report(error_fd, 1, errno);
+    const char *program = argv[5];
     int error = 0;
     if (strchr(program, '/')) {
-        execv(program, argv + 4);
+        execv(program, argv + 5);
         error = errno;
     } else {
         const char *path = getenv("PATH");
@@ -179,19 +207,19 @@ int main(int argc, char **argv) {
             int written = length ? snprintf(candidate, sizeof candidate, "%.*s/%s", (int)length, dir, program)
                                  : snprintf(candidate, sizeof candidate, "%s", program);
             if (written > 0 && (size_t)written < sizeof candidate) {
-                execv(candidate, argv + 4);
+                execv(candidate, argv + 5);
                 if (errno != ENOENT && errno != ENOTDIR && error == 0) error = errno; /* as Popen */
             }
             if (dir[length] == '\0') break;
         }
         if (error == 0) error = errno;
     }
-    while (write(error_fd, &error, sizeof error) < 0 && errno == EINTR) {
-    }
-    _exit(127);
+    report(error_fd, 0, error);
 }
 """
 HELPER_PROBE = "/nonexistent/berthd-exec-helper-probe"
+# Children get the conventional umask, whatever berthd's own (077: what berthd makes is private first).
+CHILD_UMASK = 0o022
 COMPILE_TIMEOUT = 20.0
 
 
@@ -303,20 +331,26 @@ class Spawner:
 
 def _describe_os_error(request: SpawnRequest, exc: OSError) -> str:
     if exc.filename == request.cwd and request.cwd:
-        return f"cannot use working directory {request.cwd}: {exc.strerror}"
+        who = f" as {request.identity.user}" if request.identity else ""
+        return f"cannot enter working directory {request.cwd}{who}: {exc.strerror}"
     return f"cannot start {request.argv[0]}: {exc.strerror}"
 
 
 def _popen(request: SpawnRequest, helper: int | None) -> subprocess.Popen[bytes]:
-    """Started through the exec helper when there is one (its exec errors raised as Popen's own), else
-    with the `preexec_fn`."""
-    if helper is None:
-        return _start(request, list(request.argv), (), _child_setup(os.getpid()))
+    """Started through the exec helper when there is one, else with the `preexec_fn`; either enters
+    the working directory as the user and reports a failure, raised here as Popen's own OSError."""
     report, error_fd = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            argv = [f"/proc/self/fd/{helper}", str(os.getpid()), str(error_fd), str(helper), *request.argv]
-            popen = _start(request, argv, (helper, error_fd), None)
+            if helper is None:
+                setup = _child_setup(os.getpid(), request.cwd, error_fd)
+                popen = _start(request, list(request.argv), (), setup)
+            else:
+                argv = [
+                    f"/proc/self/fd/{helper}", str(os.getpid()), str(error_fd), str(helper),
+                    request.cwd or "", *request.argv,
+                ]  # fmt: skip
+                popen = _start(request, argv, (helper, error_fd), None)
         finally:
             os.close(error_fd)
         failure = _read_to_end(report)  # empty once the program was exec'd
@@ -327,8 +361,9 @@ def _popen(request: SpawnRequest, helper: int | None) -> subprocess.Popen[bytes]
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             if pipe is not None:
                 pipe.close()
-        code = int.from_bytes(failure[:4], sys.byteorder, signed=True)
-        raise OSError(code, os.strerror(code), request.argv[0])
+        stage = int.from_bytes(failure[:4], sys.byteorder, signed=True)
+        code = int.from_bytes(failure[4:8], sys.byteorder, signed=True)
+        raise OSError(code, os.strerror(code), request.cwd if stage == FAILED_CHDIR else request.argv[0])
     return popen
 
 
@@ -341,7 +376,6 @@ def _start(
         stdin=subprocess.PIPE if request.stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=request.cwd,
         env={**request.env, "PWD": request.cwd} if request.cwd else dict(request.env),
         start_new_session=True,
         close_fds=True,
@@ -350,6 +384,7 @@ def _start(
         group=identity.gid if identity else None,
         extra_groups=list(identity.groups) if identity else None,
         preexec_fn=preexec_fn,
+        umask=CHILD_UMASK,
     )
 
 
