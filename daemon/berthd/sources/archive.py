@@ -1,9 +1,5 @@
-"""Source archives: downloaded as a stream with a size limit, unpacked without trusting a single name.
-
-Refused: absolute names, `..`, links that leave the tree (or point anywhere absolute), devices, FIFOs,
-more bytes than the limit once unpacked (counted while writing, not believed from headers), more
-entries than the limit. Formats: .tar.gz/.tgz/.tar (and .tar.bz2/.tar.xz), .zip.
-"""
+"""Source archives: the URL checked, the archive downloaded as a stream with a size limit, then unpacked
+by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip)."""
 
 from __future__ import annotations
 
@@ -11,24 +7,20 @@ import os
 import pwd
 import shutil
 import stat
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from berthd.server.params import without_credentials
+from berthd.sources.extract import ArchiveError as ArchiveError
+from berthd.sources.extract import unpack as unpack
 
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 READ_BLOCK = 1024 * 1024
 DOWNLOAD_TIMEOUT = 60.0
-
-
-class ArchiveError(ValueError):
-    pass
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -76,88 +68,6 @@ def download(url: str, target: Path, max_bytes: int, progress: Callable[[int, in
     except OSError as exc:
         raise ArchiveError(f"download failed: {exc}") from None
     return written
-
-
-def _safe_name(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith("/"):
-        raise ArchiveError(f"archive entry {name!r} has an absolute path")
-    if ".." in path.parts:
-        raise ArchiveError(f"archive entry {name!r} leaves the archive's folder")
-    if "\x00" in name:
-        raise ArchiveError("archive entry name contains a NUL byte")
-    return path
-
-
-def _check_link(name: PurePosixPath, target: str) -> None:
-    if target.startswith("/"):
-        raise ArchiveError(f"archive link {str(name)!r} points to the absolute path {target!r}")
-    depth = len(name.parent.parts)
-    for part in PurePosixPath(target).parts:
-        depth = depth - 1 if part == ".." else depth + (part != ".")
-        if depth < 0:
-            raise ArchiveError(f"archive link {str(name)!r} points outside the archive ({target!r})")
-
-
-def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    if zipfile.is_zipfile(archive):
-        _unpack_zip(archive, target, max_bytes, max_entries)
-        return
-    try:
-        with tarfile.open(archive) as tar:
-            _unpack_tar(tar, target, max_bytes, max_entries)
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
-
-
-def _unpack_tar(tar: tarfile.TarFile, target: Path, max_bytes: int, max_entries: int) -> None:
-    total = 0
-    members = []
-    for count, member in enumerate(tar, start=1):
-        if count > max_entries:
-            raise ArchiveError(f"archive has more than {max_entries} entries")
-        name = _safe_name(member.name)
-        if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-            raise ArchiveError(f"archive entry {member.name!r} is a device or FIFO")
-        if member.issym() or member.islnk():
-            _check_link(name if member.issym() else PurePosixPath("x"), member.linkname)
-        total += member.size
-        if total > max_bytes:
-            raise ArchiveError(f"archive unpacks to more than {max_bytes} bytes")
-        members.append(member)
-    # the data filter again, as a second lock on the same door
-    tar.extractall(target, members=members, filter="data")
-
-
-def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    total = 0
-    with zipfile.ZipFile(archive) as zipped:
-        entries = zipped.infolist()
-        if len(entries) > max_entries:
-            raise ArchiveError(f"archive has more than {max_entries} entries")
-        for entry in entries:
-            _safe_name(entry.filename)
-            mode = entry.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise ArchiveError(
-                    f"archive entry {entry.filename!r} is a symbolic link (not allowed in zip)"
-                )
-            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise ArchiveError(f"archive entry {entry.filename!r} is not a file or folder")
-        for entry in entries:
-            destination = target / _safe_name(entry.filename)
-            if entry.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with zipped.open(entry) as source, open(destination, "wb") as out:
-                while block := source.read(READ_BLOCK):
-                    total += len(block)  # what really comes out, whatever the header claims
-                    if total > max_bytes:
-                        raise ArchiveError(f"archive unpacks to more than {max_bytes} bytes")
-                    out.write(block)
-            mode = (entry.external_attr >> 16) & 0o777
-            destination.chmod((mode or 0o644) & 0o755 | 0o600)
 
 
 def source_root(folder: Path) -> Path:
