@@ -7,6 +7,7 @@ it is given); a git sync replaces the processes only of an app that runs.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -26,6 +27,7 @@ from berthd.server.params import AppName, without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
 from berthd.sources import git as gitsrc
+from berthd.sources.caller import Caller, NotReadable, open_file
 from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
 from berthd.store.records import AppRecord, AppSettings
 from berthd.supervision.jobs import execute
@@ -52,11 +54,22 @@ class FromArchiveParams(SourceOptions, kw_only=True):
 )
 async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     try:
-        archive.check_url(params.url)
-    except archive.ArchiveError as exc:
+        parts = archive.check_url(params.url)
+        shown = without_credentials(params.url)
+        opened = None
+        if parts.scheme == "file":  # opened now, as the caller: what the download reads
+            path, caller = archive.local_path(parts), Caller.of(ctx.peer)
+            opened = await trio.to_thread.run_sync(open_file, caller, path, shown)
+    except (archive.ArchiveError, NotReadable) as exc:
         raise invalid_argument(str(exc)) from None
-    if not await trio.to_thread.run_sync(archive.caller_may_read, params.url, ctx.peer.uid):
-        raise invalid_argument(f"{params.url}: you (uid {ctx.peer.uid}) may not read that file")
+    try:
+        return await _deploy_archive(ctx, params, opened)
+    finally:
+        if opened is not None:
+            os.close(opened)
+
+
+async def _deploy_archive(ctx: Context, params: FromArchiveParams, opened: int | None) -> Result:
     _, settings, env = await begin_deploy(ctx, params.app, params, "archive")
     app = params.app
     app_dir = ctx.services.app_dir(app)
@@ -65,7 +78,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
         incoming = app_dir / f".incoming-{secrets.token_hex(4)}"
         try:
-            types.update(await _download_and_unpack(ctx, app, params.url, incoming, release))
+            types.update(await _download_and_unpack(ctx, app, params.url, opened, incoming, release))
         finally:
             incoming.unlink(missing_ok=True)
         await _check_scale(ctx, app, set(types))
@@ -87,7 +100,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
 
 
 async def _download_and_unpack(
-    ctx: Context, app: str, url: str, incoming: Path, release: Path
+    ctx: Context, app: str, url: str, opened: int | None, incoming: Path, release: Path
 ) -> dict[str, ProcessType]:
     await record_status(ctx, app, "downloading")
     await ctx.emit(ProgressEvent("downloading", 0, None))
@@ -102,7 +115,7 @@ async def _download_and_unpack(
 
     try:
         limit = ctx.services.config.max_archive_bytes
-        size = await trio.to_thread.run_sync(archive.download, url, incoming, limit, progress)
+        size = await trio.to_thread.run_sync(archive.download, url, opened, incoming, limit, progress)
     except archive.ArchiveError as exc:
         raise DeployFailed("download failure", str(exc)) from None
     for done, total in progress_events:

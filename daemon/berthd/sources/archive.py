@@ -1,12 +1,14 @@
 """Source archives: the URL checked, the archive downloaded as a stream with a size limit, then unpacked
-by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip)."""
+by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip).
+
+A `file://` archive is opened with the caller's rights (`berthd.sources.caller`) before the deploy starts,
+and its descriptor is what the download reads.
+"""
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,16 +35,38 @@ def check_url(url: str) -> urllib.parse.SplitResult:
         raise ArchiveError(
             f"not an archive URL {without_credentials(url)!r}: expected one of {', '.join(SUFFIXES)}"
         )
+    if parts.scheme == "file":
+        local_path(parts)
     return parts
 
 
-def download(url: str, target: Path, max_bytes: int, progress: Callable[[int, int | None], None]) -> int:
-    """Stream the archive into `target`; its size. Never more than `max_bytes` are written."""
-    parts = check_url(url)
+def local_path(parts: urllib.parse.SplitResult) -> str:
+    """The path of a `file://` URL on this host: decoded strictly, without NUL bytes."""
+    if parts.netloc not in ("", "localhost"):
+        raise ArchiveError(f"a file:// URL names a file on this host, not on {parts.netloc!r}")
+    raw = urllib.parse.unquote_to_bytes(parts.path)
+    if b"\x00" in raw:
+        raise ArchiveError("the file:// URL's path contains a NUL byte")
     try:
-        if parts.scheme == "file":
-            source = open(urllib.request.url2pathname(parts.path), "rb")  # noqa: SIM115 - closed below
-            total: int | None = os.fstat(source.fileno()).st_size
+        path = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError("the file:// URL's path is not valid UTF-8") from None
+    if not path.startswith("/"):
+        raise ArchiveError("the file:// URL's path must be absolute")
+    return path
+
+
+def download(
+    url: str, opened: int | None, target: Path, max_bytes: int, progress: Callable[[int, int | None], None]
+) -> int:
+    """Stream the archive into `target`; its size. Never more than `max_bytes` are written. A file://
+    archive is read from `opened`, the descriptor opened as the caller (the caller's to close)."""
+    try:
+        if opened is not None:
+            source = open(opened, "rb", closefd=False)  # noqa: SIM115 - closed below
+            total: int | None = os.fstat(opened).st_size
+        elif urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ArchiveError("a file:// archive is read only from the descriptor opened as the caller")
         else:
             request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
             source = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 - scheme checked
@@ -88,24 +112,3 @@ def source_root(folder: Path) -> Path:
 
 def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def caller_may_read(url: str, uid: int) -> bool:
-    """A file:// archive is read by berthd (often root) on the caller's behalf: only a file the caller
-    could read itself (as owner, group member or other). Other schemes need no such check."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "file" or uid == 0:
-        return True
-    try:
-        info = os.stat(urllib.request.url2pathname(parts.path))
-    except OSError:
-        return True  # the download reports it missing
-    if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IRUSR)
-    try:
-        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, pwd.getpwuid(uid).pw_gid))
-    except KeyError:
-        groups = set()
-    if info.st_gid in groups:
-        return bool(info.st_mode & stat.S_IRGRP)
-    return bool(info.st_mode & stat.S_IROTH)
