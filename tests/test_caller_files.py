@@ -1,4 +1,4 @@
-"""Local files are read with the caller's rights: real users, real folders, real races.
+"""Local files and repositories are read with the caller's rights: real users, real folders, real races.
 
 berthd runs as root; alice and bob are system users made for these tests. bob must not deploy what only
 alice may read, whatever the mode of the file itself, however he swaps links, and berthd's answers must not
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_proc import Berthd
-from tests.test_sources import PROCFILE, make_tar
+from tests.test_sources import PROCFILE, git, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make users and call as them")
 
@@ -191,4 +191,44 @@ def test_a_file_url_with_a_nul_or_undecodable_path_is_bad_input(daemon: Berthd, 
     answer = daemon.call(["git:from-archive", "nul", url])
     assert (answer.ok, answer.error) == (False, "invalid_argument"), answer.output
     assert daemon.call("apps:list").data == []
+    assert_still_answers(daemon)
+
+
+def test_git_sync_reads_a_local_repository_with_the_callers_rights(
+    daemon: Berthd, users: dict[str, pwd.struct_passwd], homes: dict[str, Path]
+) -> None:
+    alice = users[ALICE]
+    repo = homes[ALICE] / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "SECRET").write_text("alice's private code\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "private")
+    subprocess.run(["chown", "-R", f"{alice.pw_uid}:{alice.pw_gid}", str(repo)], check=True)
+    subprocess.run(["chmod", "-R", "go+rX", str(repo)], check=True)  # readable files, in a 0700 folder
+
+    stolen = call_as(daemon, BOB, "git:sync", ["stolen", f"file://{repo}"])
+    assert (stolen["ok"], stolen["error"]) == (False, "invalid_argument"), stolen
+    app_dir = daemon.data_dir / "apps" / "stolen"
+    assert not list(app_dir.glob("releases/*/SECRET"))
+    cache = app_dir / "repo.git"
+    assert not cache.exists() or not subprocess.run(["git", "-C", str(cache), "rev-parse", "--verify", "-q", "HEAD"],
+                                                     capture_output=True).stdout  # fmt: skip
+    missing = call_as(daemon, BOB, "git:sync", ["stolen", f"file://{homes[ALICE]}/nothing"])
+    assert stolen["output"].replace(str(repo), "PATH") == missing["output"].replace(
+        f"{homes[ALICE]}/nothing", "PATH"
+    )
+
+    own = call_as(daemon, ALICE, "git:sync", ["alices-code", f"file://{repo}"])
+    assert own["ok"], own
+    assert (daemon.data_dir / "apps" / "alices-code" / "current" / "SECRET").exists()
+    again = call_as(daemon, ALICE, "git:sync", ["alices-code", f"file://{repo}"])  # a fetch into the cache
+    assert again["ok"], again
+    # the cache holds alice's objects now: bob's sync of the same app and URL must still read as bob
+    release = daemon.call("apps:info alices-code").data["source_detail"]["release"]
+    reused = call_as(daemon, BOB, "git:sync", ["alices-code", f"file://{repo}"])
+    assert (reused["ok"], reused["error"]) == (False, "invalid_argument"), reused
+    for answer in (stolen, reused):  # read as bob (who cannot enter the folder), not as root
+        assert "does not appear to be a git repository" in answer["output"], answer
+    assert daemon.call("apps:info alices-code").data["source_detail"]["release"] == release
     assert_still_answers(daemon)

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +28,7 @@ from berthd.server.params import AppName, without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
 from berthd.sources import git as gitsrc
-from berthd.sources.caller import Caller, NotReadable, open_file
+from berthd.sources.caller import Caller, NotReadable, open_file, upload_pack
 from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
 from berthd.store.records import AppRecord, AppSettings
 from berthd.supervision.jobs import execute
@@ -182,7 +183,10 @@ class SyncParams(SourceOptions, kw_only=True):
 async def sync(ctx: Context, params: SyncParams) -> Result:
     try:
         repository = gitsrc.check_repository(params.repository, params.username, params.password)
-    except gitsrc.GitError as exc:
+        if repository.url.startswith("file:"):  # read by git upload-pack with the caller's rights
+            reader = upload_pack(Caller.of(ctx.peer))
+            repository = replace(repository, upload_pack=reader)
+    except (gitsrc.GitError, NotReadable) as exc:
         raise invalid_argument(str(exc)) from None
     if params.ref is not None and (
         not REF.match(params.ref) or params.ref.startswith("-") or ".." in params.ref

@@ -1,4 +1,4 @@
-"""Reading a local file with the caller's rights, not berthd's.
+"""Reading a local file or git repository with the caller's rights, not berthd's.
 
 berthd runs as root for callers who are not. A check of modes before opening is not enough: the folders
 above a file count too, and whatever the path names can change between the check and the open. So the
@@ -9,6 +9,8 @@ kernel checks, as the caller:
   interpreter often is not, say under /root); the child only changes its credentials, opens, passes the
   descriptor back over a socketpair (SCM_RIGHTS) and exits. berthd then `fstat`s what it received, which
   must be a regular file. Root callers open directly.
+- git reads a local (`file://`) repository through `git upload-pack` run by `setpriv` as the caller,
+  so every object berthd receives was read with the caller's rights.
 
 Failures read the same whether the path is missing or forbidden: a caller learns nothing about paths it
 may not read.
@@ -19,6 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -116,3 +120,17 @@ def _open_in_child(caller: Caller, path: str) -> int:
     for fd in fds:
         os.close(fd)
     return -1
+
+
+def upload_pack(caller: Caller) -> str | None:
+    """The `--upload-pack` command for a local repository: `git upload-pack` as the caller (None for root).
+    git runs it through the shell, so every word is quoted."""
+    if caller.is_root:
+        return None
+    setpriv, git = shutil.which("setpriv"), shutil.which("git")
+    if setpriv is None or git is None:
+        raise NotReadable("berthd cannot read a local repository as you: setpriv (util-linux) is missing")
+    groups = f"--groups={','.join(map(str, caller.groups))}" if caller.groups else "--clear-groups"
+    words = [setpriv, f"--reuid={caller.uid}", f"--regid={caller.gid}", groups, "--no-new-privs", "--",
+             git, "upload-pack"]  # fmt: skip
+    return " ".join(shlex.quote(word) for word in words)
