@@ -6,13 +6,19 @@ folder (the paths the attack aims at are checked), leave no release behind, and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import socket
+import stat
 import subprocess
 import tarfile
+import threading
+import time
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -279,3 +285,112 @@ def test_the_engine_runs_on_a_python_without_tarfile_filters(tmp_path: Path) -> 
     assert run.returncode == 0, (found.stdout, run.stderr)
     assert (tmp_path / "out" / "Procfile").read_bytes() == PROCFILE
     assert os.readlink(tmp_path / "out" / "link") == "bin/tool"
+
+
+# downloads
+
+
+class DrippingServer:
+    """An HTTP server on loopback that promises 10 MB and sends one byte every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dripping = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self.drip, args=(conn,), daemon=True).start()
+
+    def drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\nContent-Type: application/gzip\r\n\r\n"
+                )
+                self.dripping.set()
+                while not self.stop.wait(0.2):
+                    conn.sendall(b"\0")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+
+
+@pytest.fixture
+def dripping() -> Iterator[DrippingServer]:
+    server = DrippingServer()
+    yield server
+    server.close()
+
+
+def assert_rolled_back(daemon: Berthd, app: str) -> None:
+    app_dir = daemon.data_dir / "apps" / app
+    assert list((app_dir / "releases").iterdir()) == []
+    assert not list(app_dir.glob(".incoming-*"))
+    assert not (app_dir / "current").exists()
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["sigterm", "sigterm-twice"])
+def test_sigterm_during_a_dripping_download_exits_within_the_grace(
+    start_berthd: Callable[..., Berthd], dripping: DrippingServer, signals: int
+) -> None:
+    grace = 3.0
+    daemon = start_berthd(extra_args=["--shutdown-grace", str(grace)])
+    url = f"http://127.0.0.1:{dripping.port}/slow.tar.gz"
+    client = threading.Thread(
+        target=lambda: _call_quietly(daemon, ["git:from-archive", "drip", url]), daemon=True
+    )
+    client.start()
+    assert dripping.dripping.wait(10)
+    time.sleep(1.0)
+    incoming = list((daemon.data_dir / "apps" / "drip").glob(".incoming-*"))
+    modes = [stat.S_IMODE(path.stat().st_mode) for path in incoming]
+    assert daemon.proc is not None
+    started = time.monotonic()
+    for _ in range(signals):
+        daemon.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+    code = daemon.proc.wait(60)
+    took = time.monotonic() - started
+    print(f"berthd exited {took:.2f} s after {signals} SIGTERM(s), with --shutdown-grace {grace}")
+    assert code == 0
+    assert took < grace + 1.5, f"berthd took {took:.1f} s to exit with --shutdown-grace {grace}"
+    if signals == 2:
+        assert took < 1.5, f"a second SIGTERM should stop berthd at once, it took {took:.1f} s"
+    daemon.proc = None
+    assert modes == [0o600], "the partial download is the caller's data: 0600 from the first instant"
+    assert_rolled_back(daemon, "drip")
+    daemon.start()
+    assert daemon.call("ping").output == "pong"
+
+
+def test_a_download_has_an_overall_deadline(
+    start_berthd: Callable[..., Berthd], dripping: DrippingServer
+) -> None:
+    daemon = start_berthd(extra_args=["--download-timeout", "2"])
+    started = time.monotonic()
+    answer = daemon.call(["git:from-archive", "late", f"http://127.0.0.1:{dripping.port}/slow.tar.gz"])
+    assert (answer.ok, answer.error) == (False, "invalid_argument")
+    assert "longer than 2" in answer.output, answer.output
+    assert time.monotonic() - started < 6
+    assert daemon.call("apps:info late").data["source_detail"]["status"] == "download failure"
+    assert_rolled_back(daemon, "late")
+    assert daemon.call("ping").output == "pong"
+
+
+def _call_quietly(daemon: Berthd, command: list[str]) -> None:
+    with contextlib.suppress(OSError, ConnectionError, ValueError):
+        daemon.call(command)

@@ -32,6 +32,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 4 * 1024 * MIB
     max_archive_bytes: Annotated[int, msgspec.Meta(ge=1)] = 512 * MIB
     max_unpacked_bytes: Annotated[int, msgspec.Meta(ge=1)] = 2 * 1024 * MIB
+    download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
     @property
     def socket_mode_bits(self) -> int:
@@ -68,6 +69,7 @@ ENVIRONMENT = {
     "BERTHD_MAX_UPLOAD_BYTES": "max_upload_bytes",
     "BERTHD_MAX_ARCHIVE_BYTES": "max_archive_bytes",
     "BERTHD_MAX_UNPACKED_BYTES": "max_unpacked_bytes",
+    "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
 }
 
 

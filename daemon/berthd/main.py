@@ -78,6 +78,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--max-unpacked-bytes", type=int, metavar="BYTES", help="largest unpacked archive (2 GiB)"
     )
+    parser.add_argument(
+        "--download-timeout", type=float, metavar="SECONDS", help="longest archive download (default 600)"
+    )
     return parser
 
 

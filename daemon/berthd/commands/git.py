@@ -114,11 +114,20 @@ async def _download_and_unpack(
             last[0] = now
             progress_events.append((done, total))
 
+    config, stop = ctx.services.config, archive.Stop()
     try:
-        limit = ctx.services.config.max_archive_bytes
-        size = await trio.to_thread.run_sync(archive.download, url, opened, incoming, limit, progress)
+        # the worker thread cannot be interrupted: abandoned when the deploy is cancelled, it sees `stop`
+        with trio.move_on_after(config.download_timeout + 1) as waited:
+            size = await trio.to_thread.run_sync(
+                archive.download, url, opened, incoming, config.max_archive_bytes,
+                config.download_timeout, stop, progress, abandon_on_cancel=True,
+            )  # fmt: skip
+        if waited.cancelled_caught:
+            raise archive.Deadline(config.download_timeout).error()
     except archive.ArchiveError as exc:
         raise DeployFailed("download failure", str(exc)) from None
+    finally:
+        stop.set()
     for done, total in progress_events:
         await ctx.emit(ProgressEvent("downloading", done, total))
     if not progress_events or progress_events[-1][0] != size:

@@ -1,19 +1,27 @@
-"""Source archives: the URL checked, the archive downloaded as a stream with a size limit, then unpacked
-by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip).
+"""Source archives: the URL checked, the archive downloaded as a stream with a size limit and a deadline,
+then unpacked by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip).
 
 A `file://` archive is opened with the caller's rights (`berthd.sources.caller`) before the deploy starts,
-and its descriptor is what the download reads.
+and its descriptor is what the download reads. A download runs on a worker thread that trio may abandon
+when the deploy is cancelled: the thread checks a stop flag and the deadline between reads (reads of at
+most READ_BLOCK, returning whatever has arrived), and creates the download's file itself only while the
+deploy has not given up, so the deploy's clean-up never misses it.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from berthd.server.params import without_credentials
 from berthd.sources.extract import ArchiveError as ArchiveError
@@ -22,7 +30,8 @@ from berthd.sources.extract import unpack as unpack
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 READ_BLOCK = 1024 * 1024
-DOWNLOAD_TIMEOUT = 60.0
+STALL_TIMEOUT = 30.0  # a server that sends nothing for this long has failed
+INCOMING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -56,39 +65,110 @@ def local_path(parts: urllib.parse.SplitResult) -> str:
     return path
 
 
+class Stop:
+    """Set by the deploy when it gives up on a download. The download's thread, which may outlive an
+    abandoned deploy, creates nothing once it is set, and checks it between reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @contextmanager
+    def unless_set(self) -> Iterator[None]:
+        with self._lock:
+            if self._set:
+                raise ArchiveError("download cancelled")
+            yield
+
+
 def download(
-    url: str, opened: int | None, target: Path, max_bytes: int, progress: Callable[[int, int | None], None]
+    url: str,
+    opened: int | None,
+    incoming: Path,
+    max_bytes: int,
+    timeout: float,
+    stop: Stop,
+    progress: Callable[[int, int | None], None],
 ) -> int:
-    """Stream the archive into `target`; its size. Never more than `max_bytes` are written. A file://
-    archive is read from `opened`, the descriptor opened as the caller (the caller's to close)."""
+    """Stream the archive (from the descriptor `opened` of a file:// URL, else over HTTP) into a new
+    file `incoming`, 0600 from the first instant; its size. Never more than `max_bytes` are written;
+    after `timeout` seconds in all, or once `stop` is set, it gives up."""
+    deadline = Deadline(timeout)
+    with stop.unless_set():  # so that the deploy's clean-up, once it set `stop`, finds all there is
+        out = os.open(incoming, INCOMING_FLAGS, 0o600)
+        copy = os.dup(opened) if opened is not None else None
+    with open(out, "wb", closefd=True) as target:
+        if copy is not None:
+            with open(copy, "rb", closefd=True) as source:
+                total = os.fstat(source.fileno()).st_size
+                return _copy(source.read1, target, total, max_bytes, deadline, stop, progress)
+        response = _open_http(url, deadline)
+        with response:
+            length = response.headers.get("Content-Length")
+            total_or_none = int(length) if length and length.isdigit() else None
+            return _copy(response.read1, target, total_or_none, max_bytes, deadline, stop, progress)
+
+
+class Deadline:
+    """The overall limit of one download."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> ArchiveError:
+        return ArchiveError(f"download took longer than {self.seconds:g} s (--download-timeout)")
+
+
+def _open_http(url: str, deadline: Deadline) -> http.client.HTTPResponse:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ArchiveError("a file:// archive is read only from the descriptor opened as the caller")
+    request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
+    timeout = max(0.1, min(STALL_TIMEOUT, deadline.left()))
     try:
-        if opened is not None:
-            source = open(opened, "rb", closefd=False)  # noqa: SIM115 - closed below
-            total: int | None = os.fstat(opened).st_size
-        elif urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ArchiveError("a file:// archive is read only from the descriptor opened as the caller")
-        else:
-            request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
-            source = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 - scheme checked
-            length = source.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+        return urllib.request.urlopen(request, timeout=timeout)  # type: ignore[no-any-return]  # noqa: S310 - scheme checked
     except urllib.error.HTTPError as exc:
         raise ArchiveError(f"download failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise ArchiveError(f"download failed: {reason}") from None
+
+
+def _copy(
+    read: Callable[[int], bytes],
+    target: IO[bytes],
+    total: int | None,
+    max_bytes: int,
+    deadline: Deadline,
+    stop: Stop,
+    progress: Callable[[int, int | None], None],
+) -> int:
     if total is not None and total > max_bytes:
-        source.close()
         raise ArchiveError(f"archive is {total} bytes, over the limit of {max_bytes}")
     written = 0
     try:
-        with source, open(target, "wb") as out:
-            while block := source.read(READ_BLOCK):
-                written += len(block)
-                if written > max_bytes:
-                    raise ArchiveError(f"archive is over the limit of {max_bytes} bytes")
-                out.write(block)
-                progress(written, total)
+        while block := read(READ_BLOCK):
+            if stop.is_set():
+                raise ArchiveError("download cancelled")
+            if deadline.left() < 0:
+                raise deadline.error()
+            written += len(block)
+            if written > max_bytes:
+                raise ArchiveError(f"archive is over the limit of {max_bytes} bytes")
+            target.write(block)
+            progress(written, total)
+    except TimeoutError:
+        raise ArchiveError(f"download failed: nothing received for {STALL_TIMEOUT:g} s") from None
     except OSError as exc:
         raise ArchiveError(f"download failed: {exc}") from None
     return written
