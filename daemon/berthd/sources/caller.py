@@ -7,8 +7,9 @@ kernel checks, as the caller:
 - A file is opened by a short-lived child that takes the caller's uid, gid and groups first. It is forked
   without an exec, because the program exec'd would itself have to be reachable by the caller (berthd's
   interpreter often is not, say under /root); the child only changes its credentials, opens, passes the
-  descriptor back over a socketpair (SCM_RIGHTS) and exits. berthd then `fstat`s what it received, which
-  must be a regular file. Root callers open directly.
+  descriptor back over a socketpair (SCM_RIGHTS) and exits. Having dropped root without an exec, it is
+  not dumpable, so the caller cannot ptrace it or read the descriptors it inherited from berthd. berthd
+  then `fstat`s what it received, which must be a regular file. Root callers open directly.
 - git reads a local (`file://`) repository through `git upload-pack` run by `setpriv` as the caller,
   so every object berthd receives was read with the caller's rights.
 
