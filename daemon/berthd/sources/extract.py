@@ -54,6 +54,10 @@ def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> Non
 
 def _unpack_tar(archive: Path, extractor: Extractor) -> None:
     try:
+        with tarfile.open(archive) as tar:  # headers only: too many entries is refused before any is written
+            for count, _ in enumerate(tar, start=1):
+                extractor.expect(count)
+                tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
         with tarfile.open(archive) as tar:
             for member in tar:
                 if member.isdir():
