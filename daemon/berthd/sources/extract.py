@@ -22,6 +22,7 @@ import errno
 import lzma
 import os
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -35,6 +36,11 @@ MAX_LINK_TARGET = 4096
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FOLDER, FILE, LINK, IMPLIED = "folder", "file", "link", "implied folder"
+ZIP_END_SIGNATURE = b"PK\x05\x06"
+ZIP_END = struct.Struct("<4s4H2LH")  # signature, disks, entries, size and offset of the directory, comment
+ZIP64_END = struct.Struct("<4sQ2H2L4Q")  # ..., entries, directory size, directory offset
+ZIP64_LOCATOR_SIZE = 20
+ZIP_HEADER_SIZE = 46  # a central directory header, before its name, extra field and comment
 
 Parts = tuple[str, ...]
 
@@ -82,6 +88,7 @@ def _unpack_tar(archive: Path, extractor: Extractor) -> None:
 
 
 def _unpack_zip(archive: Path, extractor: Extractor) -> None:
+    _count_zip_entries(archive, extractor)  # before zipfile builds an object for each of them
     try:
         with zipfile.ZipFile(archive) as zipped:
             entries = zipped.infolist()
@@ -105,6 +112,40 @@ def _unpack_zip(archive: Path, extractor: Extractor) -> None:
         raise ArchiveError(f"not a readable zip archive: {exc}") from None
     except (NotImplementedError, RuntimeError) as exc:  # an unknown compression, an encrypted entry
         raise ArchiveError(f"cannot unpack this zip archive: {exc}") from None
+
+
+def _count_zip_entries(archive: Path, extractor: Extractor) -> None:
+    """Walk the central directory's headers where zipfile will read them, counting, building nothing.
+    Whatever does not look as expected is left for zipfile to refuse."""
+    with open(archive, "rb") as source:
+        size = source.seek(0, os.SEEK_END)
+        tail_at = max(0, size - ZIP_END.size - 0xFFFF)  # the end record, then at most a 64 KiB comment
+        source.seek(tail_at)
+        tail = source.read()
+        found = tail.rfind(ZIP_END_SIGNATURE)
+        if found < 0 or len(tail) - found < ZIP_END.size:
+            return
+        *_, directory_size, directory_offset, _ = ZIP_END.unpack_from(tail, found)
+        end = tail_at + found
+        if found >= ZIP64_LOCATOR_SIZE and tail[found - ZIP64_LOCATOR_SIZE :][:4] == b"PK\x06\x07":
+            # zip64 (as zipfile, whenever its locator is there): the sizes are in a record of their own
+            source.seek(end - ZIP64_LOCATOR_SIZE - ZIP64_END.size)
+            record = source.read(ZIP64_END.size)
+            if len(record) < ZIP64_END.size or record[:4] != b"PK\x06\x06":
+                return
+            directory_size = ZIP64_END.unpack(record)[-2]
+            end -= ZIP64_LOCATOR_SIZE + ZIP64_END.size
+        source.seek(end - directory_size)  # as zipfile does: data prepended to the zip is allowed
+        walked = count = 0
+        while walked < directory_size:
+            header = source.read(ZIP_HEADER_SIZE)
+            if len(header) < ZIP_HEADER_SIZE or header[:4] != b"PK\x01\x02":
+                return
+            variable = sum(int.from_bytes(header[at : at + 2], "little") for at in (28, 30, 32))
+            source.seek(variable, os.SEEK_CUR)
+            walked += ZIP_HEADER_SIZE + variable
+            count += 1
+            extractor.expect(count)
 
 
 def entry_parts(name: str) -> Parts:
