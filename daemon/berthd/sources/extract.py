@@ -125,16 +125,20 @@ def _count_zip_entries(archive: Path, extractor: Extractor) -> None:
         found = tail.rfind(ZIP_END_SIGNATURE)
         if found < 0 or len(tail) - found < ZIP_END.size:
             return
-        *_, directory_size, directory_offset, _ = ZIP_END.unpack_from(tail, found)
+        directory_size = ZIP_END.unpack_from(tail, found)[-3]
         end = tail_at + found
         if found >= ZIP64_LOCATOR_SIZE and tail[found - ZIP64_LOCATOR_SIZE :][:4] == b"PK\x06\x07":
             # zip64 (as zipfile, whenever its locator is there): the sizes are in a record of their own
+            if end < ZIP64_LOCATOR_SIZE + ZIP64_END.size:
+                return
             source.seek(end - ZIP64_LOCATOR_SIZE - ZIP64_END.size)
             record = source.read(ZIP64_END.size)
             if len(record) < ZIP64_END.size or record[:4] != b"PK\x06\x06":
                 return
             directory_size = ZIP64_END.unpack(record)[-2]
             end -= ZIP64_LOCATOR_SIZE + ZIP64_END.size
+        if directory_size > end:
+            return
         source.seek(end - directory_size)  # as zipfile does: data prepended to the zip is allowed
         walked = count = 0
         while walked < directory_size:
