@@ -7,7 +7,6 @@ import functools
 import hashlib
 import http.server
 import io
-import json
 import os
 import random
 import re
@@ -481,28 +480,3 @@ def test_credentials_in_urls_env_values_and_stdin_are_never_logged(berthd: Berth
     assert "API_TOKEN=***" in log
     assert "https://***@127.0.0.1:9/repo.git" in log
     assert "url-s3cret-4" not in str(berthd.call("apps:info arch").data)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to ask as another user")
-def test_a_file_url_is_read_only_if_the_caller_could_read_it(
-    start_berthd: Callable[..., Berthd], tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    daemon = start_berthd(extra_args=["--socket-mode", "0666"])
-    # let nobody reach the socket: search permission on the folders above it, for this test only
-    opened = [p for p in daemon.socket.parents if p != Path("/") and not p.stat().st_mode & stat.S_IXOTH]
-    modes = {p: p.stat().st_mode for p in opened}
-    for folder in opened:
-        folder.chmod(modes[folder] | stat.S_IXOTH)
-    request.addfinalizer(lambda: [folder.chmod(stat.S_IMODE(mode)) for folder, mode in modes.items()])
-    private = tmp_path / "private.tar.gz"
-    make_tar(private, {"Procfile": PROCFILE})
-    private.chmod(0o600)  # root's only
-    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "socat", "-t", "10", "-",
-                 f"UNIX-CONNECT:{daemon.socket}"]  # fmt: skip
-    line = json.dumps({"cmd": "git:from-archive", "args": ["peek", f"file://{private}"]}) + "\n"
-    out = subprocess.run(as_nobody, input=line.encode(), capture_output=True, timeout=30)
-    answer = json.loads(out.stdout.splitlines()[-1])
-    assert (answer["ok"], answer["error"]) == (False, "invalid_argument"), answer
-    assert "may not read that file" in answer["output"]
-    assert daemon.call("apps:list").data == []
-    assert daemon.call(["git:from-archive", "peek", f"file://{private}"]).ok  # root may

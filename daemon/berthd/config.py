@@ -37,6 +37,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jobs_max_age: Annotated[float, msgspec.Meta(gt=0)] = 30 * 24 * 3600.0
     max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
+    download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
     @property
     def socket_mode_bits(self) -> int:
@@ -78,6 +79,7 @@ ENVIRONMENT = {
     "BERTHD_JOBS_MAX_AGE": "jobs_max_age",
     "BERTHD_MAX_UPLOADS_PER_APP": "max_uploads_per_app",
     "BERTHD_MAX_UPLOADS": "max_uploads",
+    "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
 }
 
 

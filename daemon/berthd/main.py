@@ -86,6 +86,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--jobs-max-age", type=float, metavar="SECONDS", help="older runs go (30 days)")
     parser.add_argument("--max-uploads-per-app", type=int, metavar="N", help="open uploads per app (16)")
     parser.add_argument("--max-uploads", type=int, metavar="N", help="open uploads in all (default 128)")
+    parser.add_argument(
+        "--download-timeout", type=float, metavar="SECONDS", help="longest archive download (default 600)"
+    )
     return parser
 
 

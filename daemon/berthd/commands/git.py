@@ -7,9 +7,11 @@ it is given); a git sync replaces the processes only of an app that runs.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,7 @@ from berthd.server.params import AppName, without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
 from berthd.sources import git as gitsrc
+from berthd.sources.caller import Caller, NotReadable, open_file, upload_pack
 from berthd.sources.procfile import ProcessType, ProcfileError, parse_procfile
 from berthd.store import modes
 from berthd.store.records import AppRecord, AppSettings
@@ -60,11 +63,22 @@ class FromArchiveParams(SourceOptions, kw_only=True):
 )
 async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     try:
-        archive.check_url(params.url)
-    except archive.ArchiveError as exc:
+        parts = archive.check_url(params.url)
+        shown = without_credentials(params.url)
+        opened = None
+        if parts.scheme == "file":  # opened now, as the caller: what the download reads
+            path, caller = archive.local_path(parts), Caller.of(ctx.peer)
+            opened = await trio.to_thread.run_sync(open_file, caller, path, shown)
+    except (archive.ArchiveError, NotReadable) as exc:
         raise invalid_argument(str(exc)) from None
-    if not await trio.to_thread.run_sync(archive.caller_may_read, params.url, ctx.peer.uid):
-        raise invalid_argument(f"{params.url}: you (uid {ctx.peer.uid}) may not read that file")
+    try:
+        return await _deploy_archive(ctx, params, opened)
+    finally:
+        if opened is not None:
+            os.close(opened)
+
+
+async def _deploy_archive(ctx: Context, params: FromArchiveParams, opened: int | None) -> Result:
     _, settings, env = await begin_deploy(ctx, params.app, params, "archive")
     app = params.app
     app_dir = ctx.services.app_dir(app)
@@ -73,7 +87,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
         incoming = app_dir / f".incoming-{secrets.token_hex(4)}"
         try:
-            types.update(await _download_and_unpack(ctx, app, params.url, incoming, release))
+            types.update(await _download_and_unpack(ctx, app, params.url, opened, incoming, release))
         finally:
             incoming.unlink(missing_ok=True)
         await _check_scale(ctx, app, set(types))
@@ -95,7 +109,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
 
 
 async def _download_and_unpack(
-    ctx: Context, app: str, url: str, incoming: Path, release: Path
+    ctx: Context, app: str, url: str, opened: int | None, incoming: Path, release: Path
 ) -> dict[str, ProcessType]:
     await record_status(ctx, app, "downloading")
     await ctx.emit(ProgressEvent("downloading", 0, None))
@@ -108,11 +122,20 @@ async def _download_and_unpack(
             last[0] = now
             progress_events.append((done, total))
 
+    config, stop = ctx.services.config, archive.Stop()
     try:
-        limit = ctx.services.config.max_archive_bytes
-        size = await trio.to_thread.run_sync(archive.download, url, incoming, limit, progress)
+        # the worker thread cannot be interrupted: abandoned when the deploy is cancelled, it sees `stop`
+        with trio.move_on_after(config.download_timeout + 1) as waited:
+            size = await trio.to_thread.run_sync(
+                archive.download, url, opened, incoming, config.max_archive_bytes,
+                config.download_timeout, stop, progress, abandon_on_cancel=True,
+            )  # fmt: skip
+        if waited.cancelled_caught:
+            raise archive.Deadline(config.download_timeout).error()
     except archive.ArchiveError as exc:
         raise DeployFailed("download failure", str(exc)) from None
+    finally:
+        stop.set()
     for done, total in progress_events:
         await ctx.emit(ProgressEvent("downloading", done, total))
     if not progress_events or progress_events[-1][0] != size:
@@ -177,7 +200,10 @@ class SyncParams(SourceOptions, kw_only=True):
 async def sync(ctx: Context, params: SyncParams) -> Result:
     try:
         repository = gitsrc.check_repository(params.repository, params.username, params.password)
-    except gitsrc.GitError as exc:
+        if repository.url.startswith("file:"):  # read by git upload-pack with the caller's rights
+            reader = upload_pack(Caller.of(ctx.peer))
+            repository = replace(repository, upload_pack=reader)
+    except (gitsrc.GitError, NotReadable) as exc:
         raise invalid_argument(str(exc)) from None
     if params.ref is not None and (
         not REF.match(params.ref) or params.ref.startswith("-") or ".." in params.ref

@@ -1,34 +1,37 @@
-"""Source archives: downloaded as a stream with a size limit, unpacked without trusting a single name.
+"""Source archives: the URL checked, the archive downloaded as a stream with a size limit and a deadline,
+then unpacked by `berthd.sources.extract` (formats: .tar.gz/.tgz/.tar, .tar.bz2/.tar.xz, .zip).
 
-Refused: absolute names, `..`, links that leave the tree (or point anywhere absolute), devices, FIFOs,
-more bytes than the limit once unpacked (counted while writing, not believed from headers), more
-entries than the limit. Formats: .tar.gz/.tgz/.tar (and .tar.bz2/.tar.xz), .zip.
+A `file://` archive is opened with the caller's rights (`berthd.sources.caller`) before the deploy starts,
+and its descriptor is what the download reads. A download runs on a worker thread that trio may abandon
+when the deploy is cancelled: the thread checks a stop flag and the deadline between reads (reads of at
+most READ_BLOCK, returning whatever has arrived), and creates the download's file itself only while the
+deploy has not given up, so the deploy's clean-up never misses it.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
-import pwd
 import shutil
-import stat
-import tarfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 from berthd.server.params import without_credentials
+from berthd.sources.extract import ArchiveError as ArchiveError
+from berthd.sources.extract import unpack as unpack
 
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 READ_BLOCK = 1024 * 1024
-DOWNLOAD_TIMEOUT = 60.0
-
-
-class ArchiveError(ValueError):
-    pass
+STALL_TIMEOUT = 30.0  # a server that sends nothing for this long has failed
+INCOMING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -41,123 +44,134 @@ def check_url(url: str) -> urllib.parse.SplitResult:
         raise ArchiveError(
             f"not an archive URL {without_credentials(url)!r}: expected one of {', '.join(SUFFIXES)}"
         )
+    if parts.scheme == "file":
+        local_path(parts)
     return parts
 
 
-def download(url: str, target: Path, max_bytes: int, progress: Callable[[int, int | None], None]) -> int:
-    """Stream the archive into `target`; its size. Never more than `max_bytes` are written."""
-    parts = check_url(url)
+def local_path(parts: urllib.parse.SplitResult) -> str:
+    """The path of a `file://` URL on this host: decoded strictly, without NUL bytes."""
+    if parts.netloc not in ("", "localhost"):
+        raise ArchiveError(f"a file:// URL names a file on this host, not on {parts.netloc!r}")
+    raw = urllib.parse.unquote_to_bytes(parts.path)
+    if b"\x00" in raw:
+        raise ArchiveError("the file:// URL's path contains a NUL byte")
     try:
-        if parts.scheme == "file":
-            source = open(urllib.request.url2pathname(parts.path), "rb")  # noqa: SIM115 - closed below
-            total: int | None = os.fstat(source.fileno()).st_size
-        else:
-            request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
-            source = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 - scheme checked
-            length = source.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+        path = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError("the file:// URL's path is not valid UTF-8") from None
+    if not path.startswith("/"):
+        raise ArchiveError("the file:// URL's path must be absolute")
+    return path
+
+
+class Stop:
+    """Set by the deploy when it gives up on a download. The download's thread, which may outlive an
+    abandoned deploy, creates nothing once it is set, and checks it between reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @contextmanager
+    def unless_set(self) -> Iterator[None]:
+        with self._lock:
+            if self._set:
+                raise ArchiveError("download cancelled")
+            yield
+
+
+def download(
+    url: str,
+    opened: int | None,
+    incoming: Path,
+    max_bytes: int,
+    timeout: float,
+    stop: Stop,
+    progress: Callable[[int, int | None], None],
+) -> int:
+    """Stream the archive (from the descriptor `opened` of a file:// URL, else over HTTP) into a new
+    file `incoming`, 0600 from the first instant; its size. Never more than `max_bytes` are written;
+    after `timeout` seconds in all, or once `stop` is set, it gives up."""
+    deadline = Deadline(timeout)
+    with stop.unless_set():  # so that the deploy's clean-up, once it set `stop`, finds all there is
+        out = os.open(incoming, INCOMING_FLAGS, 0o600)
+        copy = os.dup(opened) if opened is not None else None
+    with open(out, "wb", closefd=True) as target:
+        if copy is not None:
+            with open(copy, "rb", closefd=True) as source:
+                total = os.fstat(source.fileno()).st_size
+                return _copy(source.read1, target, total, max_bytes, deadline, stop, progress)
+        response = _open_http(url, deadline)
+        with response:
+            length = response.headers.get("Content-Length")
+            total_or_none = int(length) if length and length.isdigit() else None
+            return _copy(response.read1, target, total_or_none, max_bytes, deadline, stop, progress)
+
+
+class Deadline:
+    """The overall limit of one download."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def error(self) -> ArchiveError:
+        return ArchiveError(f"download took longer than {self.seconds:g} s (--download-timeout)")
+
+
+def _open_http(url: str, deadline: Deadline) -> http.client.HTTPResponse:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ArchiveError("a file:// archive is read only from the descriptor opened as the caller")
+    request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
+    timeout = max(0.1, min(STALL_TIMEOUT, deadline.left()))
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)  # type: ignore[no-any-return]  # noqa: S310 - scheme checked
     except urllib.error.HTTPError as exc:
         raise ArchiveError(f"download failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise ArchiveError(f"download failed: {reason}") from None
+
+
+def _copy(
+    read: Callable[[int], bytes],
+    target: IO[bytes],
+    total: int | None,
+    max_bytes: int,
+    deadline: Deadline,
+    stop: Stop,
+    progress: Callable[[int, int | None], None],
+) -> int:
     if total is not None and total > max_bytes:
-        source.close()
         raise ArchiveError(f"archive is {total} bytes, over the limit of {max_bytes}")
     written = 0
     try:
-        with source, open(target, "wb") as out:
-            while block := source.read(READ_BLOCK):
-                written += len(block)
-                if written > max_bytes:
-                    raise ArchiveError(f"archive is over the limit of {max_bytes} bytes")
-                out.write(block)
-                progress(written, total)
+        while block := read(READ_BLOCK):
+            if stop.is_set():
+                raise ArchiveError("download cancelled")
+            if deadline.left() < 0:
+                raise deadline.error()
+            written += len(block)
+            if written > max_bytes:
+                raise ArchiveError(f"archive is over the limit of {max_bytes} bytes")
+            target.write(block)
+            progress(written, total)
+    except TimeoutError:
+        raise ArchiveError(f"download failed: nothing received for {STALL_TIMEOUT:g} s") from None
     except OSError as exc:
         raise ArchiveError(f"download failed: {exc}") from None
     return written
-
-
-def _safe_name(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith("/"):
-        raise ArchiveError(f"archive entry {name!r} has an absolute path")
-    if ".." in path.parts:
-        raise ArchiveError(f"archive entry {name!r} leaves the archive's folder")
-    if "\x00" in name:
-        raise ArchiveError("archive entry name contains a NUL byte")
-    return path
-
-
-def _check_link(name: PurePosixPath, target: str) -> None:
-    if target.startswith("/"):
-        raise ArchiveError(f"archive link {str(name)!r} points to the absolute path {target!r}")
-    depth = len(name.parent.parts)
-    for part in PurePosixPath(target).parts:
-        depth = depth - 1 if part == ".." else depth + (part != ".")
-        if depth < 0:
-            raise ArchiveError(f"archive link {str(name)!r} points outside the archive ({target!r})")
-
-
-def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    if zipfile.is_zipfile(archive):
-        _unpack_zip(archive, target, max_bytes, max_entries)
-        return
-    try:
-        with tarfile.open(archive) as tar:
-            _unpack_tar(tar, target, max_bytes, max_entries)
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
-
-
-def _unpack_tar(tar: tarfile.TarFile, target: Path, max_bytes: int, max_entries: int) -> None:
-    total = 0
-    members = []
-    for count, member in enumerate(tar, start=1):
-        if count > max_entries:
-            raise ArchiveError(f"archive has more than {max_entries} entries")
-        name = _safe_name(member.name)
-        if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-            raise ArchiveError(f"archive entry {member.name!r} is a device or FIFO")
-        if member.issym() or member.islnk():
-            _check_link(name if member.issym() else PurePosixPath("x"), member.linkname)
-        total += member.size
-        if total > max_bytes:
-            raise ArchiveError(f"archive unpacks to more than {max_bytes} bytes")
-        members.append(member)
-    # the data filter again, as a second lock on the same door
-    tar.extractall(target, members=members, filter="data")
-
-
-def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    total = 0
-    with zipfile.ZipFile(archive) as zipped:
-        entries = zipped.infolist()
-        if len(entries) > max_entries:
-            raise ArchiveError(f"archive has more than {max_entries} entries")
-        for entry in entries:
-            _safe_name(entry.filename)
-            mode = entry.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise ArchiveError(
-                    f"archive entry {entry.filename!r} is a symbolic link (not allowed in zip)"
-                )
-            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise ArchiveError(f"archive entry {entry.filename!r} is not a file or folder")
-        for entry in entries:
-            destination = target / _safe_name(entry.filename)
-            if entry.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with zipped.open(entry) as source, open(destination, "wb") as out:
-                while block := source.read(READ_BLOCK):
-                    total += len(block)  # what really comes out, whatever the header claims
-                    if total > max_bytes:
-                        raise ArchiveError(f"archive unpacks to more than {max_bytes} bytes")
-                    out.write(block)
-            mode = (entry.external_attr >> 16) & 0o777
-            destination.chmod((mode or 0o644) & 0o755 | 0o600)
 
 
 def source_root(folder: Path) -> Path:
@@ -178,24 +192,3 @@ def source_root(folder: Path) -> Path:
 
 def clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def caller_may_read(url: str, uid: int) -> bool:
-    """A file:// archive is read by berthd (often root) on the caller's behalf: only a file the caller
-    could read itself (as owner, group member or other). Other schemes need no such check."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "file" or uid == 0:
-        return True
-    try:
-        info = os.stat(urllib.request.url2pathname(parts.path))
-    except OSError:
-        return True  # the download reports it missing
-    if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IRUSR)
-    try:
-        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, pwd.getpwuid(uid).pw_gid))
-    except KeyError:
-        groups = set()
-    if info.st_gid in groups:
-        return bool(info.st_mode & stat.S_IRGRP)
-    return bool(info.st_mode & stat.S_IROTH)

@@ -13,6 +13,7 @@ import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from berthd.server.params import without_credentials
 
@@ -37,6 +38,7 @@ class Repository:
     shown: str  # as kept and shown
     username: str | None
     password: str | None
+    upload_pack: str | None = None  # how git reads a local repository (as the caller: `caller.upload_pack`)
 
 
 def check_repository(url: str, username: str | None, password: str | None) -> Repository:
@@ -98,6 +100,11 @@ def fetch(cache: Path, repository: Repository, env: dict[str, str]) -> None:
     """Clone the repository into `cache` (bare), or fetch what is new."""
     import git  # GitPython: imported when first needed, it is heavy
 
+    if (
+        repository.upload_pack
+    ):  # for fetch and ls-remote: git's config, not an option to smuggle past GitPython
+        env = {**env, "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.uploadpack",
+               "GIT_CONFIG_VALUE_0": repository.upload_pack}  # fmt: skip
     try:
         if (cache / "HEAD").exists():
             repo = git.Repo(cache)
@@ -112,7 +119,12 @@ def fetch(cache: Path, repository: Repository, env: dict[str, str]) -> None:
                         repo.git.symbolic_ref("HEAD", line[5:].split("\t")[0])
         else:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            git.Repo.clone_from(repository.url, cache, bare=True, env=env, multi_options=["--no-hardlinks"])
+            # clone takes no remote config from the environment: the option, berthd's own command
+            reader: dict[str, Any] = {"upload_pack": repository.upload_pack, "allow_unsafe_options": True}
+            git.Repo.clone_from(
+                repository.url, cache, bare=True, env=env, multi_options=["--no-hardlinks"],
+                **(reader if repository.upload_pack else {}),
+            )  # fmt: skip
     except (git.GitCommandError, git.exc.GitError, OSError) as exc:
         raise GitError(
             f"failed to clone repository {repository.shown}: {_describe(exc, repository)}"

@@ -1,0 +1,137 @@
+"""Reading a local file or git repository with the caller's rights, not berthd's.
+
+berthd runs as root for callers who are not. A check of modes before opening is not enough: the folders
+above a file count too, and whatever the path names can change between the check and the open. So the
+kernel checks, as the caller:
+
+- A file is opened by a short-lived child that takes the caller's uid, gid and groups first. It is forked
+  without an exec, because the program exec'd would itself have to be reachable by the caller (berthd's
+  interpreter often is not, say under /root); the child only changes its credentials, opens, passes the
+  descriptor back over a socketpair (SCM_RIGHTS) and exits. Having dropped root without an exec, it is
+  not dumpable, so the caller cannot ptrace it or read the descriptors it inherited from berthd. berthd
+  then `fstat`s what it received, which must be a regular file. Root callers open directly.
+- git reads a local (`file://`) repository through `git upload-pack` run by `setpriv` as the caller,
+  so every object berthd receives was read with the caller's rights.
+
+Failures read the same whether the path is missing or forbidden: a caller learns nothing about paths it
+may not read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+
+from berthd.server.peercred import Peer
+
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # a FIFO must not block the open
+OPEN_TIMEOUT = 10.0
+
+
+class NotReadable(ValueError):
+    """The caller cannot read that path, or it is not there: one answer for both."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def of(cls, peer: Peer) -> Caller:
+        """The peer's uid and gid (SO_PEERCRED), and the groups its user belongs to."""
+        try:
+            groups = tuple(os.getgrouplist(pwd.getpwuid(peer.uid).pw_name, peer.gid))
+        except KeyError:
+            groups = (peer.gid,)
+        return cls(peer.uid, peer.gid, groups)
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+def not_readable(shown: str) -> NotReadable:
+    return NotReadable(f"{shown}: there is no such file, or you may not read that file")
+
+
+def open_file(caller: Caller, path: str, shown: str) -> int:
+    """A descriptor of the regular file at `path`, opened as `caller` would open it."""
+    if caller.is_root:
+        try:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP):
+                raise not_readable(shown) from None
+            raise NotReadable(f"cannot read {shown}: {exc.strerror}") from None
+    else:
+        fd = _open_in_child(caller, path)
+        if fd < 0:
+            raise not_readable(shown)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotReadable(f"cannot read {shown}: not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_in_child(caller: Caller, path: str) -> int:
+    """The descriptor the child opened as the caller, or -1 when it could not."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        pid = os.fork()
+        if pid == 0:  # the child: nothing here may take a lock another thread of berthd could hold
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                os.setgroups(list(caller.groups))
+                os.setresgid(caller.gid, caller.gid, caller.gid)
+                os.setresuid(caller.uid, caller.uid, caller.uid)
+                try:
+                    fd = os.open(path, OPEN_FLAGS)
+                except OSError:
+                    theirs.sendall(b"-")
+                else:
+                    socket.send_fds(theirs, [b"+"], [fd])
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        try:
+            ours.settimeout(OPEN_TIMEOUT)
+            message, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            message, fds = b"", []
+        finally:
+            os.waitpid(pid, 0)
+    if message == b"+" and len(fds) == 1:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    return -1
+
+
+def upload_pack(caller: Caller) -> str | None:
+    """The `--upload-pack` command for a local repository: `git upload-pack` as the caller (None for root).
+    git runs it through the shell, so every word is quoted."""
+    if caller.is_root:
+        return None
+    setpriv, git = shutil.which("setpriv"), shutil.which("git")
+    if setpriv is None or git is None:
+        raise NotReadable("berthd cannot read a local repository as you: setpriv (util-linux) is missing")
+    groups = f"--groups={','.join(map(str, caller.groups))}" if caller.groups else "--clear-groups"
+    words = [setpriv, f"--reuid={caller.uid}", f"--regid={caller.gid}", groups, "--no-new-privs", "--",
+             git, "upload-pack"]  # fmt: skip
+    return " ".join(shlex.quote(word) for word in words)

@@ -1,0 +1,337 @@
+"""Unpacking a tar or zip archive beneath one folder without trusting a name, a link or the kernel's path
+walk: every entry is written relative to the folder's descriptor.
+
+- Each folder on an entry's path is opened with `O_NOFOLLOW | O_DIRECTORY` from the one above it, so
+  nothing is ever reached through a symbolic link, whatever is on disk.
+- Symbolic links are made last, after every file and folder, so none can be traversed while unpacking;
+  an entry whose path runs through a link the archive makes is refused, and so is a link whose target
+  leaves the tree, is absolute, or climbs through another of the archive's links.
+- Files are created `O_CREAT | O_EXCL | O_NOFOLLOW` with their final mode (0644, or 0755 when any execute
+  bit is set; never setuid, setgid or sticky); folders are 0755.
+- Hard links go only to regular files this archive wrote before (`linkat` between folder descriptors,
+  following nothing). Devices and FIFOs are refused, so is a name given twice.
+- Bytes are counted while they are written (a zip bomb's headers are not believed), entries as they come.
+
+Tar and zip go through the same `Extractor`. It needs only the standard library (no `tarfile` filters,
+which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes that entry's `ArchiveError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import lzma
+import os
+import stat
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+READ_BLOCK = 1024 * 1024
+MAX_LINK_TARGET = 4096
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+FOLDER, FILE, LINK, IMPLIED = "folder", "file", "link", "implied folder"
+ZIP_END_SIGNATURE = b"PK\x05\x06"
+ZIP_END = struct.Struct("<4s4H2LH")  # signature, disks, entries, size and offset of the directory, comment
+ZIP64_END = struct.Struct("<4sQ2H2L4Q")  # ..., entries, directory size, directory offset
+ZIP64_LOCATOR_SIZE = 20
+ZIP_HEADER_SIZE = 46  # a central directory header, before its name, extra field and comment
+
+Parts = tuple[str, ...]
+
+
+class ArchiveError(ValueError):
+    """The archive cannot be deployed; the message names the entry and says why."""
+
+
+def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
+    """Every entry of the tar or zip `archive` into the (empty) folder `target`."""
+    with Extractor(target, max_bytes, max_entries) as extractor:
+        if zipfile.is_zipfile(archive):
+            _unpack_zip(archive, extractor)
+        else:
+            _unpack_tar(archive, extractor)
+
+
+def _unpack_tar(archive: Path, extractor: Extractor) -> None:
+    try:
+        with tarfile.open(archive) as tar:  # headers only: too many entries is refused before any is written
+            for count, _ in enumerate(tar, start=1):
+                extractor.expect(count)
+                tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isdir():
+                    extractor.folder(member.name)
+                elif member.isreg():
+                    data = tar.extractfile(member)
+                    assert data is not None  # a regular member always has data
+                    extractor.file(member.name, bool(member.mode & 0o111), data)
+                elif member.issym():
+                    extractor.symlink(member.name, member.linkname)
+                elif member.islnk():
+                    extractor.hardlink(member.name, member.linkname)
+                elif member.ischr() or member.isblk() or member.isfifo():
+                    raise ArchiveError(f"archive entry {member.name!r} is a device or FIFO")
+                else:
+                    raise ArchiveError(f"archive entry {member.name!r} is of an unsupported type")
+                tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+    except OSError as exc:  # gzip's BadGzipFile and the like, reading the archive itself
+        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+
+
+def _unpack_zip(archive: Path, extractor: Extractor) -> None:
+    _count_zip_entries(archive, extractor)  # before zipfile builds an object for each of them
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            entries = zipped.infolist()
+            extractor.expect(len(entries))
+            for entry in entries:
+                mode = entry.external_attr >> 16 if entry.create_system == 3 else 0
+                if entry.is_dir():
+                    extractor.folder(entry.filename)
+                elif stat.S_ISLNK(mode):
+                    with zipped.open(entry) as source:
+                        target = source.read(MAX_LINK_TARGET + 1)
+                    if len(target) > MAX_LINK_TARGET:
+                        raise ArchiveError(f"archive link {entry.filename!r} has an over-long target")
+                    extractor.symlink(entry.filename, target.decode("utf-8", "surrogateescape"))
+                elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+                    raise ArchiveError(f"archive entry {entry.filename!r} is a device or FIFO")
+                else:
+                    with zipped.open(entry) as source:
+                        extractor.file(entry.filename, bool(mode & 0o111), source)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError) as exc:
+        raise ArchiveError(f"not a readable zip archive: {exc}") from None
+    except (NotImplementedError, RuntimeError) as exc:  # an unknown compression, an encrypted entry
+        raise ArchiveError(f"cannot unpack this zip archive: {exc}") from None
+
+
+def _count_zip_entries(archive: Path, extractor: Extractor) -> None:
+    """Walk the central directory's headers where zipfile will read them, counting, building nothing.
+    Whatever does not look as expected is left for zipfile to refuse."""
+    with open(archive, "rb") as source:
+        size = source.seek(0, os.SEEK_END)
+        tail_at = max(0, size - ZIP_END.size - 0xFFFF)  # the end record, then at most a 64 KiB comment
+        source.seek(tail_at)
+        tail = source.read()
+        found = tail.rfind(ZIP_END_SIGNATURE)
+        if found < 0 or len(tail) - found < ZIP_END.size:
+            return
+        directory_size = ZIP_END.unpack_from(tail, found)[-3]
+        end = tail_at + found
+        if found >= ZIP64_LOCATOR_SIZE and tail[found - ZIP64_LOCATOR_SIZE :][:4] == b"PK\x06\x07":
+            # zip64 (as zipfile, whenever its locator is there): the sizes are in a record of their own
+            if end < ZIP64_LOCATOR_SIZE + ZIP64_END.size:
+                return
+            source.seek(end - ZIP64_LOCATOR_SIZE - ZIP64_END.size)
+            record = source.read(ZIP64_END.size)
+            if len(record) < ZIP64_END.size or record[:4] != b"PK\x06\x06":
+                return
+            directory_size = ZIP64_END.unpack(record)[-2]
+            end -= ZIP64_LOCATOR_SIZE + ZIP64_END.size
+        if directory_size > end:
+            return
+        source.seek(end - directory_size)  # as zipfile does: data prepended to the zip is allowed
+        walked = count = 0
+        while walked < directory_size:
+            header = source.read(ZIP_HEADER_SIZE)
+            if len(header) < ZIP_HEADER_SIZE or header[:4] != b"PK\x01\x02":
+                return
+            variable = sum(int.from_bytes(header[at : at + 2], "little") for at in (28, 30, 32))
+            source.seek(variable, os.SEEK_CUR)
+            walked += ZIP_HEADER_SIZE + variable
+            count += 1
+            extractor.expect(count)
+
+
+def entry_parts(name: str) -> Parts:
+    """An entry's name as folder names below the top; `.` and empty parts dropped."""
+    if "\x00" in name:
+        raise ArchiveError("archive entry name contains a NUL byte")
+    if name.startswith("/"):
+        raise ArchiveError(f"archive entry {name!r} has an absolute path")
+    parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    if ".." in parts:
+        raise ArchiveError(f"archive entry {name!r} leaves the archive's folder")
+    return parts
+
+
+def _shown(parts: Parts) -> str:
+    return "/".join(parts)
+
+
+class Extractor:
+    """Writes entries beneath `target`, which must be an empty folder of berthd's own."""
+
+    def __init__(self, target: Path, max_bytes: int, max_entries: int) -> None:
+        self.target = target
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.written = 0
+        self.entries = 0
+        self.kinds: dict[Parts, str] = {(): FOLDER}
+        self.links: list[tuple[Parts, str]] = []
+        self.top = -1
+
+    def __enter__(self) -> Extractor:
+        self.top = os.open(self.target, DIRECTORY_FLAGS)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._make_links()
+        finally:
+            os.close(self.top)
+
+    def expect(self, count: int) -> None:
+        """A format that lists its entries up front (zip) is refused before anything is written."""
+        if count > self.max_entries:
+            raise ArchiveError(f"archive has more than {self.max_entries} entries")
+
+    # the entry kinds
+
+    def folder(self, name: str) -> None:
+        parts = self._claim(name, FOLDER)
+        if not parts:
+            return
+        with self._entry(parts), self._parent(parts) as parent:
+            if self.kinds.get(parts) == IMPLIED:
+                self.kinds[parts] = FOLDER
+                return
+            os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            self.kinds[parts] = FOLDER
+            self._fix_folder_mode(parent, parts[-1])
+
+    def file(self, name: str, executable: bool, data: IO[bytes]) -> None:
+        parts = self._claim(name, FILE)
+        mode = 0o755 if executable else 0o644
+        with self._entry(parts), self._parent(parts) as parent:
+            fd = os.open(parts[-1], FILE_FLAGS, mode, dir_fd=parent)
+            self.kinds[parts] = FILE
+            with open(fd, "wb", closefd=True) as out:
+                os.fchmod(fd, mode)  # the umask may have taken bits away; never more than `mode`
+                while block := data.read(READ_BLOCK):
+                    self.written += len(block)  # what really comes out, whatever the header claimed
+                    if self.written > self.max_bytes:
+                        raise ArchiveError(f"archive unpacks to more than {self.max_bytes} bytes")
+                    out.write(block)
+
+    def hardlink(self, name: str, target: str) -> None:
+        parts = self._claim(name, FILE)
+        source = entry_parts(target)
+        if self.kinds.get(source) != FILE:
+            raise ArchiveError(
+                f"archive hard link {name!r} points to {target!r}, which is not a file this archive wrote"
+                " before it"
+            )
+        with self._entry(parts), self._parent(source) as source_parent, self._parent(parts) as parent:
+            os.link(source[-1], parts[-1], src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False)
+            self.kinds[parts] = FILE
+
+    def symlink(self, name: str, target: str) -> None:
+        """Made when every other entry is written, and checked then, when every other link is known."""
+        parts = self._claim(name, LINK)
+        with self._entry(parts), self._parent(parts):
+            self.kinds[parts] = LINK  # its folders exist now: a later file cannot take their names
+        self.links.append((parts, target))
+
+    # the checks
+
+    def _claim(self, name: str, kind: str) -> Parts:
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise ArchiveError(f"archive has more than {self.max_entries} entries")
+        parts = entry_parts(name)
+        if not parts:
+            if kind == FOLDER:
+                return parts  # the top itself (`./`): it exists
+            raise ArchiveError(f"archive entry {name!r} has no name")
+        existing = self.kinds.get(parts)
+        if existing is not None and not (kind == FOLDER and existing == IMPLIED):
+            raise ArchiveError(f"archive entry {_shown(parts) or '.'!r} appears twice")
+        for depth in range(1, len(parts)):
+            above = self.kinds.get(parts[:depth])
+            if above == LINK:
+                raise ArchiveError(
+                    f"archive entry {_shown(parts)!r} runs through the link {_shown(parts[:depth])!r}"
+                    " the archive makes"
+                )
+            if above == FILE:
+                raise ArchiveError(
+                    f"archive entry {_shown(parts)!r} is inside {_shown(parts[:depth])!r}, which is a file"
+                )
+        return parts
+
+    def _check_link(self, parts: Parts, target: str) -> None:
+        shown = _shown(parts)
+        if not target or "\x00" in target:
+            raise ArchiveError(f"archive link {shown!r} has an empty or invalid target")
+        if target.startswith("/"):
+            raise ArchiveError(f"archive link {shown!r} points to the absolute path {target!r}")
+        where = list(parts[:-1])
+        pieces = [piece for piece in target.split("/") if piece not in ("", ".")]
+        for index, piece in enumerate(pieces):
+            if piece == "..":
+                if not where:
+                    raise ArchiveError(f"archive link {shown!r} points outside the archive ({target!r})")
+                where.pop()
+                continue
+            where.append(piece)
+            # only the last step may be another link (itself checked); one on the way could lead anywhere
+            if index < len(pieces) - 1 and self.kinds.get(tuple(where)) == LINK:
+                raise ArchiveError(
+                    f"archive link {shown!r} points through the link {_shown(tuple(where))!r} ({target!r})"
+                )
+
+    # the descriptors
+
+    @contextmanager
+    def _entry(self, parts: Parts) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+                raise ArchiveError(f"archive entry {_shown(parts)!r} clashes with another entry") from None
+            raise ArchiveError(f"cannot unpack {_shown(parts)!r}: {exc.strerror}") from None
+
+    @contextmanager
+    def _parent(self, parts: Parts) -> Iterator[int]:
+        """The folder holding `parts`, opened one name at a time from the top; missing folders made."""
+        fd = os.dup(self.top)
+        try:
+            for depth in range(1, len(parts)):
+                name, here = parts[depth - 1], parts[:depth]
+                if here not in self.kinds:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    self.kinds[here] = IMPLIED
+                    self._fix_folder_mode(fd, name)
+                below = os.open(name, DIRECTORY_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _fix_folder_mode(parent: int, name: str) -> None:
+        fd = os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+        try:
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+
+    def _make_links(self) -> None:
+        for parts, target in self.links:
+            self._check_link(parts, target)
+        for parts, target in self.links:
+            with self._entry(parts), self._parent(parts) as parent:
+                os.symlink(target, parts[-1], dir_fd=parent)

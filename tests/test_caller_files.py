@@ -1,0 +1,234 @@
+"""Local files and repositories are read with the caller's rights: real users, real folders, real races.
+
+berthd runs as root; alice and bob are system users made for these tests. bob must not deploy what only
+alice may read, whatever the mode of the file itself, however he swaps links, and berthd's answers must not
+tell him whether a path he may not read exists.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_proc import Berthd
+from tests.test_sources import PROCFILE, git, make_tar
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make users and call as them")
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")  # each pytest-xdist worker makes its own users
+ALICE, BOB = f"berth-alice-{WORKER}", f"berth-bob-{WORKER}"
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[dict[str, pwd.struct_passwd]]:
+    made = []
+    for name in (ALICE, BOB):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           check=True)  # fmt: skip
+            made.append(name)
+    yield {name: pwd.getpwnam(name) for name in (ALICE, BOB)}
+    for name in made:
+        subprocess.run(["userdel", name], check=False)
+
+
+@pytest.fixture
+def homes(users: dict[str, pwd.struct_passwd]) -> Iterator[dict[str, Path]]:
+    """A private (0700) folder for each user, in a folder everyone may search."""
+    base = Path(tempfile.mkdtemp(prefix="berth-callers-", dir="/tmp"))
+    base.chmod(0o755)
+    folders = {}
+    for name, entry in users.items():
+        folder = base / name
+        folder.mkdir(mode=0o700)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        folders[name] = folder
+    yield folders
+    shutil.rmtree(base)
+
+
+@pytest.fixture
+def daemon(start_berthd: Callable[..., Berthd], tmp_path: Path) -> Iterator[Berthd]:
+    """berthd as root, on a socket everyone may reach: in a folder of its own under /tmp (the test's
+    folders are root's only), linked from where the test's clients look for it."""
+    public = Path(tempfile.mkdtemp(prefix="berth-socket-", dir="/tmp"))
+    public.chmod(0o755)
+    (tmp_path / "berthd" / "run").mkdir(parents=True)
+    (tmp_path / "berthd" / "run" / "berthd.sock").symlink_to(public / "berthd.sock")
+    started = start_berthd(extra_args=["--socket", str(public / "berthd.sock"), "--socket-mode", "0666"])
+    yield started
+    started.stop()
+    shutil.rmtree(public, ignore_errors=True)
+
+
+def call_as(daemon: Berthd, user: str, cmd: str, args: list[str]) -> dict[str, Any]:
+    """One request from a process of `user` (its uid, gid and groups), through socat."""
+    group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    command = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", "socat", "-t", "30", "-",
+               f"UNIX-CONNECT:{daemon.socket.resolve()}"]  # fmt: skip
+    line = json.dumps({"cmd": cmd, "args": args}) + "\n"
+    out = subprocess.run(command, input=line.encode(), capture_output=True, timeout=60)
+    answers = [json.loads(text) for text in out.stdout.splitlines() if b'"ok"' in text]
+    assert answers, (out.stdout, out.stderr)
+    answer = answers[-1]
+    assert isinstance(answer, dict)
+    return answer
+
+
+def archive_owned_by(
+    folder: Path, user: pwd.struct_passwd, name: str = "app.tar.gz", mode: int = 0o644
+) -> Path:
+    path = folder / name
+    make_tar(path, {"Procfile": PROCFILE})
+    os.chown(path, user.pw_uid, user.pw_gid)
+    path.chmod(mode)
+    return path
+
+
+def assert_still_answers(daemon: Berthd) -> None:
+    assert daemon.call("ping").output == "pong"
+
+
+def test_a_readable_file_in_another_users_private_folder_is_not_deployed(
+    daemon: Berthd, users: dict[str, pwd.struct_passwd], homes: dict[str, Path]
+) -> None:
+    private = archive_owned_by(homes[ALICE], users[ALICE])  # 0644, but in alice's 0700 folder
+    answer = call_as(daemon, BOB, "git:from-archive", ["peeked", f"file://{private}"])
+    assert (answer["ok"], answer["error"]) == (False, "invalid_argument"), answer
+    assert daemon.call("apps:list").data == []
+    assert not (daemon.data_dir / "apps" / "peeked").exists()
+    mine = call_as(daemon, ALICE, "git:from-archive", ["alices", f"file://{private}"])
+    assert mine["ok"], mine
+    daemon.call("ps:stop alices")
+    assert_still_answers(daemon)
+
+
+def test_root_reads_its_own_file_and_nobody_does_not(daemon: Berthd, tmp_path: Path) -> None:
+    private = tmp_path / "private.tar.gz"
+    make_tar(private, {"Procfile": PROCFILE})
+    private.chmod(0o600)  # root's only
+    answer = call_as(daemon, "nobody", "git:from-archive", ["peek", f"file://{private}"])
+    assert (answer["ok"], answer["error"]) == (False, "invalid_argument"), answer
+    assert "may not read that file" in answer["output"]
+    assert daemon.call("apps:list").data == []
+    assert daemon.call(["git:from-archive", "peek", f"file://{private}"]).ok  # root may
+    daemon.call("ps:stop peek")
+
+
+def test_missing_and_forbidden_files_get_the_same_answer(
+    daemon: Berthd, users: dict[str, pwd.struct_passwd], homes: dict[str, Path]
+) -> None:
+    forbidden = archive_owned_by(homes[ALICE], users[ALICE], mode=0o600)
+    missing = homes[ALICE] / "missing.tar.gz"
+    open_but_missing = homes[BOB].parent / "nothing-here.tar.gz"
+    answers = []
+    for path in (forbidden, missing, open_but_missing):
+        answer = call_as(daemon, BOB, "git:from-archive", ["probe", f"file://{path}"])
+        answers.append({**answer, "output": answer["output"].replace(str(path), "PATH")})
+    assert answers[0] == answers[1] == answers[2], answers
+    assert answers[0]["error"] == "invalid_argument"
+    assert daemon.call("apps:list").data == []
+    assert_still_answers(daemon)
+
+
+def test_a_symlink_swapped_under_berthd_does_not_win(
+    daemon: Berthd, users: dict[str, pwd.struct_passwd], homes: dict[str, Path], tmp_path: Path
+) -> None:
+    bob = users[BOB]
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    private = secret / "secret.tar.gz"
+    make_tar(private, {"Procfile": b"web: echo ROOT-ONLY-SECRET\n"})
+    private.chmod(0o600)
+    # bob's own archive, readable by him, and a link in his folder that he flips between the two
+    own = archive_owned_by(homes[BOB], bob, "own.tar.gz")
+    link = homes[BOB] / "flip.tar.gz"
+    stop = threading.Event()
+
+    def flip() -> None:
+        # as bob would: a process of his own, renaming links into place as fast as it can
+        script = (f"import os\nwhile True:\n for t in ({str(own)!r}, {str(private)!r}):\n"
+                  f"  os.symlink(t, {str(link)!r} + '.new'); os.replace({str(link)!r} + '.new', {str(link)!r})\n")  # fmt: skip
+        proc = subprocess.Popen(
+            ["setpriv", f"--reuid={BOB}", f"--regid={BOB}", "--init-groups", "/usr/bin/python3", "-c", script]
+        )
+        stop.wait()
+        proc.kill()
+        proc.wait()
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        results = [call_as(daemon, BOB, "git:from-archive", ["racer", f"file://{link}"]) for _ in range(12)]
+    finally:
+        stop.set()
+        flipper.join()
+    assert all(r["ok"] or r["error"] == "invalid_argument" for r in results), results
+    for procfile in (daemon.data_dir / "apps").glob("racer/releases/*/Procfile"):
+        assert b"ROOT-ONLY-SECRET" not in procfile.read_bytes()
+    log = subprocess.run(["grep", "-r", "ROOT-ONLY-SECRET", str(daemon.data_dir)], capture_output=True)
+    assert log.stdout == b""
+    daemon.call("ps:stop racer")
+    assert_still_answers(daemon)
+
+
+@pytest.mark.parametrize("url", ["file:///tmp/app%00.tar.gz", "file:///tmp/%ff%fe.tar.gz",
+                                 "file://elsewhere.example/tmp/app.tar.gz"])  # fmt: skip
+def test_a_file_url_with_a_nul_or_undecodable_path_is_bad_input(daemon: Berthd, url: str) -> None:
+    answer = daemon.call(["git:from-archive", "nul", url])
+    assert (answer.ok, answer.error) == (False, "invalid_argument"), answer.output
+    assert daemon.call("apps:list").data == []
+    assert_still_answers(daemon)
+
+
+def test_git_sync_reads_a_local_repository_with_the_callers_rights(
+    daemon: Berthd, users: dict[str, pwd.struct_passwd], homes: dict[str, Path]
+) -> None:
+    alice = users[ALICE]
+    repo = homes[ALICE] / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "SECRET").write_text("alice's private code\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "private")
+    subprocess.run(["chown", "-R", f"{alice.pw_uid}:{alice.pw_gid}", str(repo)], check=True)
+    subprocess.run(["chmod", "-R", "go+rX", str(repo)], check=True)  # readable files, in a 0700 folder
+
+    stolen = call_as(daemon, BOB, "git:sync", ["stolen", f"file://{repo}"])
+    assert (stolen["ok"], stolen["error"]) == (False, "invalid_argument"), stolen
+    app_dir = daemon.data_dir / "apps" / "stolen"
+    assert not list(app_dir.glob("releases/*/SECRET"))
+    cache = app_dir / "repo.git"
+    assert not cache.exists() or not subprocess.run(["git", "-C", str(cache), "rev-parse", "--verify", "-q", "HEAD"],
+                                                     capture_output=True).stdout  # fmt: skip
+    missing = call_as(daemon, BOB, "git:sync", ["stolen", f"file://{homes[ALICE]}/nothing"])
+    assert stolen["output"].replace(str(repo), "PATH") == missing["output"].replace(
+        f"{homes[ALICE]}/nothing", "PATH"
+    )
+
+    own = call_as(daemon, ALICE, "git:sync", ["alices-code", f"file://{repo}"])
+    assert own["ok"], own
+    assert (daemon.data_dir / "apps" / "alices-code" / "current" / "SECRET").exists()
+    again = call_as(daemon, ALICE, "git:sync", ["alices-code", f"file://{repo}"])  # a fetch into the cache
+    assert again["ok"], again
+    # the cache holds alice's objects now: bob's sync of the same app and URL must still read as bob
+    release = daemon.call("apps:info alices-code").data["source_detail"]["release"]
+    reused = call_as(daemon, BOB, "git:sync", ["alices-code", f"file://{repo}"])
+    assert (reused["ok"], reused["error"]) == (False, "invalid_argument"), reused
+    for answer in (stolen, reused):  # read as bob (who cannot enter the folder), not as root
+        assert "does not appear to be a git repository" in answer["output"], answer
+    assert daemon.call("apps:info alices-code").data["source_detail"]["release"] == release
+    assert_still_answers(daemon)
