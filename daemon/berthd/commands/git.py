@@ -290,8 +290,9 @@ async def _build(ctx: Context, record: AppRecord, params: SyncParams, release: P
             env=environment(record, config, identity),
             user=user,
         )
+        limit = ctx.services.config.job_output_max_bytes
         outcome = await execute(
-            ctx.processes.host_runner(), spec, folder, params.build_timeout, None, ctx.emit
+            ctx.processes.host_runner(), spec, folder, params.build_timeout, None, ctx.emit, limit
         )
         if outcome.timed_out:
             raise DeployFailed(

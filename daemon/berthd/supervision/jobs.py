@@ -25,7 +25,6 @@ import trio
 
 from berth.messages import Event
 from berthd.apps.launch import MAIN, process_types
-from berthd.config import Config
 from berthd.errors import CommandError
 from berthd.log import LOG
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
@@ -37,7 +36,6 @@ from berthd.supervision.manager import ProcessManager
 Emit = Callable[[Event], Awaitable[None]]  # sends an event to the client who asked
 
 OUTPUT_FILES = ("stdout", "stderr", "logs")
-DEFAULT_MAX_OUTPUT = Config().job_output_max_bytes  # for a caller that gives none (a git:sync build)
 TIMED_OUT = "Process execution timed out"
 PRUNE_INTERVAL = 3600.0
 
@@ -56,7 +54,7 @@ class JobOutput:
 
     folder: Path
     backlog: EventBacklog
-    max_output: int = DEFAULT_MAX_OUTPUT
+    max_output: int
     kept: int = 0  # bytes of output in stdout.txt and stderr.txt
     dropped: int = 0  # bytes of output past max_output, not kept
     _cutter: LineCutter = field(default_factory=lambda: LineCutter(MAX_LOG_LINE))
@@ -203,7 +201,7 @@ async def execute(
     timeout: float,
     stdin: str | None,
     emit: Emit,
-    max_output: int = DEFAULT_MAX_OUTPUT,
+    max_output: int,
 ) -> Outcome:
     """Run one process to its end (or its timeout, when its group is killed), its output in `folder`."""
     output = JobOutput(folder, EventBacklog(spec.app, spec.process), max_output)
