@@ -8,6 +8,7 @@ tell him whether a path he may not read exists.
 from __future__ import annotations
 
 import grp
+import http.server
 import json
 import os
 import pwd
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -232,3 +233,57 @@ def test_git_sync_reads_a_local_repository_with_the_callers_rights(
         assert "does not appear to be a git repository" in answer["output"], answer
     assert daemon.call("apps:info alices-code").data["source_detail"]["release"] == release
     assert_still_answers(daemon)
+
+
+class CredentialWall(http.server.BaseHTTPRequestHandler):
+    """A git server on loopback that asks for a password and records every Authorization it is sent."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="private"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_roots_git_set_up_never_acts_for_another_caller(
+    start_berthd: Callable[..., Berthd], users: dict[str, pwd.struct_passwd], tmp_path: Path
+) -> None:
+    """root's ~/.gitconfig holds a credential helper (and ~/.netrc a password) for a private server:
+    a fetch for bob must not send them; one for root does (so the set-up is real)."""
+    home = tmp_path / "root-home"
+    home.mkdir()
+    helper = "!f() { echo username=root; echo password=root-helper-pw; }; f"
+    (home / ".gitconfig").write_text(f'[credential]\n\thelper = "{helper}"\n')
+    (home / ".netrc").write_text("machine 127.0.0.1 login root password root-netrc-pw\n")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CredentialWall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/private.git"
+    public = Path(tempfile.mkdtemp(prefix="berth-socket-", dir="/tmp"))
+    public.chmod(0o755)
+    (tmp_path / "berthd" / "run").mkdir(parents=True)
+    (tmp_path / "berthd" / "run" / "berthd.sock").symlink_to(public / "berthd.sock")
+    try:
+        daemon = start_berthd(
+            extra_args=["--socket", str(public / "berthd.sock"), "--socket-mode", "0666"],
+            env={"HOME": str(home)},
+        )
+        CredentialWall.seen.clear()
+        answer = call_as(daemon, BOB, "git:sync", ["private", url])
+        assert (answer["ok"], answer["error"]) == (False, "invalid_argument"), answer
+        assert CredentialWall.seen and not any(CredentialWall.seen), CredentialWall.seen
+        for secret in ("root-helper-pw", "root-netrc-pw"):
+            assert secret not in daemon.log() + json.dumps(answer)
+        CredentialWall.seen.clear()
+        daemon.call(["git:sync", "private-as-root", url])
+        assert any(CredentialWall.seen), "root's own set-up was not used for root: the test sees nothing"
+        assert_still_answers(daemon)
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(public, ignore_errors=True)

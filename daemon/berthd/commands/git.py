@@ -250,7 +250,8 @@ async def _fetch_and_checkout(
 ) -> tuple[str, str]:
     data_dir = ctx.services.data_dir
     askpass = await trio.to_thread.run_sync(gitsrc.ensure_askpass, data_dir)
-    env = gitsrc.git_environment(askpass, repository)
+    home = None if ctx.peer.uid == 0 else await trio.to_thread.run_sync(gitsrc.ensure_home, data_dir)
+    env = gitsrc.git_environment(askpass, repository, home)
     cache = ctx.services.app_dir(app) / "repo.git"
     await record_status(ctx, app, "fetching")
     await ctx.emit(ProgressEvent("fetching"))

@@ -64,18 +64,38 @@ def check_repository(url: str, username: str | None, password: str | None) -> Re
     return Repository(clean, clean, username, password)
 
 
-def git_environment(askpass: Path, repository: Repository) -> dict[str, str]:
+def git_environment(askpass: Path, repository: Repository, home: Path | None) -> dict[str, str]:
+    """The environment of one fetch. `home` is None for a root caller, who may use root's own git and
+    ssh set-up; any other caller gets an empty home of berthd's, so root's ~/.gitconfig (credential
+    helpers, url rewrites), ~/.netrc, ssh keys, ssh agent and ssh config never act for someone else."""
+    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
     env = {
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
         "GIT_ASKPASS": str(askpass),
         "SSH_ASKPASS": str(askpass),
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
         "GIT_CONFIG_NOSYSTEM": "1",
         "BERTH_GIT_USERNAME": repository.username or "",
         "BERTH_GIT_PASSWORD": repository.password or "",
     }
+    if home is not None:
+        ssh[1:1] = ["-F", os.devnull, "-o", "IdentityFile=none", "-o", "IdentityAgent=none",
+                    "-o", f"UserKnownHostsFile={home / 'known_hosts'}"]  # fmt: skip
+        env.update(
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            GIT_CONFIG_GLOBAL=os.devnull,
+            SSH_AUTH_SOCK="",
+        )
+    env["GIT_SSH_COMMAND"] = " ".join(ssh)
     return env
+
+
+def ensure_home(folder: Path) -> Path:
+    """berthd's own empty home for the fetches of callers other than root (0700, root's)."""
+    home = folder / "git-home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    return home
 
 
 def ensure_askpass(folder: Path) -> Path:
