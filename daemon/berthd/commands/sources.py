@@ -157,6 +157,11 @@ async def deploy_release(
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(releases.discard, release)
+                if not isinstance(exc, DeployFailed):
+                    # cut short (berthd stopping) or broken: the status says so, never "downloading"
+                    with trio.move_on_after(CUT_SHORT_RECORD_TIMEOUT):
+                        async with ctx.services.lock.held():
+                            await record_status(ctx, app, "failed", _cut_short(exc))
             if not isinstance(exc, DeployFailed):
                 raise
             async with ctx.services.lock.held():
@@ -168,6 +173,15 @@ async def deploy_release(
             detail = await go_live(ctx, app, AppSource(kind, detail), settings, env, start=start)
         await trio.to_thread.run_sync(releases.prune, app_dir)  # out of the global lock: it can take long
     return detail, settings
+
+
+CUT_SHORT_RECORD_TIMEOUT = 5.0
+
+
+def _cut_short(exc: BaseException) -> str:
+    if isinstance(exc, trio.Cancelled):
+        return "cancelled: berthd stopped before the deploy ended"
+    return "failed: internal error (see the daemon log)"
 
 
 async def go_live(
