@@ -379,7 +379,10 @@ def test_sigterm_during_a_dripping_download_exits_within_the_grace(
     assert daemon.call("ping").output == "pong"
     detail = daemon.call("apps:info drip").data["source_detail"]
     # recorded by the stopping berthd itself, not left as "downloading" for the next start to sweep
-    assert (detail["status"], detail["error"]) == ("failed", "cancelled: berthd stopped before the deploy ended")
+    assert (detail["status"], detail["error"]) == (
+        "failed",
+        "cancelled: berthd stopped before the deploy ended",
+    )
 
 
 def test_a_download_has_an_overall_deadline(
