@@ -198,7 +198,9 @@ def test_setuid_and_odd_modes_are_not_kept(berthd: Berthd, http_root: tuple[Path
     assert answer.ok, answer.output
     current = berthd.data_dir / "apps" / "modes" / "current"
     modes = {name: (current / name).stat().st_mode & 0o7777 for name in ("Procfile", "tool", "secret", "bin")}
-    assert modes == {"Procfile": 0o755, "tool": 0o755, "secret": 0o644, "bin": 0o755}
+    # no set-id or sticky bit survives; executables stay executable; once live, the code is the app
+    # group's only (berthd's file-mode rule), so others have nothing
+    assert modes == {"Procfile": 0o750, "tool": 0o750, "secret": 0o640, "bin": 0o750}
     berthd.call("ps:stop modes")
 
 
