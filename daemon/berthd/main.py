@@ -57,6 +57,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
+    parser.add_argument(
+        "--max-clients-per-uid",
+        type=int,
+        metavar="N",
+        help="connections one user (not root) may hold (default a quarter of --max-clients)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection with no command in progress after this long (default 300)",
+    )
     parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
     parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
     parser.add_argument(
