@@ -2,7 +2,8 @@
 
 Command lines, one per request, take a short path (one formatted string, one `write` per destination,
 no logging-module machinery): at thousands of commands a second the log must not be what is slow.
-Everything else goes through `logging` to the same places, in the same format.
+Everything else goes through `logging` to the same places, in the same format, with any URL's user
+and password removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from berthd.server.redaction import without_credentials
 
 LOG = logging.getLogger("berthd")
 COMMAND_LOGGER = "berthd.command"
@@ -51,11 +54,18 @@ class CommandLog:
 COMMAND_LOG = CommandLog()
 
 
+class RedactingFormatter(logging.Formatter):
+    """The log's format; a URL's user and password never reach the log, tracebacks included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return without_credentials(super().format(record))
+
+
 def setup_logging(level: str, log_file: str | None) -> None:
     root = logging.getLogger("berthd")
     root.setLevel(level.upper())
     root.handlers.clear()
-    formatter = logging.Formatter(FORMAT, DATE_FORMAT)
+    formatter = RedactingFormatter(FORMAT, DATE_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
