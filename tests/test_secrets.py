@@ -1,10 +1,16 @@
-"""Secrets never reach the daemon log or an answer, whichever request form carries them."""
+"""Secrets never reach the daemon log or an answer, whichever request form carries them; the log file
+itself is private from its first instant, holds no app output, and is rotated by size."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -226,3 +232,97 @@ def test_an_internal_error_logs_its_traceback_without_the_request_secrets() -> N
     text = "\n".join(logged)
     assert "RuntimeError: cannot fetch http://***@h/x as ***" in text, text
     assert "URLPASS9" not in text and "OPTPASS9" not in text
+
+
+def test_app_output_returned_by_logs_is_counted_not_copied_into_the_log(berthd: Berthd) -> None:
+    prefix = f"app-says-{secrets.token_hex(6)}"
+    marker = f"{prefix}-1337"  # what the app prints; its command line (which is logged) says $((1000+337))
+    script = f"echo {prefix}-$((1000+337)); exec sleep 60"
+    assert berthd.call(["apps:from-local", "talker", "/bin/sh", "--", "-c", script]).ok
+    assert berthd.call("ps:start talker").ok
+    deadline = time.monotonic() + 10
+    while marker not in (answer := berthd.call("logs talker")).output and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker in answer.output
+    assert berthd.call("ps:stop talker").ok
+    log = berthd.log_file.read_bytes()
+    assert marker.encode() not in log
+    assert b'cmd="logs talker" -> {"ok":true,"output":"<' in log and b"characters not logged>" in log
+    # a failure's short fixed answer stays readable
+    refused = berthd.call("logs ghost")
+    assert refused.error == "not_found"
+    assert json.dumps(refused.output).encode() in berthd.log_file.read_bytes()
+
+
+def log_descriptors(berthd: Berthd) -> list[str]:
+    """Where berthd's descriptors that lead to its log file (or its rotated copies) point."""
+    assert berthd.proc is not None
+    fd_dir = Path(f"/proc/{berthd.proc.pid}/fd")
+    targets = []
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(berthd.log_file)):
+            targets.append(target)
+    return targets
+
+
+def test_the_log_file_is_0640_from_its_first_instant_whatever_the_umask(tmp_path: Path) -> None:
+    daemon = Berthd(tmp_path / "loose")
+    daemon.workdir.mkdir()
+    old = os.umask(0)  # berthd inherits it: the mode must come from the open, not from the umask
+    try:
+        daemon.start(wait=False)
+    finally:
+        os.umask(old)
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.log_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert stat.S_IMODE(daemon.log_file.stat().st_mode) == 0o640  # the first look, before any command
+        daemon.wait_ready()
+        assert stat.S_IMODE(daemon.log_file.stat().st_mode) == 0o640
+        # one descriptor for both writers (the command log and the logging module)
+        assert log_descriptors(daemon) == [str(daemon.log_file)]
+        # the logging module's lines go through that descriptor too
+        while b"listening on" not in daemon.log_file.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b"listening on" in daemon.log_file.read_bytes()
+    finally:
+        daemon.stop()
+
+
+def test_a_log_file_left_world_readable_is_made_private(tmp_path: Path) -> None:
+    daemon = Berthd(tmp_path / "old")
+    daemon.workdir.mkdir()
+    daemon.log_file.write_bytes(b"from an older berthd\n")
+    daemon.log_file.chmod(0o644)
+    daemon.start()
+    try:
+        assert stat.S_IMODE(daemon.log_file.stat().st_mode) == 0o640
+        assert daemon.log_file.read_bytes().startswith(b"from an older berthd\n")
+    finally:
+        daemon.stop()
+
+
+def test_the_log_file_is_rotated_by_size(start_berthd: Callable[..., Berthd]) -> None:
+    daemon = start_berthd(extra_args=["--log-file-max-bytes", "1024", "--log-file-backups", "2"])
+    with RawConnection(daemon.socket) as conn:
+        for index in range(60):
+            assert conn.request(f'{{"cmd": "ping", "id": {index}}}'.encode())["output"] == "pong"
+    rotated = [daemon.log_file, Path(f"{daemon.log_file}.1"), Path(f"{daemon.log_file}.2")]
+    assert all(path.exists() for path in rotated)
+    assert not Path(f"{daemon.log_file}.3").exists()
+    longest = 300  # a line of this log is shorter than that
+    for path in rotated:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        text = path.read_bytes()
+        assert 0 < len(text) <= 1024 + longest, (path, len(text))
+        assert text.endswith(b"\n") and all(line.startswith(b"20") for line in text.splitlines()), text
+    assert b'"id":59' in daemon.log_file.read_bytes()  # the newest is in the file berthd writes
+    # both writers follow the rotation onto the new file, still through one descriptor
+    assert log_descriptors(daemon) == [str(daemon.log_file)]
+    daemon.stop()
+    assert b"berthd stopped" in daemon.log_file.read_bytes()

@@ -23,6 +23,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_clients_per_uid: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: a quarter of max_clients
     idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     log_file: str | None = None
+    log_file_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
+    log_file_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str | None = None
     sync: Literal["full", "normal"] = "full"
@@ -74,6 +76,8 @@ ENVIRONMENT = {
     "BERTHD_MAX_CLIENTS": "max_clients",
     "BERTHD_MAX_CLIENTS_PER_UID": "max_clients_per_uid",
     "BERTHD_IDLE_TIMEOUT": "idle_timeout",
+    "BERTHD_LOG_FILE_MAX_BYTES": "log_file_max_bytes",
+    "BERTHD_LOG_FILE_BACKUPS": "log_file_backups",
     "BERTHD_LOG_LEVEL": "log_level",
     "BERTHD_DATA_DIR": "data_dir",
     "BERTHD_SYNC": "sync",

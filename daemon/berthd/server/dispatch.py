@@ -55,7 +55,7 @@ async def dispatch(
         scrub = outcome.scrubber
         response = Response(False, scrub.text(response.output), scrub.data(response.data), response.error)
     response.id = request.id
-    _log(peer, outcome.shown, response, started, outcome.secret_output, outcome.held, outcome.scrubber)
+    _log(peer, outcome.shown, response, started, outcome.output_size_only, outcome.held, outcome.scrubber)
     return response
 
 
@@ -63,7 +63,7 @@ async def dispatch(
 class Outcome:
     response: Response
     shown: str
-    secret_output: bool = False
+    output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
     scrubber: Scrubber = NO_SECRETS
 
@@ -86,7 +86,7 @@ async def _run(
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
     ctx = Context(services, peer, emit, client_gone=client_gone)
-    outcome = Outcome(Response(False, ""), shown, command.secret_output, scrubber=bound.scrubber)
+    outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
 
     async def queued(position: int) -> None:
         if command.streaming:
@@ -159,15 +159,17 @@ def _log(
     shown: str,
     response: Response,
     started: float,
-    secret_output: bool = False,
+    output_size_only: bool = False,
     held: tuple[int, int] | None = None,
     scrubber: Scrubber = NO_SECRETS,
 ) -> None:
     if not COMMAND_LOG.enabled:
         return
     elapsed_ms = (time.perf_counter() - started) * 1000
-    if secret_output and response.ok:
-        logged = Response(True, f"<{len(response.output)} characters redacted>", error=response.error)
+    if output_size_only and response.ok:
+        logged = Response(
+            True, f"<{len(response.output)} characters not logged>", error=response.error, id=response.id
+        )
     else:
         logged = msgspec.structs.replace(response, data=None)
     lock = f" lock={held[0]}-{held[1]}" if held else ""
