@@ -20,7 +20,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     socket_group: str | None = None
     max_line: Annotated[int, msgspec.Meta(ge=64)] = MIB
     max_clients: Annotated[int, msgspec.Meta(ge=1)] = 256
+    max_clients_per_uid: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: a quarter of max_clients
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     log_file: str | None = None
+    log_file_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
+    log_file_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str | None = None
     sync: Literal["full", "normal"] = "full"
@@ -38,6 +42,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
     download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+
+    @property
+    def per_uid_clients(self) -> int:
+        """How many connections one uid other than root may hold: never all of them."""
+        if self.max_clients_per_uid is not None:
+            return self.max_clients_per_uid
+        return max(1, self.max_clients // 4)
 
     @property
     def socket_mode_bits(self) -> int:
@@ -63,6 +74,10 @@ ENVIRONMENT = {
     "BERTHD_SOCKET_GROUP": "socket_group",
     "BERTHD_MAX_LINE": "max_line",
     "BERTHD_MAX_CLIENTS": "max_clients",
+    "BERTHD_MAX_CLIENTS_PER_UID": "max_clients_per_uid",
+    "BERTHD_IDLE_TIMEOUT": "idle_timeout",
+    "BERTHD_LOG_FILE_MAX_BYTES": "log_file_max_bytes",
+    "BERTHD_LOG_FILE_BACKUPS": "log_file_backups",
     "BERTHD_LOG_LEVEL": "log_level",
     "BERTHD_DATA_DIR": "data_dir",
     "BERTHD_SYNC": "sync",

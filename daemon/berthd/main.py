@@ -55,8 +55,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data-dir", metavar="DIR", help="where the database and the apps' files live")
     parser.add_argument("--log-file", metavar="FILE", help="also log to this file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-file-max-bytes", type=int, metavar="BYTES", help="rotate --log-file at this size (10 MiB)"
+    )
+    parser.add_argument(
+        "--log-file-backups", type=int, metavar="N", help="rotated --log-file copies kept (default 5)"
+    )
     parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
+    parser.add_argument(
+        "--max-clients-per-uid",
+        type=int,
+        metavar="N",
+        help="connections one user (not root) may hold (default a quarter of --max-clients)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection with no command in progress after this long (default 300)",
+    )
     parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
     parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
     parser.add_argument(
@@ -100,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log_level, config.log_file)  # the log file sets its own mode
+    try:
+        # the log file sets its own mode
+        setup_logging(config.log_level, config.log_file, config.log_file_max_bytes, config.log_file_backups)
+    except OSError as exc:
+        print(f"Error: cannot open the log file {config.log_file}: {exc.strerror}", file=sys.stderr)
+        return 1
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config)

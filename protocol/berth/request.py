@@ -3,6 +3,9 @@
 Text lines are split with POSIX shell quoting rules but never reach a shell. Flags may stand before the
 command name (dokku style): `--force apps:destroy x` is `apps:destroy x --force`. Before the name, a flag
 that takes a value is written `--flag=value`.
+
+A JSON request may nest its named arguments at most `MAX_JSON_DEPTH` levels deep (an inline infrastructure
+document needs a handful); deeper is `invalid_request`, decided before anything recurses into it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,23 @@ class Request:
 
 
 _json_request = msgspec.json.Decoder(JsonRequest)
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Does `value` nest lists and objects more than `limit` levels deep? (Iterative: no recursion.)"""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse_request(raw: bytes) -> Request | None:
@@ -60,6 +80,11 @@ def _parse_json(text: str) -> Request:
         raise RequestError(f"invalid JSON request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise RequestError(f"malformed JSON: {exc}") from None
+    except RecursionError:  # deeper than the decoder goes: certainly deeper than the limit
+        raise RequestError(TOO_DEEP) from None
+    # each level takes a `[` or a `{`: with fewer of them in the line there is nothing to measure
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(req.args, MAX_JSON_DEPTH - 1):
+        raise RequestError(TOO_DEEP)
     if isinstance(req.args, dict):
         return Request(req.cmd, named=req.args, id=req.id, is_json=True)
     return Request(req.cmd, list(req.args), id=req.id, is_json=True)

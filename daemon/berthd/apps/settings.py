@@ -189,12 +189,18 @@ def check_variable_name(key: str) -> str:
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` words. A refusal names the pair by its position: the word may be a secret given
+    without its `KEY=` (`config:set APP S3CRET`), so it is never quoted."""
     values: dict[str, str] = {}
-    for pair in pairs:
+    for position, pair in enumerate(pairs, start=1):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise invalid_argument(f"invalid pair {key!r}: expected KEY=VALUE")
+            raise invalid_argument(f"invalid pair {position}: expected KEY=VALUE (the word is not shown)")
+        if not ENV_KEY.match(key):
+            raise invalid_argument(
+                f"invalid variable name in pair {position}: letters, digits and _, not starting with a digit"
+            )
         if "\x00" in value:
             raise invalid_argument(f"invalid value for {key}: contains a NUL byte")
-        values[check_variable_name(key)] = value
+        values[key] = value
     return values

@@ -54,7 +54,13 @@ async def _logs_of(ctx: Context, app: str, process: str | None) -> list[tuple[st
     return [(name, ctx.processes.log_of(app, name)) for name in names]
 
 
-@REGISTRY.command("logs", summary="the app's last log lines; --tail follows", mutating=False, streaming=True)
+@REGISTRY.command(
+    "logs",
+    summary="the app's last log lines; --tail follows",
+    mutating=False,
+    streaming=True,
+    app_output=True,
+)
 async def logs(ctx: Context, params: LogsParams) -> Result:
     record = await load_app(ctx, params.app)
     runner, target = await ctx.processes.runner_for(record)

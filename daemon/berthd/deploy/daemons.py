@@ -2,7 +2,8 @@
 
 A daemon's `host` is one of three things: the absolute path of a Docker socket, `HOST:PORT` of a Docker
 Socket Proxy or of HaRP, or `null` (a manual-install daemon, which has no engine). Secrets (the haproxy
-password, the HaRP shared key) are stored, used by `berthd.runners.docker.engine`, and never shown but as `***`.
+password, the HaRP shared key) are stored, used by `berthd.runners.docker.engine`, and never shown but as `***`;
+a URL (`nextcloud_url`, an option's value) is shown without its user and password.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import msgspec
 from berthd.apps.settings import DAEMON_NAME
 from berthd.errors import invalid_argument
 from berthd.server.params import Params
+from berthd.server.redaction import without_credentials
 from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig
 
 DOCKER_INSTALL = "docker-install"
@@ -125,7 +127,7 @@ def _check_host(host: str, deploy_id: str, harp: bool) -> tuple[str | None, list
     """The host as stored (None for `null`) and any warnings, or a refusal naming the accepted forms."""
     if SCHEME.match(host):
         raise invalid_argument(
-            f"invalid host {host!r}: the host must not include a protocol (give the protocol as its own"
+            f"invalid host {without_credentials(host)!r}: the host must not include a protocol (give the protocol as its own"
             f" argument); expected {HOST_FORMS}"
         )
     if CONTROL.search(host) or not host:
@@ -168,7 +170,7 @@ def _check_nextcloud_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in PROTOCOLS or not parts.netloc or CONTROL.search(url):
         raise invalid_argument(
-            f"invalid nextcloud_url {url!r}: an http or https URL, e.g. https://nextcloud.local"
+            f"invalid nextcloud_url {without_credentials(url)!r}: an http or https URL, e.g. https://nextcloud.local"
         )
     return url.rstrip("/")
 
@@ -197,7 +199,7 @@ def _check_secret(value: str, option: str) -> str:
 def _check_frp_address(value: str) -> str:
     if SCHEME.match(value):
         raise invalid_argument(
-            f"invalid --harp_frp_address {value!r}: FRP's address must not include a protocol;"
+            f"invalid --harp_frp_address {without_credentials(value)!r}: FRP's address must not include a protocol;"
             " expected HOST:PORT (e.g. appapi-harp:8782)"
         )
     if CONTROL.search(value) or " " in value:
@@ -213,7 +215,7 @@ def _parse_options(pairs: Sequence[str]) -> tuple[dict[str, str], str]:
         key, sep, value = pair.partition("=")
         if not sep or not OPTION_KEY.match(key):
             raise invalid_argument(
-                f"invalid --option {pair!r}: expected KEY=VALUE, e.g. OVERRIDE_APP_HOST=0.0.0.0"
+                f"invalid --option {without_credentials(pair)!r}: expected KEY=VALUE, e.g. OVERRIDE_APP_HOST=0.0.0.0"
             )
         if CONTROL.search(value):
             raise invalid_argument(f"invalid --option {key}: the value contains control characters")
@@ -289,6 +291,8 @@ def public_view(record: DaemonRecord) -> dict[str, Any]:
     """The daemon as `daemons:list` shows it in `data`: secrets as `***`."""
     config = record.deploy_config
     shown: dict[str, Any] = msgspec.to_builtins(config)
+    shown["nextcloud_url"] = without_credentials(config.nextcloud_url)
+    shown["additional_options"] = {k: without_credentials(v) for k, v in config.additional_options.items()}
     shown["haproxy_password"] = _masked(config.haproxy_password)
     if config.harp is not None:
         shown["harp"]["shared_key"] = _masked(config.harp.shared_key)
@@ -328,7 +332,7 @@ def _row(record: DaemonRecord) -> list[str]:
         record.deploy_id,
         record.protocol,
         record.host if record.host is not None else NO_HOST,
-        record.deploy_config.nextcloud_url,
+        without_credentials(record.deploy_config.nextcloud_url),
         "yes" if harp else "no",
         harp.frp_address if harp else "(none)",
         harp.docker_socket_port if harp else "(none)",

@@ -3,6 +3,12 @@
 It knows sockets and JSON lines, not apps. Each connection is a nursery with a reader task and the
 command loop; commands on one connection run in order. Shutdown stops accepting, stops reading, lets
 each connection finish the command in progress, then closes.
+
+Connections are a shared resource: a connection that sends no command for `--idle-timeout` seconds
+after its last answer is closed (one that waits on a running command or a log follower is busy, not
+idle; a line trickled in byte by byte does not count until it is complete), and no uid but root may
+hold more than its share (`--max-clients-per-uid`). The last slot is root's: however many users flood
+berthd, root can still connect.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import os
 import select
 import socket
+from collections import Counter
 from collections.abc import Iterable
 
 import trio
@@ -30,7 +37,13 @@ ACCEPT_CAPACITY_SLEEP = 0.1
 READ_SIZE = 65536
 DRAIN_LIMIT = 1024 * 1024
 
-BUSY = Response(False, "Too many clients: try again later", error="busy")
+ROOT_UID = 0
+ROOT_SLOTS = 1  # slots of --max-clients that only root may take
+IDLE_CHECK_MAX = 1.0  # seconds between looks for idle connections, at most
+
+
+def busy(why: str) -> Response:
+    return Response(False, f"{why}: try again later", error="busy")
 
 
 class ClientGone(Exception):
@@ -42,8 +55,11 @@ class Connection:
         self.server = server
         self.stream = stream
         self.peer = peer
-        self.receive_scope = trio.CancelScope()  # cancelled at shutdown to stop waiting for input
+        # cancelled at shutdown, or when idle for too long, to stop waiting for input
+        self.receive_scope = trio.CancelScope()
         self.gone = False
+        self.idle_since: float | None = trio.current_time()  # None while a command runs
+        self.expired = False  # idle past --idle-timeout: closed
 
     async def send(self, message: Response | Event) -> None:
         if self.gone:
@@ -74,6 +90,8 @@ class Connection:
                 return
             data = b""
             with trio.CancelScope() as self.receive_scope:
+                if self.expired:
+                    return
                 try:
                     data = await self.stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -81,13 +99,25 @@ class Connection:
                 if not data:
                     await self._answer_all(splitter.end())
                     return
+            if self.expired:
+                return
             await self._answer_all(splitter.feed(data))
 
     async def _answer_all(self, lines: Iterable[bytes | TooLong]) -> None:
+        idle_since = self.idle_since
         for line in lines:
             if self.gone:
                 return
-            await self._answer(line)
+            self.idle_since = None
+            if await self._answer(line):
+                idle_since = trio.current_time()
+        # a blank line, or a part of one, is no command: the idle time runs on from the last answer
+        self.idle_since = idle_since
+
+    def expire(self) -> None:
+        """Idle for too long: stop waiting for input, and close."""
+        self.expired = True
+        self.receive_scope.cancel()
 
     def _already_received(self) -> bytes:
         """What the kernel holds for us right now, read without waiting."""
@@ -103,17 +133,18 @@ class Connection:
                 chunks.append(data)
         return b"".join(chunks)
 
-    async def _answer(self, line: bytes | TooLong) -> None:
+    async def _answer(self, line: bytes | TooLong) -> bool:
         async def emit(event: Event) -> None:
             await self.send(event)
 
         response = await dispatch(self.server.services, line, self.peer, emit, self.client_gone)
         if response is None:
-            return
+            return False
         try:
             await self.send(response)
         except ClientGone:
             LOG.debug("client %s left before its answer", self.peer)
+        return True
 
 
 class Server:
@@ -121,6 +152,7 @@ class Server:
         self.services = services
         self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         self.connections: set[Connection] = set()
+        self.per_uid: Counter[int] = Counter()
         self.draining = False
         self._accept_scope = trio.CancelScope()
         self.idle = trio.Event()
@@ -128,6 +160,7 @@ class Server:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()
+            nursery.start_soon(self._close_idle_connections)
             with self._accept_scope:
                 while True:
                     try:
@@ -144,21 +177,53 @@ class Server:
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         peer = peer_of(stream.socket)  # type: ignore[arg-type]
         async with stream:
-            if len(self.connections) >= self.services.config.max_clients:
-                LOG.warning("refusing %s: %d clients already", peer, len(self.connections))
+            refusal = self._refusal(peer)
+            if refusal is not None:
+                LOG.warning("refusing %s: %s", peer, refusal)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(encode_line(BUSY))
+                    await stream.send_all(encode_line(busy(refusal)))
                 return
             connection = Connection(self, stream, peer)
             self.connections.add(connection)
+            self.per_uid[peer.uid] += 1
             try:
                 await connection.serve()
             except Exception:
                 logging.getLogger("berthd").exception("connection of %s failed", peer)
             finally:
                 self.connections.discard(connection)
+                self.per_uid[peer.uid] -= 1
+                if not self.per_uid[peer.uid]:
+                    del self.per_uid[peer.uid]
                 if self.draining and not self.connections:
                     self.idle.set()
+
+    async def _close_idle_connections(self) -> None:
+        """One task for all connections (no timer per read on the hot path): a tenth of the timeout late at most."""
+        timeout = self.services.config.idle_timeout
+        period = min(IDLE_CHECK_MAX, timeout / 10)
+        while not self.draining:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for connection in list(self.connections):
+                since = connection.idle_since
+                if since is not None and now - since >= timeout and not connection.expired:
+                    LOG.info("closing the connection of %s: idle for %.0f s", connection.peer, now - since)
+                    connection.expire()
+
+    def _refusal(self, peer: Peer) -> str | None:
+        """Why this caller may not have another connection now, or None."""
+        config = self.services.config
+        total = len(self.connections)
+        if total >= config.max_clients:
+            return f"Too many clients ({total})"
+        if peer.uid == ROOT_UID:
+            return None
+        if total >= config.max_clients - min(ROOT_SLOTS, config.max_clients - 1):
+            return f"Too many clients ({total}; the last slot is kept for root)"
+        if self.per_uid[peer.uid] >= config.per_uid_clients:
+            return f"Too many connections from uid {peer.uid} ({self.per_uid[peer.uid]})"
+        return None
 
     def shutdown(self) -> None:
         """Stop accepting and reading; connections end after the command each is running."""

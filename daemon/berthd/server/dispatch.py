@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from berthd.log import COMMAND_LOG, LOG
 from berthd.server.context import Context, Emit, Services
 from berthd.server.params import Bound, bind_named, bind_tokens
 from berthd.server.peercred import Peer
+from berthd.server.redaction import NO_SECRETS, Scrubber, without_credentials
 from berthd.server.registry import REGISTRY, Command, Result
 
 INVALID_COMMAND = "Invalid command"
@@ -47,17 +49,23 @@ async def dispatch(
     if request is None:
         return None
     outcome = await _run(services, request, peer, emit, client_gone)
-    outcome.response.id = request.id
-    _log(peer, outcome.shown, outcome.response, started, outcome.secret_output, outcome.held)
-    return outcome.response
+    response = outcome.response
+    if not response.ok:
+        # an error message may quote an argument: never one of this request's secrets, nor a URL's password
+        scrub = outcome.scrubber
+        response = Response(False, scrub.text(response.output), scrub.data(response.data), response.error)
+    response.id = request.id
+    _log(peer, outcome.shown, response, started, outcome.output_size_only, outcome.held, outcome.scrubber)
+    return response
 
 
 @dataclass(slots=True)
 class Outcome:
     response: Response
     shown: str
-    secret_output: bool = False
+    output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
+    scrubber: Scrubber = NO_SECRETS
 
 
 async def _run(
@@ -78,7 +86,7 @@ async def _run(
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
     ctx = Context(services, peer, emit, client_gone=client_gone)
-    outcome = Outcome(Response(False, ""), shown, command.secret_output)
+    outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
 
     async def queued(position: int) -> None:
         if command.streaming:
@@ -106,16 +114,25 @@ async def _run(
     except BaseExceptionGroup as group:
         # a handler's nursery wraps what its tasks raised: a refusal inside one is still a refusal
         refusals, rest = group.split(CommandError)
-        if refusals is None or rest is not None:
-            raise
-        outcome.response = _failed(_first_leaf(refusals))
+        if refusals is not None and rest is None:
+            outcome.response = _failed(_first_leaf(refusals))
+        elif isinstance(group, ExceptionGroup):  # a bug in one of its tasks: still one answer
+            _internal(outcome, group)
+        else:
+            raise  # a cancellation or an interrupt is not this command's to answer
         return outcome
-    except Exception:  # noqa: BLE001 - the one place an unexpected failure becomes `internal`
-        LOG.exception("command %s failed", shown)
-        outcome.response = Response(False, "Internal error (see the daemon log)", error="internal")
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes `internal`
+        _internal(outcome, exc)
         return outcome
     outcome.response = _ok(result)
     return outcome
+
+
+def _internal(outcome: Outcome, exc: Exception) -> None:
+    # a library's message may quote an argument (a URL, a password): scrubbed like the answer
+    trace = outcome.scrubber.text("".join(traceback.format_exception(exc)).rstrip())
+    LOG.error("command %s failed\n%s", outcome.shown, trace)
+    outcome.response = Response(False, "Internal error (see the daemon log)", error="internal")
 
 
 def _first_leaf(group: BaseExceptionGroup[CommandError]) -> CommandError:
@@ -142,17 +159,22 @@ def _log(
     shown: str,
     response: Response,
     started: float,
-    secret_output: bool = False,
+    output_size_only: bool = False,
     held: tuple[int, int] | None = None,
+    scrubber: Scrubber = NO_SECRETS,
 ) -> None:
     if not COMMAND_LOG.enabled:
         return
     elapsed_ms = (time.perf_counter() - started) * 1000
-    logged = response
-    if secret_output and response.ok:
-        logged = Response(True, f"<{len(response.output)} characters redacted>", error=response.error)
+    if output_size_only and response.ok:
+        logged = Response(
+            True, f"<{len(response.output)} characters not logged>", error=response.error, id=response.id
+        )
     else:
         logged = msgspec.structs.replace(response, data=None)
     lock = f" lock={held[0]}-{held[1]}" if held else ""
     answer = encode_line(logged).decode().rstrip()
-    COMMAND_LOG.write(f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}")
+    if scrubber is not NO_SECRETS:  # (identity, not truth: no Python-level __bool__ on the hot path)
+        answer = scrubber.text(answer)  # the answer only: the caller, the timing and the lock span are ours
+    line = f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}"
+    COMMAND_LOG.write(without_credentials(line) if "@" in line else line)

@@ -2,22 +2,26 @@
 
 A `Params` subclass says which fields are positional (`positional`, in order; a last `list[str]` field
 takes the remaining words), which one takes the words after `--` (`rest`), and which hold secrets
-(`secret`, redacted in the log). Every other field is an option: `--name VALUE`, `--name=VALUE`, a `bool`
-is a bare flag, a `list` may repeat. The usage text is generated from the same struct.
+(`secret`: `***` in the log, or `KEY=***` when the field's metavar is `KEY=VALUE`). Every other field is
+an option: `--name VALUE`, `--name=VALUE`, a `bool` is a bare flag, a `list` may repeat. The usage text is
+generated from the same struct. Both request forms show their arguments through `berthd.server.redaction`.
 """
 
 from __future__ import annotations
 
-import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar, Union
 
 import msgspec
 
 from berthd.errors import CommandError
+from berthd.server.redaction import NO_SECRETS, Scrubber, secret_values, shown
+from berthd.server.redaction import without_credentials as without_credentials  # sources import it here
+
+PAIR_METAVAR = "KEY=VALUE"
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,6 +42,17 @@ class FieldSpec:
     required: bool
     metavar: str
     description: str | None
+    secret: bool = False
+
+    @property
+    def pairs(self) -> bool:
+        """Its words are `KEY=VALUE`: a secret one is shown as `KEY=***`."""
+        return self.metavar == PAIR_METAVAR
+
+    def show(self, value: str) -> str:
+        """One word of this field as the log shows it."""
+        text: str = shown(value, self.secret, self.pairs)
+        return text
 
     @property
     def display(self) -> str:
@@ -48,10 +63,11 @@ class FieldSpec:
         return "--" + self.name.replace("_", "-")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bound:
     params: Params
     redacted: list[str]
+    scrubber: Scrubber = field(default=NO_SECRETS)
 
 
 def _unwrap(tp: Any) -> tuple[Any, str | None]:
@@ -80,9 +96,8 @@ def field_specs(cls: type[Params]) -> tuple[FieldSpec, ...]:
         bare, description = _unwrap(f.type)
         variadic = typing.get_origin(bare) is list
         metavar = cls.metavars.get(name, name.upper())
-        specs.append(
-            FieldSpec(name, "variadic" if variadic else "positional", f.required, metavar, description)
-        )
+        kind = "variadic" if variadic else "positional"
+        specs.append(FieldSpec(name, kind, f.required, metavar, description, name in cls.secret))
     for name, f in fields.items():
         if name in cls.positional:
             continue
@@ -96,7 +111,7 @@ def field_specs(cls: type[Params]) -> tuple[FieldSpec, ...]:
         else:
             kind = "option"
         metavar = cls.metavars.get(name, name.upper())
-        specs.append(FieldSpec(name, kind, f.required, metavar, description))
+        specs.append(FieldSpec(name, kind, f.required, metavar, description, name in cls.secret))
     return tuple(specs)
 
 
@@ -145,14 +160,13 @@ def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
             else:
                 values[rest_spec.name] = remaining
                 redacted.append("--")
-                redacted.extend(remaining)
+                redacted.extend(map(rest_spec.show, remaining))
             break
         if token.startswith("--") and len(token) > 2:
             key, has_value, value = token[2:].partition("=")
             spec = options.get(key)
             if spec is None:
                 raise _usage_error(command, cls, f"unknown option --{key}")
-            secret = spec.name in cls.secret
             if spec.kind == "flag":
                 if has_value:
                     raise _usage_error(command, cls, f"option --{key} takes no value")
@@ -168,12 +182,11 @@ def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
                 values.setdefault(spec.name, []).append(value)
             else:
                 values[spec.name] = value
-            shown = _redact_word(value) if secret else without_credentials(value)
-            redacted.append(f"--{key}={shown}")
+            redacted.append(f"--{key}={spec.show(value)}")
             continue
         words.append(token)
     _bind_words(command, cls, specs, words, values, redacted)
-    return Bound(_convert(command, cls, values), redacted)
+    return Bound(_convert(command, cls, values), redacted, _scrubber(specs, values))
 
 
 def _bind_words(
@@ -188,29 +201,23 @@ def _bind_words(
     for spec in positional:
         if spec.kind == "variadic":
             values[spec.name] = list(words)
-            redacted.extend(_redact_word(w) if spec.name in cls.secret else w for w in words)
+            redacted.extend(map(spec.show, words))
             words = []
             break
         if not words:
             break
         word = words.pop(0)
         values[spec.name] = word
-        redacted.append("***" if spec.name in cls.secret else without_credentials(word))
+        redacted.append(spec.show(word))
     if words:
         raise _usage_error(command, cls, f"unexpected argument {words[0]!r}")
 
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
-
-
-def without_credentials(word: str) -> str:
-    """A URL's user and password never reach the log: `https://u:p@host/x` is `https://***@host/x`."""
-    return _USERINFO.sub(r"\1***@", word) if "@" in word else word
-
-
-def _redact_word(word: str) -> str:
-    key, has_value, _ = word.partition("=")
-    return f"{key}=***" if has_value else "***"
+def _scrubber(specs: tuple[FieldSpec, ...], values: dict[str, Any]) -> Scrubber:
+    if not values:
+        return NO_SECRETS  # the hot path: `ping` and friends
+    found = [secret_values(values[s.name], s.secret, s.pairs) for s in specs if s.name in values]
+    return Scrubber(value for values_of in found for value in values_of)
 
 
 def bind_named(command: str, cls: type[Params], named: dict[str, Any]) -> Bound:
@@ -222,8 +229,8 @@ def bind_named(command: str, cls: type[Params], named: dict[str, Any]) -> Bound:
         if name not in specs:
             raise _usage_error(command, cls, f"unknown parameter {key!r}")
         values[name] = value
-    redacted = [f"{k}=***" if k in cls.secret else f"{k}={v!r}" for k, v in values.items()]
-    return Bound(_convert(command, cls, values), redacted)
+    redacted = [f"{k}={shown(v, specs[k].secret, specs[k].pairs)!r}" for k, v in values.items()]
+    return Bound(_convert(command, cls, values), redacted, _scrubber(tuple(specs.values()), values))
 
 
 def _convert(command: str, cls: type[Params], values: dict[str, Any]) -> Params:

@@ -33,8 +33,14 @@ class Command:
     summary: str
     mutating: bool
     streaming: bool = False
-    secret_output: bool = False
+    secret_output: bool = False  # the answer holds secrets (config values)
+    app_output: bool = False  # the answer holds an app's own output (its logs)
     aliases: tuple[str, ...] = ()
+
+    @property
+    def output_size_only(self) -> bool:
+        """The log records the size of a successful answer's output, not its text."""
+        return self.secret_output or self.app_output
 
     @property
     def topic(self) -> str:
@@ -58,6 +64,7 @@ class Registry:
         mutating: bool,
         streaming: bool = False,
         secret_output: bool = False,
+        app_output: bool = False,
         aliases: tuple[str, ...] = (),
     ) -> Callable[[H], H]:
         """Register a handler `async def f(ctx: Context, params: SomeParams) -> Result`."""
@@ -67,7 +74,9 @@ class Registry:
             params_type = hints.get("params")
             if not (isinstance(params_type, type) and issubclass(params_type, Params)):
                 raise TypeError(f"handler for {name} needs a `params: <Params subclass>` argument")
-            cmd = Command(name, handler, params_type, summary, mutating, streaming, secret_output, aliases)
+            cmd = Command(
+                name, handler, params_type, summary, mutating, streaming, secret_output, app_output, aliases
+            )
             for key in (name, *aliases):
                 if key in self._names:
                     raise ValueError(f"command {key} registered twice")
