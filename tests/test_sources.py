@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import random
 import re
@@ -342,6 +343,70 @@ PROCFILE = (
     b'web: GREETING="hello web" sh -c \'echo "web $GREETING $PORT_HINT cwd=$(pwd)"; exec sleep 1000\'\n'
     b"worker: sh -c 'echo \"worker $BERTH_PROCESS $SHARED cwd=$(pwd)\"; exec sleep 1000'\n"
 )
+
+
+class GuardedHandler(QuietHandler):
+    """Serves its folder to alice (password "p@ss:w0rd") only, and records the Authorization of each
+    request; `/moved/NAME` redirects to the same file on another server."""
+
+    seen: list[tuple[str, str]]
+    elsewhere: str = ""
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization", "")))
+        if self.path.startswith("/moved/") and self.elsewhere:
+            self.send_response(302)
+            self.send_header("Location", f"{self.elsewhere}/{self.path.removeprefix('/moved/')}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        wanted = "Basic " + base64.b64encode(b"alice:p@ss:w0rd").decode()
+        if self.headers.get("Authorization") != wanted:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="archives"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+def serve(root: Path, seen: list[tuple[str, str]], elsewhere: str = "") -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (GuardedHandler,), {"seen": seen, "elsewhere": elsewhere})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_archive_url_credentials_are_sent_as_basic_auth_and_never_to_another_host(
+    berthd: Berthd, tmp_path: Path
+) -> None:
+    root = tmp_path / "private"
+    root.mkdir()
+    make_tar(root / "app.tar.gz", {"Procfile": b"web: sleep 1000\n"})
+    seen: list[tuple[str, str]] = []
+    other_seen: list[tuple[str, str]] = []
+    private = serve(root, seen)
+    other = serve(root, other_seen)
+    host, other_host = (f"127.0.0.1:{s.server_address[1]}" for s in (private, other))
+    redirecting = serve(root, seen, elsewhere=f"http://{other_host}")
+    try:
+        answer = berthd.call(["git:from-archive", "guarded", f"http://alice:p%40ss%3Aw0rd@{host}/app.tar.gz"])
+        assert answer.ok, answer.output
+        assert seen and all(auth.startswith("Basic ") for _, auth in seen), seen
+        berthd.call("ps:stop guarded")
+        # a redirect to another host: the password is not sent there, and the download fails
+        moved = f"http://alice:p%40ss%3Aw0rd@127.0.0.1:{redirecting.server_address[1]}/moved/app.tar.gz"
+        answer = berthd.call(["git:from-archive", "guarded", moved])
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), answer.output
+        assert other_seen and not any(auth for _, auth in other_seen), other_seen
+        for text in (berthd.log(), json.dumps([answer.output, answer.data])):
+            assert "p@ss" not in text and "p%40ss" not in text and "w0rd" not in text
+    finally:
+        for server in (private, other, redirecting):
+            server.shutdown()
+            server.server_close()
 
 
 def test_archive_with_a_procfile_of_two_types_scaled(berthd: Berthd, http_root: tuple[Path, str]) -> None:

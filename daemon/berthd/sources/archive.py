@@ -10,6 +10,7 @@ deploy has not given up, so the deploy's clean-up never misses it.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import shutil
@@ -130,10 +131,24 @@ class Deadline:
         return ArchiveError(f"download took longer than {self.seconds:g} s (--download-timeout)")
 
 
+def _request(url: str) -> urllib.request.Request:
+    """The request for `url`: a user and password in it go as Basic auth, never in the host name (which
+    would reach the resolver), and as an unredirected header, so a redirect elsewhere does not get them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return urllib.request.Request(url, headers={"User-Agent": "berthd"})
+    netloc = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    request.add_header("User-Agent", "berthd")
+    pair = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
+
+
 def _open_http(url: str, deadline: Deadline) -> http.client.HTTPResponse:
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ArchiveError("a file:// archive is read only from the descriptor opened as the caller")
-    request = urllib.request.Request(url, headers={"User-Agent": "berthd"})
+    request = _request(url)
     timeout = max(0.1, min(STALL_TIMEOUT, deadline.left()))
     try:
         return urllib.request.urlopen(request, timeout=timeout)  # type: ignore[no-any-return]  # noqa: S310 - scheme checked
