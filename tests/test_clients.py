@@ -6,13 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import trio
 
-from berth.client import Client, CommandFailed
+from berth.client import Client, CommandFailed, closed_by_peer
 from berth.trio_client import TrioClient
 from tests.daemon_proc import ROOT, Berthd
+from tests.test_native_runner import wait_for
 
 
 def berth(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,3 +82,26 @@ def test_trio_client_runs_commands_concurrently(berthd: Berthd) -> None:
 
     outputs = trio.run(main)
     assert sorted(outputs) == sorted(f"Creating t{i}... done" for i in range(10))
+
+
+def test_both_clients_reconnect_after_berthd_closed_an_idle_connection(
+    start_berthd: Callable[..., Berthd],
+) -> None:
+    daemon = start_berthd(extra_args=["--idle-timeout", "1"])
+    with Client(daemon.socket) as client:
+        assert client.call("ping").output == "pong"
+        first = client._sock
+        wait_for(lambda: first is not None and closed_by_peer(first.fileno()), timeout=10)
+        assert client.call("ping").output == "pong"  # on a new connection, not a broken pipe
+        assert client._sock is not first
+
+    async def main() -> list[str]:
+        async with TrioClient(daemon.socket) as client:
+            first = (await client.call("ping")).output
+            stream = client._stream
+            assert stream is not None
+            while not closed_by_peer(stream.socket.fileno()):
+                await trio.sleep(0.1)
+            return [first, (await client.call("ping")).output]
+
+    assert trio.run(main) == ["pong", "pong"]

@@ -7,6 +7,7 @@ with Client("/var/run/berthd/berthd.sock") as berth:
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,17 @@ from berth.paths import client_socket_path
 READ_SIZE = 65536
 
 EventHandler = Callable[[dict[str, Any]], None]
+
+
+def closed_by_peer(fd: int) -> bool:
+    """Has berthd closed this connection (as it does an idle one)? Looked at without reading or waiting."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
 
 class CommandFailed(Exception):
@@ -54,6 +66,7 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._lines = AnswerLines()
+        self._unanswered = 0  # commands sent whose final answer has not been read
 
     def __enter__(self) -> Client:
         return self
@@ -69,12 +82,15 @@ class Client:
             self._sock = None
 
     def _connection(self) -> socket.socket:
+        if self._sock is not None and not self._unanswered and closed_by_peer(self._sock.fileno()):
+            self.close()  # berthd closed it while nothing was asked (--idle-timeout): a new one
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             sock.connect(self.path)
             self._sock = sock
             self._lines = AnswerLines()
+            self._unanswered = 0
         return self._sock
 
     def _read_line(self) -> bytes:
@@ -96,12 +112,14 @@ class Client:
         """Send a command without waiting: berthd answers a connection's commands in order, so several
         may be in flight; read their answers with `receive`."""
         self._connection().sendall(encode_request(command, named, request_id))
+        self._unanswered += 1
 
     def receive(self, on_event: EventHandler | None = None) -> Response:
         """The final answer to the oldest command not answered yet (its events go to `on_event`)."""
         while True:
             message = decode_line(self._read_line())
             if isinstance(message, Response):
+                self._unanswered -= 1
                 return message
             if on_event is not None:
                 on_event(message)
@@ -116,6 +134,8 @@ class Client:
         self.send(command, named, request_id)
         while True:
             message = decode_line(self._read_line())
+            if isinstance(message, Response):
+                self._unanswered -= 1
             yield message
             if isinstance(message, Response):
                 return

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from berth.client import READ_SIZE, CommandFailed, EventHandler, encode_request
+from berth.client import READ_SIZE, CommandFailed, EventHandler, closed_by_peer, encode_request
 from berth.framing import AnswerLines
 from berth.messages import Response, decode_line
 from berth.paths import client_socket_path
@@ -28,6 +28,8 @@ class TrioClient:
         await self.aclose()
 
     async def connect(self) -> None:
+        if self._stream is not None and closed_by_peer(self._stream.socket.fileno()):
+            await self.aclose()  # berthd closed it while nothing was asked (--idle-timeout): a new one
         if self._stream is None:
             self._stream = await trio.open_unix_socket(self.path)
             self._lines = AnswerLines()
