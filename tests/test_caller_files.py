@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.daemon_proc import Berthd
+from tests.daemon_proc import ROOT, Berthd
 from tests.test_sources import PROCFILE, git, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make users and call as them")
@@ -142,6 +142,38 @@ def test_missing_and_forbidden_files_get_the_same_answer(
     assert answers[0] == answers[1] == answers[2], answers
     assert answers[0]["error"] == "invalid_argument"
     assert daemon.call("apps:list").data == []
+    assert_still_answers(daemon)
+
+
+def test_berthds_own_descriptors_are_not_reachable_through_proc_self_fd(
+    daemon: Berthd, homes: dict[str, Path], users: dict[str, pwd.struct_passwd]
+) -> None:
+    """The child that opens as the caller is a fork of berthd: it must hold none of berthd's descriptors
+    (the database, logs, another deploy's open archive), or /proc/self/fd/N would open them."""
+    links = homes[BOB] / "links"
+    links.mkdir()
+    os.chown(links, users[BOB].pw_uid, users[BOB].pw_gid)
+    answers = set()
+    for number in range(64):
+        link = links / f"fd{number}.tgz"
+        link.symlink_to(f"/proc/self/fd/{number}")
+        answer = call_as(daemon, BOB, "git:from-archive", ["fdsteal", f"file://{link}"])
+        answers.add((answer["error"], answer["output"].replace(str(link), "PATH")))
+    assert answers == {
+        ("invalid_argument", "file://PATH: there is no such file, or you may not read that file")
+    }
+    cwd = links / "cwd.tgz"
+    cwd.symlink_to("/proc/self/cwd")
+    answer = call_as(daemon, BOB, "git:from-archive", ["fdsteal", f"file://{cwd}"])
+    assert answer["error"] == "invalid_argument"
+    assert daemon.call("apps:list").data == []
+    # git's upload-pack as bob: /proc/self/cwd is not berthd's working directory (a git checkout here)
+    repo_link = links / "cwd-repo"
+    repo_link.symlink_to("/proc/self/cwd")
+    answer = call_as(daemon, BOB, "git:sync", ["cwdsteal", f"file://{repo_link}"])
+    assert answer["error"] == "invalid_argument"
+    assert "does not appear to be a git repository" in answer["output"], answer["output"]
+    assert str(ROOT) not in answer["output"]
     assert_still_answers(daemon)
 
 

@@ -33,6 +33,7 @@ from berthd.server.peercred import Peer
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # a FIFO must not block the open
 OPEN_TIMEOUT = 10.0
+MAX_FD = 1 << 20  # above any descriptor berthd can have (closerange uses close_range(2))
 
 
 class NotReadable(ValueError):
@@ -95,6 +96,12 @@ def _open_in_child(caller: Caller, path: str) -> int:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                # none of berthd's descriptors (database, logs, another deploy's archive) and not its
+                # working directory: /proc/self/fd/N and /proc/self/cwd would open them for the caller
+                keep = theirs.fileno()
+                os.closerange(0, keep)
+                os.closerange(keep + 1, MAX_FD)
+                os.chdir("/")
                 os.setgroups(list(caller.groups))
                 os.setresgid(caller.gid, caller.gid, caller.gid)
                 os.setresuid(caller.uid, caller.uid, caller.uid)
@@ -125,7 +132,7 @@ def _open_in_child(caller: Caller, path: str) -> int:
 
 def upload_pack(caller: Caller) -> str | None:
     """The `--upload-pack` command for a local repository: `git upload-pack` as the caller (None for root).
-    git runs it through the shell, so every word is quoted."""
+    git runs it through the shell (appending the repository's path), so every word is quoted."""
     if caller.is_root:
         return None
     setpriv, git = shutil.which("setpriv"), shutil.which("git")
@@ -134,4 +141,5 @@ def upload_pack(caller: Caller) -> str | None:
     groups = f"--groups={','.join(map(str, caller.groups))}" if caller.groups else "--clear-groups"
     words = [setpriv, f"--reuid={caller.uid}", f"--regid={caller.gid}", groups, "--no-new-privs", "--",
              git, "upload-pack"]  # fmt: skip
-    return " ".join(shlex.quote(word) for word in words)
+    # from / and not from git's working directory, which /proc/self/cwd would open as the caller
+    return "cd / && exec " + " ".join(shlex.quote(word) for word in words)
