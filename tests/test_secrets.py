@@ -326,3 +326,31 @@ def test_the_log_file_is_rotated_by_size(start_berthd: Callable[..., Berthd]) ->
     assert log_descriptors(daemon) == [str(daemon.log_file)]
     daemon.stop()
     assert b"berthd stopped" in daemon.log_file.read_bytes()
+
+
+@pytest.mark.parametrize("form", ["text", "json words", "json named"])
+@pytest.mark.parametrize("cut", ["/", "?", "#"])
+def test_a_password_holding_a_raw_slash_or_question_mark_is_hidden_and_refused(
+    berthd: Berthd, form: str, cut: str
+) -> None:
+    """`/`, `?` and `#` end a URL's authority for a parser, so `u:PW/x@host` has no userinfo to it: the
+    whole part before the last `@` is hidden all the same, and such a URL is refused, not fetched."""
+    pw = f"PW{secrets.token_hex(4)}{cut}x{secrets.token_hex(4)}"
+    for cmd, key, url in (
+        ("git:sync", "repository", f"http://u:{pw}@{UNREACHABLE}/r.git"),
+        ("git:from-archive", "url", f"https://u:{pw}@{UNREACHABLE}/app.tar.gz"),
+    ):
+        answers = exchange(berthd, forms(cmd, ["x", url], {"app": "x", key: url})[form])
+        final = json.loads(answers[-1])
+        assert (final["ok"], final["error"]) == (False, "invalid_argument"), final
+        assert "must be percent-encoded" in final["output"]
+        assert_nowhere(berthd, answers, pw, *pw.split(cut))
+
+
+@pytest.mark.parametrize("form", ["json words", "json named"])
+def test_a_password_holding_a_blank_is_hidden_and_refused(berthd: Berthd, form: str) -> None:
+    pw = f"PW{secrets.token_hex(4)} {secrets.token_hex(4)}"
+    url = f"http://u:{pw}@{UNREACHABLE}/r.git"
+    answers = exchange(berthd, forms("git:sync", ["x", url], {"app": "x", "repository": url})[form])
+    assert json.loads(answers[-1])["error"] == "invalid_argument"
+    assert_nowhere(berthd, answers, *pw.split(" "))

@@ -29,6 +29,23 @@ def without_credentials(text: str) -> str:
     return _USERINFO.sub(rf"\1{MASK}@", text) if "@" in text else text
 
 
+def _argument_without_credentials(value: str) -> str:
+    """One argument that holds a URL: hidden from its `://` to its last `@`, wherever that is. Stricter
+    than free text: a password holding a raw `/`, `?`, `#` or a blank (which ends the authority for a URL
+    parser) is hidden whole too; at worst an `@` in a path is hidden with what comes before it."""
+    start = value.find("://")
+    at = value.rfind("@")
+    if start < 0 or at < start:
+        return without_credentials(value)
+    return value[: start + 3] + MASK + value[at:]
+
+
+def _argument_userinfo(value: str) -> str | None:
+    start = value.find("://")
+    at = value.rfind("@")
+    return value[start + 3 : at] if 0 <= start < at else None
+
+
 def masked(value: Any, pairs: bool = False) -> Any:
     """A secret as it may be shown: `***`, or `KEY=***` for a word of a `KEY=VALUE` parameter."""
     if isinstance(value, str):
@@ -44,7 +61,7 @@ def shown(value: Any, secret: bool = False, pairs: bool = False) -> Any:
     if secret:
         return masked(value, pairs)
     if isinstance(value, str):
-        return without_credentials(value)
+        return _argument_without_credentials(value)
     if isinstance(value, list):
         return [shown(item) for item in value]
     if isinstance(value, dict):
@@ -59,8 +76,10 @@ def secret_values(value: Any, secret: bool = False, pairs: bool = False) -> Iter
             key, has_value, rest = value.partition("=")
             yield rest if pairs and has_value and _VARIABLE.match(key) else value
         elif "@" in value:
-            for match in _USERINFO.finditer(value):
-                user, has_password, password = value[match.end(1) : match.end() - 1].partition(":")
+            found = [value[match.end(1) : match.end() - 1] for match in _USERINFO.finditer(value)]
+            whole = _argument_userinfo(value)
+            for userinfo in [*found, *([whole] if whole is not None else [])]:
+                user, has_password, password = userinfo.partition(":")
                 hidden = password if has_password else user  # `user:password`, or a token alone
                 yield hidden
                 yield unquote(hidden)

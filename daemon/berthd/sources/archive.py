@@ -37,6 +37,11 @@ INCOMING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLO
 
 def check_url(url: str) -> urllib.parse.SplitResult:
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "file" and parts.netloc and "@" in url.partition(parts.netloc)[2]:
+        raise ArchiveError(
+            "invalid archive URL: an '@' after the host; a user or password holding '/', '?', '#', '@' "
+            "or a blank must be percent-encoded"
+        )
     if parts.scheme not in SCHEMES:
         raise ArchiveError(f"unsupported URL scheme {parts.scheme!r}: use {', '.join(SCHEMES)}")
     if parts.scheme != "file" and not parts.hostname:

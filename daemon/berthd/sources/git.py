@@ -28,6 +28,12 @@ esac
 """
 
 
+AT_AFTER_HOST = (
+    "invalid repository URL: an '@' after the host; a user or password holding '/', '?', '#', '@' or a "
+    "blank must be percent-encoded (or given with --username/--password)"
+)
+
+
 class GitError(ValueError):
     pass
 
@@ -42,11 +48,15 @@ class Repository:
 
 
 def check_repository(url: str, username: str | None, password: str | None) -> Repository:
-    if not url or url.startswith("-") or "::" in url.split("/", 1)[0] or any(c.isspace() for c in url):
+    if any(c.isspace() for c in url):  # not quoted: a password may be what holds the blank
+        raise GitError("invalid repository URL: it contains a blank or a control character")
+    if not url or url.startswith("-") or "::" in url.split("/", 1)[0]:
         raise GitError(f"invalid repository URL {without_credentials(url)!r}")
     if SCP_LIKE.match(url):
         return Repository(url, url, username, password)
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "file" and parts.netloc and "@" in url.partition(parts.netloc)[2]:
+        raise GitError(AT_AFTER_HOST)
     if parts.scheme not in SCHEMES:
         raise GitError(
             f"unsupported repository URL scheme {parts.scheme or 'none'!r}: use {', '.join(SCHEMES)}"
