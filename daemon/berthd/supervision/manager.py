@@ -204,6 +204,8 @@ class ProcessManager:
     async def restart_policy_changed(self, app: str, policy: RestartPolicy) -> None:
         for process in self.processes_of(app):
             process.policy = policy
+            if process.handle is not None and process.runner.features.engine_restarts:
+                await process.runner.restart_policy_changed(process.handle, str(policy))
 
     async def _stop_processes(
         self, app: str, processes: Iterable[SupervisedProcess], forget: bool = True
