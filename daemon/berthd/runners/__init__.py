@@ -119,6 +119,7 @@ class ExitStatus(msgspec.Struct, frozen=True):
 class EngineRun(msgspec.Struct, frozen=True, kw_only=True):
     """What an engine that restarts a process itself (`features.engine_restarts`) says of it now."""
 
+    looked_at: float  # time.monotonic() as the engine answered: of two looks, the later one counts
     restarting: bool  # it exited and the engine waits to start it again
     ended: bool = False  # it exited and the engine gave up on it (neither: it runs)
     restarts: int  # restarts the engine made since the process was last started by berthd
@@ -167,6 +168,10 @@ class Runner:
         """`wait`; with `features.engine_restarts`, the engine restarts the process itself, `seen` hears
         each change of what it says, and the exit returned is the one the engine did not restart."""
         return await self.wait(handle)
+
+    async def look(self, handle: Handle) -> EngineRun | None:
+        """`features.engine_restarts`: what the engine says of the process now (None: it is gone)."""
+        return None
 
     async def restart_policy_changed(self, handle: Handle, policy: str) -> None:
         """`features.engine_restarts`: the engine applies the app's new restart policy from now on."""

@@ -122,6 +122,7 @@ class SupervisedProcess:
     history: list[tuple[float, State]] = field(default_factory=list)
     failure: BaseException | None = None
     _restarts_at_start: int = 0  # the engine counts its restarts from each start of berthd's
+    _engine_looked_at: float = 0.0  # looks at the engine can end out of order: the latest counts
     _wanted: bool = False
     _stop_requested: trio.Event = field(default_factory=trio.Event)
     _finished: trio.Event = field(default_factory=trio.Event)
@@ -241,8 +242,9 @@ class SupervisedProcess:
     def _follow_engine(self, run: EngineRun) -> None:
         """What the engine that restarts the process says: its restarts and exits are the process's, its
         wait before a restart is BACKOFF."""
-        if self.state not in (State.RUNNING, State.BACKOFF):
-            return  # stopping: the engine's word no longer matters
+        if self.state not in (State.RUNNING, State.BACKOFF) or run.looked_at < self._engine_looked_at:
+            return  # stopping (the engine's word no longer matters), or an older look than one applied
+        self._engine_looked_at = run.looked_at
         before, self.restarts = self.restarts, self._restarts_at_start + run.restarts
         if run.last_exit is not None:
             self.last_exit = run.last_exit
@@ -261,6 +263,16 @@ class SupervisedProcess:
         if self.state == State.BACKOFF:
             self._enter(State.STARTING)
             self._enter(State.RUNNING, f"restarted by the engine (restart {self.restarts})")
+
+    async def refresh(self) -> None:
+        """Ask an engine that restarts the process itself now, so that a report says what is true now
+        rather than at the last look. Raises the runner's error when the engine cannot be asked."""
+        handle = self.handle
+        if handle is None or not self.runner.features.engine_restarts:
+            return
+        run = await self.runner.look(handle)
+        if run is not None and self.handle is handle:
+            self._follow_engine(run)
 
     def mark_stopped(self) -> None:
         """After a stop, a process whose policy had given up (EXITED, FAILED) is STOPPED too."""

@@ -31,6 +31,7 @@ from berthd.deploy.exapp import (
 )
 from berthd.deploy.heartbeat import wait_heartbeat
 from berthd.errors import CommandError, not_found
+from berthd.log import LOG
 from berthd.runners import (
     DaemonStatus,
     EngineLine,
@@ -184,22 +185,22 @@ class DockerRunner(Runner):
         return await self.watch(handle, lambda run: None)
 
     async def watch(self, handle: Handle, seen: EngineSink) -> ExitStatus:
-        daemon = handle.detail["daemon"]
-        told: EngineRun | None = None
         while True:
             try:
-                look = await self._call(daemon, _look, handle.ref)
+                run = await self.look(handle)
             except (RunnerError, CommandError):
                 await trio.sleep(WATCH)  # the engine is away: the container may well still run
                 continue
-            if look is None:  # removed behind berthd's back (`docker rm -f` kills it)
+            if run is None:  # removed behind berthd's back (`docker rm -f` kills it)
                 return ExitStatus(None, signal.SIGKILL)
-            if look != told:
-                seen(look)
-                told = look
-            if look.ended:
-                return look.last_exit or ExitStatus(None, signal.SIGKILL)
+            seen(run)
+            if run.ended:
+                return run.last_exit or ExitStatus(None, signal.SIGKILL)
             await trio.sleep(WATCH)
+
+    async def look(self, handle: Handle) -> EngineRun | None:
+        run: EngineRun | None = await self._call(handle.detail["daemon"], _look, handle.ref)
+        return run
 
     async def restart_policy_changed(self, handle: Handle, policy: str) -> None:
         await self._call(
@@ -307,10 +308,12 @@ def _look(client: Any, name_or_id: str) -> EngineRun | None:
     if container is None:
         return None
     state = container.attrs["State"]
+    looked_at = time.monotonic()
     restarting = bool(state.get("Restarting"))
     ended = state.get("Status") in ENDED and not restarting
     count = int(container.attrs.get("RestartCount") or 0)
     return EngineRun(
+        looked_at=looked_at,
         restarting=restarting,
         ended=ended,
         # the engine counts a restart once it decides on it; berthd, once it is made
@@ -365,8 +368,8 @@ def _ensure_running(client: Any, request: ContainerRequest, progress: Progress |
     if container is None:
         _ensure_image(client, request.image, progress)
         container = _create(client, request)
-    elif container.attrs["HostConfig"].get("RestartPolicy") != _policy_config(request.restart_policy):
-        container.update(restart_policy=_policy_config(request.restart_policy))  # the policy changed since
+    else:
+        _adopt_restart_policy(container, request)
     # a restarting container is the engine's to start: starting it would reset its restart count
     if container.status not in ("running", "restarting"):
         try:
@@ -375,6 +378,26 @@ def _ensure_running(client: Any, request: ContainerRequest, progress: Progress |
             container.remove(force=True)
             raise RunnerError(f"container {request.name} did not start: {exc.explanation or exc}") from None
     return str(container.id)
+
+
+def _adopt_restart_policy(container: Any, request: ContainerRequest) -> None:
+    """A container made before the app's policy changed takes the new one. An engine (or a proxy before
+    it) that refuses the update leaves the old one in force, which is said in the log: the container
+    still runs, and the engine still decides its restarts."""
+    wanted = _policy_config(request.restart_policy)
+    current = container.attrs["HostConfig"].get("RestartPolicy")
+    if current == wanted:
+        return
+    try:
+        container.update(restart_policy=wanted)
+    except _docker().errors.APIError as exc:
+        LOG.warning(
+            "container %s keeps its restart policy %s, the engine refused %s: %s",
+            request.name,
+            current,
+            wanted,
+            exc.explanation or exc,
+        )
 
 
 def _create(client: Any, request: ContainerRequest) -> Any:
