@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import http.server
 import os
@@ -32,7 +33,23 @@ EXAPP = [
 
 
 @pytest.fixture
-def engine(
+def exapp_ports(docker_host: str) -> Iterator[None]:
+    """Tests whose ExApps listen on APP_PORT take turns: each test's berthd picks its ports from
+    23000-23999 by itself, so two running side by side can pick the same one, and the second httpd
+    cannot bind it (its container crash-loops, and a heartbeat check may reach the other's)."""
+    with (Path(socket_path(docker_host)).parent / "exapp-ports.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture
+def engine(exapp_ports: None, engine_berthd: Berthd) -> Berthd:
+    """`engine_berthd`, for ExApps that listen on their port (the lock is taken first, released last)."""
+    return engine_berthd
+
+
+@pytest.fixture
+def engine_berthd(
     start_berthd: Callable[..., Berthd], docker_host: str, docker_client: docker.DockerClient
 ) -> Iterator[Berthd]:
     """berthd with the test engine registered as the default deploy daemon; containers cleaned up.
@@ -221,7 +238,7 @@ def test_rocm_daemon_passes_the_amd_devices(
     }
 
 
-def test_manual_install_checks_the_heartbeat(berthd: Berthd, tmp_path: Path) -> None:
+def test_manual_install_checks_the_heartbeat(exapp_ports: None, berthd: Berthd, tmp_path: Path) -> None:
     """berthd starts nothing: ps:start waits for the app's heartbeat at its address, ps:report tells."""
     assert berthd.call(["daemons:register", "manual", "Manual", "manual-install", "http", "null", NC_URL]).ok
     assert berthd.call(["git:from-image", "handmade", BUSYBOX_IMAGE, "--daemon", "manual"]).ok
@@ -316,7 +333,7 @@ def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
 
 
 def test_the_engine_going_away_mid_test(
-    start_berthd: Callable[..., Berthd], docker_host: str, tmp_path: Path
+    exapp_ports: None, start_berthd: Callable[..., Berthd], docker_host: str, tmp_path: Path
 ) -> None:
     """The daemon reaches the engine through socat; socat stops (the engine, as berthd sees it, is gone)."""
     proxy = tmp_path / "engine-proxy.sock"

@@ -40,6 +40,7 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
     scale: bool = False  # more than one process of a type
     fingerprint: bool = False  # `fingerprint` reports a daemon's engine, for placement
     engine: bool = False  # `check` reaches an engine behind the deploy daemon
+    engine_restarts: bool = False  # the engine restarts the process under the app's policy: see `watch`
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -115,6 +116,20 @@ class ExitStatus(msgspec.Struct, frozen=True):
         return f"exited with code {self.code}"
 
 
+class EngineRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What an engine that restarts a process itself (`features.engine_restarts`) says of it now."""
+
+    looked_at: float  # time.monotonic() as the engine answered: of two looks, the later one counts
+    restarting: bool  # it exited and the engine waits to start it again
+    ended: bool = False  # it exited and the engine gave up on it (neither: it runs)
+    restarts: int  # restarts the engine made since the process was last started by berthd
+    started_at: float | None = None  # of the run going on (or the last one)
+    last_exit: ExitStatus | None = None  # its last exit, when the engine still tells it
+
+
+EngineSink = Callable[[EngineRun], None]
+
+
 class RunnerError(Exception):
     """A runner could not do what was asked; the message is for people."""
 
@@ -148,6 +163,19 @@ class Runner:
 
     async def wait(self, handle: Handle) -> ExitStatus:
         raise NotImplementedError
+
+    async def watch(self, handle: Handle, seen: EngineSink) -> ExitStatus:
+        """`wait`; with `features.engine_restarts`, the engine restarts the process itself, `seen` hears
+        each change of what it says, and the exit returned is the one the engine did not restart."""
+        return await self.wait(handle)
+
+    async def look(self, handle: Handle) -> EngineRun | None:
+        """`features.engine_restarts`: what the engine says of the process now (None: it is gone)."""
+        return None
+
+    async def restart_policy_changed(self, handle: Handle, policy: str) -> None:
+        """`features.engine_restarts`: the engine applies the app's new restart policy from now on."""
+        return None
 
     async def stop(self, handle: Handle, timeout: float, signum: int = signal.SIGTERM) -> ExitStatus | None:
         raise NotImplementedError

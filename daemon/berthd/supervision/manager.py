@@ -204,6 +204,8 @@ class ProcessManager:
     async def restart_policy_changed(self, app: str, policy: RestartPolicy) -> None:
         for process in self.processes_of(app):
             process.policy = policy
+            if process.handle is not None and process.runner.features.engine_restarts:
+                await process.runner.restart_policy_changed(process.handle, str(policy))
 
     async def _stop_processes(
         self, app: str, processes: Iterable[SupervisedProcess], forget: bool = True
@@ -256,9 +258,17 @@ class ProcessManager:
 
     async def report_detailed(self, app: str) -> list[dict[str, object]]:
         """The report, with what the runner can tell of each process (a container's state and health)."""
-        rows = self.report(app)
-        for row, process in zip(rows, self.processes_of(app), strict=True):
-            if process.handle is not None:
+        engine_away: dict[str, str] = {}
+        for process in self.processes_of(app):
+            try:
+                await process.refresh()  # the state of a container as its engine says it now
+            except CommandError as exc:
+                engine_away[process.name] = exc.message
+        processes, rows = self.processes_of(app), self.report(app)  # no await between: the same ones
+        for row, process in zip(rows, processes, strict=True):
+            if process.name in engine_away:
+                row["engine"] = engine_away[process.name]
+            elif process.handle is not None:
                 try:
                     row.update(await process.runner.inspect(process.handle))
                 except CommandError as exc:

@@ -6,6 +6,9 @@
 
 Every transition goes through `_enter`, the one place that checks it, records it and tells the logs.
 Backoff doubles from 1 s to 60 s with jitter, and starts over once a process has stayed up 10 s.
+A runner whose engine restarts the process itself (`features.engine_restarts`, a container) applies the
+policy there; the process then goes through the same states as the engine reports them, and its exit
+is final once the engine has given up.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import trio
 
 from berthd.errors import CommandError
 from berthd.log import LOG
-from berthd.runners import ExitStatus, Handle, ProcessSpec, Runner, RunnerError
+from berthd.runners import EngineRun, ExitStatus, Handle, ProcessSpec, Runner, RunnerError
 from berthd.supervision.logs import LogFile
 
 
@@ -40,7 +43,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.FAILED, State.STOPPING, State.STOPPED}),
     State.RUNNING: frozenset({State.BACKOFF, State.EXITED, State.FAILED, State.STOPPING}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.STOPPED}),
+    # EXITED, FAILED: an engine that restarts the process itself gave up while berthd saw it wait
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.STOPPED, State.EXITED, State.FAILED}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.EXITED: frozenset({State.STARTING, State.STOPPED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPED}),
@@ -117,6 +121,8 @@ class SupervisedProcess:
     next_start_at: float | None = None
     history: list[tuple[float, State]] = field(default_factory=list)
     failure: BaseException | None = None
+    _restarts_at_start: int = 0  # the engine counts its restarts from each start of berthd's
+    _engine_looked_at: float = 0.0  # looks at the engine can end out of order: the latest counts
     _wanted: bool = False
     _stop_requested: trio.Event = field(default_factory=trio.Event)
     _finished: trio.Event = field(default_factory=trio.Event)
@@ -156,6 +162,7 @@ class SupervisedProcess:
                 else:
                     self.last_error = None
                     self.started_at = time.time()
+                    self._restarts_at_start = self.restarts
                     # before any await: the note comes ahead of the process's first output in its log
                     self._enter(State.RUNNING, f"{self.runner.name} {self.handle.ref}")
                     await self.save_handle(self.handle)
@@ -173,6 +180,12 @@ class SupervisedProcess:
                 failed = status is None or not status.success
                 self.failures = self.failures + 1 if failed else 0
                 why = status.describe() if status else f"could not start: {self.last_error}"
+                if status is not None and self.runner.features.engine_restarts:
+                    # the engine restarted it while the policy let it: this exit is the one it gave up on
+                    given_up = failed and self.policy.kind != "no"
+                    self._enter(State.FAILED if given_up else State.EXITED, why)
+                    await self.ended()
+                    return
                 if not self.policy.restarts_after(status or ExitStatus(1), self.failures):
                     given_up = self.policy.kind == "on-failure" and failed
                     self._enter(State.FAILED if given_up or status is None else State.EXITED, why)
@@ -211,7 +224,7 @@ class SupervisedProcess:
         async with trio.open_nursery() as nursery:
 
             async def on_exit() -> None:
-                result.append(await self.runner.wait(handle))
+                result.append(await self.runner.watch(handle, self._follow_engine))
                 nursery.cancel_scope.cancel()
 
             async def on_stop() -> None:
@@ -225,6 +238,41 @@ class SupervisedProcess:
             nursery.start_soon(on_exit)
             nursery.start_soon(on_stop)
         return result[0]
+
+    def _follow_engine(self, run: EngineRun) -> None:
+        """What the engine that restarts the process says: its restarts and exits are the process's, its
+        wait before a restart is BACKOFF."""
+        if self.state not in (State.RUNNING, State.BACKOFF) or run.looked_at < self._engine_looked_at:
+            return  # stopping (the engine's word no longer matters), or an older look than one applied
+        self._engine_looked_at = run.looked_at
+        before, self.restarts = self.restarts, self._restarts_at_start + run.restarts
+        if run.last_exit is not None:
+            self.last_exit = run.last_exit
+        if run.restarting:
+            if self.state == State.RUNNING:
+                why = run.last_exit.describe() if run.last_exit else "it exited"
+                self._enter(State.BACKOFF, f"{why}; the engine restarts it")
+            return
+        if self.restarts > before and (run.ended or self.state == State.RUNNING):
+            # a run (or an exit) came and went between two looks: no state to show for it, but a note
+            self.log.note(f"restarted by the engine (restart {self.restarts})")
+        if run.ended:
+            return  # the supervision loop ends it
+        if run.started_at is not None:
+            self.started_at = run.started_at  # the engine's: its uptime, across berthd's restarts too
+        if self.state == State.BACKOFF:
+            self._enter(State.STARTING)
+            self._enter(State.RUNNING, f"restarted by the engine (restart {self.restarts})")
+
+    async def refresh(self) -> None:
+        """Ask an engine that restarts the process itself now, so that a report says what is true now
+        rather than at the last look. Raises the runner's error when the engine cannot be asked."""
+        handle = self.handle
+        if handle is None or not self.runner.features.engine_restarts:
+            return
+        run = await self.runner.look(handle)
+        if run is not None and self.handle is handle:
+            self._follow_engine(run)
 
     def mark_stopped(self) -> None:
         """After a stop, a process whose policy had given up (EXITED, FAILED) is STOPPED too."""

@@ -1,17 +1,21 @@
 """Containers through a deploy daemon's Docker engine, behind the runner interface.
 
 A container is named for its app (`nc_app_APP`), so after a berthd restart `start` finds the one that
-is there instead of making a second; Docker's own restart policy (`unless-stopped`) keeps it running,
-and `wait` returns only when the engine has given up on it. Every engine call is blocking and runs on
-a worker thread; an engine that is down or refuses becomes `unavailable` with the daemon's name.
+is there instead of making a second. The engine does the restarting: the app's restart policy becomes
+the container's (`always` is AppAPI's `unless-stopped`), so an ExApp keeps being restarted while berthd
+is away, and `watch` tells the supervisor what the engine does (its restarts, its waits, the last exit
+code) until the engine gives up. Every engine call is blocking and runs on a worker thread; an engine
+that is down or refuses becomes `unavailable` with the daemon's name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -27,9 +31,12 @@ from berthd.deploy.exapp import (
 )
 from berthd.deploy.heartbeat import wait_heartbeat
 from berthd.errors import CommandError, not_found
+from berthd.log import LOG
 from berthd.runners import (
     DaemonStatus,
     EngineLine,
+    EngineRun,
+    EngineSink,
     ExitStatus,
     Features,
     Handle,
@@ -46,7 +53,8 @@ from berthd.runners.docker import engine
 from berthd.store.records import DaemonRecord
 
 POLL = 0.5  # while starting
-WATCH = 2.0  # while running: how soon berthd notices the engine gave up on a container
+WATCH = 1.0  # while running: how soon berthd notices an exit, a restart, or the engine giving up
+ENDED = ("exited", "dead")
 
 
 def _docker() -> Any:
@@ -57,7 +65,9 @@ def _docker() -> Any:
 
 class DockerRunner(Runner):
     name = "docker"
-    features = Features(engine_logs=True, image_pull=True, fingerprint=True, engine=True)
+    features = Features(
+        engine_logs=True, image_pull=True, fingerprint=True, engine=True, engine_restarts=True
+    )
 
     def __init__(self, host: RunnerHost) -> None:
         super().__init__(host)
@@ -111,7 +121,10 @@ class DockerRunner(Runner):
         record, daemon = target.app, _daemon_of(target)
         secret, port = await self.host.store.exapp_identity(record.name, lambda taken: free_port(taken))
         config = await self.host.store.get_config(record.name)
-        request = container_request(record, daemon, secret, port, config)
+        request = msgspec.structs.replace(
+            container_request(record, daemon, secret, port, config),
+            restart_policy=engine_restart_policy(record.settings.restart_policy),
+        )
         options: dict[str, Any] = {"container": msgspec.to_builtins(request)}
         if record.source.detail.get("heartbeat") == "true":
             host = app_host(daemon)
@@ -152,13 +165,12 @@ class DockerRunner(Runner):
             status, health = state["Status"], (state.get("Health") or {}).get("Status")
             if status == "running" and health in (None, "healthy"):
                 return
-            if status in ("exited", "dead") or health == "unhealthy":
-                why = (
-                    f"health check failed ({health})"
-                    if health == "unhealthy"
-                    else f"it exited ({state.get('ExitCode')})"
-                )
-                raise RunnerError(f"container {request.name} did not start: {why}")
+            if status == "restarting" or status in ENDED:
+                # it started and exited already: an exit like any other, which `watch` reports and the
+                # engine's policy restarts or not; the container stays, and its logs say why
+                return
+            if health == "unhealthy":
+                raise RunnerError(f"container {request.name} did not start: health check failed ({health})")
             if trio.current_time() >= deadline:
                 raise RunnerError(
                     f"container {request.name} not healthy within {request.health_timeout:.0f} s (health: {health})"
@@ -170,18 +182,30 @@ class DockerRunner(Runner):
         return bool(state and state["Status"] == "running")
 
     async def wait(self, handle: Handle) -> ExitStatus:
-        daemon = handle.detail["daemon"]
+        return await self.watch(handle, lambda run: None)
+
+    async def watch(self, handle: Handle, seen: EngineSink) -> ExitStatus:
         while True:
             try:
-                state = await self._call(daemon, _state, handle.ref)
+                run = await self.look(handle)
             except (RunnerError, CommandError):
                 await trio.sleep(WATCH)  # the engine is away: the container may well still run
                 continue
-            if state is None:
-                return ExitStatus(None, 9)
-            if state["Status"] in ("exited", "dead") and not state.get("Restarting"):
-                return ExitStatus(int(state.get("ExitCode", 1)))
+            if run is None:  # removed behind berthd's back (`docker rm -f` kills it)
+                return ExitStatus(None, signal.SIGKILL)
+            seen(run)
+            if run.ended:
+                return run.last_exit or ExitStatus(None, signal.SIGKILL)
             await trio.sleep(WATCH)
+
+    async def look(self, handle: Handle) -> EngineRun | None:
+        run: EngineRun | None = await self._call(handle.detail["daemon"], _look, handle.ref)
+        return run
+
+    async def restart_policy_changed(self, handle: Handle, policy: str) -> None:
+        await self._call(
+            handle.detail["daemon"], _set_restart_policy, handle.ref, engine_restart_policy(policy)
+        )
 
     async def stop(self, handle: Handle, timeout: float, signum: int = 15) -> ExitStatus | None:
         daemon = handle.detail["daemon"]
@@ -234,6 +258,28 @@ class DockerRunner(Runner):
         return dict(await self._call(daemon.name, lambda client: client.info()))
 
 
+def engine_restart_policy(policy: str | None) -> str:
+    """The app's restart policy (berthd's words; none is `always`) as the engine's, which applies it.
+
+    `always` is `unless-stopped`, as AppAPI has it: a `ps:stop` is a manual stop, which even a restarted
+    engine respects. berthd's `on-failure:N` gives up after N failures, the engine's after N restarts:
+    N - 1 of them, and `on-failure:1` is `no` (neither restarts a clean exit). Unlike berthd's count of
+    failures in a row, the engine's does not start over after a long run.
+    """
+    kind, _, count = (policy or "always").partition(":")
+    if kind == "always":
+        return "unless-stopped"
+    if kind == "on-failure" and count:
+        return "no" if int(count) == 1 else f"on-failure:{int(count) - 1}"
+    return kind
+
+
+def _policy_config(policy: str) -> dict[str, Any]:
+    """`on-failure:2` as the engine's HostConfig has it."""
+    name, _, count = policy.partition(":")
+    return {"Name": name, "MaximumRetryCount": int(count or 0)}
+
+
 def _daemon_of(target: Target) -> DaemonRecord:
     if target.daemon is None:
         raise RunnerError(f"{target.app.name} has no deploy daemon")
@@ -254,6 +300,44 @@ def _find(client: Any, name_or_id: str) -> Any:
 def _state(client: Any, name_or_id: str) -> dict[str, Any] | None:
     container = _find(client, name_or_id)
     return dict(container.attrs["State"]) if container is not None else None
+
+
+def _look(client: Any, name_or_id: str) -> EngineRun | None:
+    """What the engine says of the container (None: it is gone)."""
+    container = _find(client, name_or_id)
+    if container is None:
+        return None
+    state = container.attrs["State"]
+    looked_at = time.monotonic()
+    restarting = bool(state.get("Restarting"))
+    ended = state.get("Status") in ENDED and not restarting
+    count = int(container.attrs.get("RestartCount") or 0)
+    return EngineRun(
+        looked_at=looked_at,
+        restarting=restarting,
+        ended=ended,
+        # the engine counts a restart once it decides on it; berthd, once it is made
+        restarts=max(0, count - 1) if restarting else count,
+        started_at=_timestamp(state.get("StartedAt")),
+        # a new run clears the exit code: known while the engine waits, and once it has given up
+        last_exit=ExitStatus(int(state.get("ExitCode") or 0)) if restarting or ended else None,
+    )
+
+
+def _timestamp(text: str | None) -> float | None:
+    """An engine time (`2026-12-02T14:20:42.343123456Z`; the year 1 when never) as epoch seconds."""
+    if not text or text.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _set_restart_policy(client: Any, container_id: str, policy: str) -> None:
+    container = _find(client, container_id)
+    if container is not None:
+        container.update(restart_policy=_policy_config(policy))
 
 
 def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
@@ -284,13 +368,36 @@ def _ensure_running(client: Any, request: ContainerRequest, progress: Progress |
     if container is None:
         _ensure_image(client, request.image, progress)
         container = _create(client, request)
-    if container.status != "running":
+    else:
+        _adopt_restart_policy(container, request)
+    # a restarting container is the engine's to start: starting it would reset its restart count
+    if container.status not in ("running", "restarting"):
         try:
             container.start()
         except docker.errors.APIError as exc:
             container.remove(force=True)
             raise RunnerError(f"container {request.name} did not start: {exc.explanation or exc}") from None
     return str(container.id)
+
+
+def _adopt_restart_policy(container: Any, request: ContainerRequest) -> None:
+    """A container made before the app's policy changed takes the new one. An engine (or a proxy before
+    it) that refuses the update leaves the old one in force, which is said in the log: the container
+    still runs, and the engine still decides its restarts."""
+    wanted = _policy_config(request.restart_policy)
+    current = container.attrs["HostConfig"].get("RestartPolicy")
+    if current == wanted:
+        return
+    try:
+        container.update(restart_policy=wanted)
+    except _docker().errors.APIError as exc:
+        LOG.warning(
+            "container %s keeps its restart policy %s, the engine refused %s: %s",
+            request.name,
+            current,
+            wanted,
+            exc.explanation or exc,
+        )
 
 
 def _create(client: Any, request: ContainerRequest) -> Any:
@@ -301,7 +408,7 @@ def _create(client: Any, request: ContainerRequest) -> Any:
         "environment": request.env,
         "volumes": {request.volume: {"bind": request.volume_target, "mode": "rw"}},
         "network_mode": request.network_mode,
-        "restart_policy": {"Name": request.restart_policy},
+        "restart_policy": _policy_config(request.restart_policy),
         "labels": request.labels,
         "detach": True,
     }
