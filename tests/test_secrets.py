@@ -354,3 +354,31 @@ def test_a_password_holding_a_blank_is_hidden_and_refused(berthd: Berthd, form: 
     answers = exchange(berthd, forms("git:sync", ["x", url], {"app": "x", "repository": url})[form])
     assert json.loads(answers[-1])["error"] == "invalid_argument"
     assert_nowhere(berthd, answers, *pw.split(" "))
+
+
+@pytest.mark.parametrize("form", ["text", "json named"])
+def test_a_daemon_option_holding_a_credential_is_hidden_in_the_log_and_the_listing(
+    berthd: Berthd, form: str
+) -> None:
+    pw = password()
+    words = ["m1", "Manual", "manual-install", "http", "null", "https://nc.local"]
+    options = [f"PROXY_TOKEN={pw}", "OVERRIDE_APP_HOST=0.0.0.0"]
+    named = dict(
+        zip(
+            ["name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url"],
+            words,
+            strict=True,
+        )
+    )
+    requests = {
+        "text": " ".join(["daemons:register", *words, *(f"--option {o}" for o in options)]).encode(),
+        "json named": json.dumps({"cmd": "daemons:register", "args": {**named, "option": options}}).encode(),
+    }
+    answers = exchange(berthd, requests[form])
+    assert json.loads(answers[-1])["ok"], answers
+    listing = berthd.call("daemons:list")
+    assert listing.data[0]["deploy_config"]["additional_options"] == {
+        "PROXY_TOKEN": "***",
+        "OVERRIDE_APP_HOST": "0.0.0.0",
+    }
+    assert_nowhere(berthd, [*answers, listing.output.encode(), json.dumps(listing.data).encode()], pw)

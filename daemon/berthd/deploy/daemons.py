@@ -74,7 +74,8 @@ class RegisterParams(Params):
     harp_exapp_direct: bool = False
     option: list[str] = msgspec.field(default_factory=list)
     positional = ("name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url")
-    secret = frozenset({"haproxy_password", "harp_shared_key"})
+    # an option's value may be a credential (a token for a proxy, say): the log shows KEY=***
+    secret = frozenset({"haproxy_password", "harp_shared_key", "option"})
     metavars = {
         "display_name": "DISPLAY-NAME",
         "accepts_deploy_id": "ACCEPTS-DEPLOY-ID",
@@ -283,6 +284,10 @@ def build_daemon(request: RegisterParams) -> tuple[DaemonRecord, list[str]]:
     return record, warnings
 
 
+SECRET_KEY = re.compile(r"(?i)pass|secret|token|key|auth|credential|cookie")
+"""An additional option whose name says it holds a credential: `daemons:list` shows its value as `***`."""
+
+
 def _masked(value: str) -> str:
     return SECRET_MASK if value else ""
 
@@ -292,7 +297,10 @@ def public_view(record: DaemonRecord) -> dict[str, Any]:
     config = record.deploy_config
     shown: dict[str, Any] = msgspec.to_builtins(config)
     shown["nextcloud_url"] = without_credentials(config.nextcloud_url)
-    shown["additional_options"] = {k: without_credentials(v) for k, v in config.additional_options.items()}
+    shown["additional_options"] = {
+        key: SECRET_MASK if SECRET_KEY.search(key) else without_credentials(value)
+        for key, value in config.additional_options.items()
+    }
     shown["haproxy_password"] = _masked(config.haproxy_password)
     if config.harp is not None:
         shown["harp"]["shared_key"] = _masked(config.harp.shared_key)
