@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -263,3 +264,25 @@ def test_deep_json_over_socat_gets_its_answer_and_the_next_line_too(berthd: Bert
     answers = [json.loads(line) for line in out.splitlines()]
     assert [a.get("error") for a in answers] == ["invalid_request", None]
     assert answers[1] == PONG
+
+
+def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(start_berthd) -> None:  # type: ignore[no-untyped-def]
+    """300 pipelined `help` lines into a 1 KiB receive buffer, never read: berthd's answers back up, and
+    it lets the connection go after --idle-timeout instead of holding the slot for as long as it likes."""
+    daemon = start_berthd(extra_args=["--idle-timeout", "1"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(str(daemon.socket))
+    sock.sendall(b"help\n" * 300)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "it read nothing" not in daemon.log():
+        time.sleep(0.2)
+    assert "it read nothing for 1 s" in daemon.log()
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    answers = [line for line in received.split(b"\n") if line.startswith(b'{"ok"')]
+    assert len(answers) < 300  # let go before the end, and the connection is closed (recv saw EOF)
+    assert daemon.call("ping").output == "pong"

@@ -65,10 +65,18 @@ class Connection:
         if self.gone:
             raise ClientGone
         try:
-            await self.stream.send_all(encode_line(message))
+            # a client that reads nothing for --idle-timeout while berthd has an answer for it holds its
+            # slot as surely as one that sends nothing: it is let go (what it asked still runs to its end)
+            limit = self.server.services.config.idle_timeout
+            with trio.move_on_after(limit) as waited:
+                await self.stream.send_all(encode_line(message))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.gone = True
             raise ClientGone from None
+        if waited.cancelled_caught:
+            LOG.info("closing the connection of %s: it read nothing for %.0f s", self.peer, limit)
+            self.gone = True
+            raise ClientGone
 
     def client_gone(self) -> bool:
         """Has the client closed its end completely? (A half-close, as `nc -N` does, is not leaving.)"""
