@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NoReturn
 
+import msgspec
 import trio
 
 from berthd import __version__
@@ -147,6 +148,25 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
     await trio.to_thread.run_sync(sweep)
 
 
+async def absolute_stored_paths(store: Store) -> None:
+    """An older berthd started with a relative --data-dir stored relative paths (an executable, a
+    checkout), which only its own folder could resolve: they are made absolute from this berthd's
+    folder, the one `make run` always starts in."""
+    for record in await store.list_apps():
+        executable, source_dir = record.settings.executable, record.source.detail.get("source_dir")
+        if executable and not os.path.isabs(executable):
+            settings = msgspec.structs.replace(record.settings, executable=os.path.abspath(executable))
+            await store.save_settings(record.name, settings)
+            LOG.info("%s: executable %s is now %s", record.name, executable, settings.executable)
+        if source_dir and not os.path.isabs(source_dir):
+            detail = {**record.source.detail, "source_dir": os.path.abspath(source_dir)}
+            current = await store.get_app(record.name)
+            assert current is not None
+            await store.save_source(
+                record.name, msgspec.structs.replace(current.source, detail=detail), current.settings
+            )
+
+
 async def fix_file_modes(services: Services) -> None:
     """Each app's folder opened to its group only; what an older berthd left open to others, closed."""
     for record in await services.store.list_apps():
@@ -218,6 +238,7 @@ async def serve(config: Config) -> int:
         await trio.to_thread.run_sync(modes.prepare_data_dir, data_dir)
         store = await Store.open(data_dir, config.sync.upper())
         await store.interrupt_running_jobs()
+        await absolute_stored_paths(store)
         processes = ProcessManager(config, store, data_dir)
         try:
             capabilities = CapabilityCache(
