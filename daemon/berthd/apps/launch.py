@@ -107,19 +107,23 @@ def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str
 
 def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
     """The MOUNT interfaces, as folders under the app's own folder (each its user's own, the folders
-    above it berthd's and open to the app's group), and the variables naming them."""
+    above it berthd's and open to the app's group), and the variables naming them. The folders are
+    made and handed over through directory descriptors (`modes.make_mount`), never by a path a link
+    could redirect."""
     env: dict[str, str] = {}
     inputs: list[str] = []
     outputs: list[str] = []
     gid = modes.app_group(record.settings.user)
+    owner = (identity.uid, identity.gid) if identity is not None else (os.geteuid(), gid)
     for mount in record.settings.mounts:
-        folder = mount_folder(app_dir, mount)
-        modes.open_path(app_dir.resolve(), folder.parent, gid)
-        folder.mkdir(exist_ok=True, mode=0o700)
-        if identity is not None:
-            os.chown(folder, identity.uid, identity.gid, follow_symlinks=False)
-        (inputs if mount.function == "INPUT" else outputs).append(str(folder))
-        env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = str(folder)
+        parts = mount_parts(mount)
+        try:
+            modes.make_mount(app_dir, parts, gid, *owner)
+        except modes.NotAFolder as exc:
+            raise CommandError("invalid_argument", f"mount {mount.path}: {exc}") from None
+        folder = str(app_dir.joinpath("mounts", *parts))
+        (inputs if mount.function == "INPUT" else outputs).append(folder)
+        env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = folder
     if inputs:
         env["BERTH_INPUT_DIR"] = inputs[0]
         env["BERTH_INPUT_DIRS"] = os.pathsep.join(inputs)
@@ -129,12 +133,12 @@ def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | Non
     return env
 
 
-def mount_folder(app_dir: Path, mount: Mount) -> Path:
-    relative = Path(mount.path).relative_to("/")
-    folder = (app_dir / "mounts" / relative).resolve()
-    if not folder.is_relative_to((app_dir / "mounts").resolve()):
+def mount_parts(mount: Mount) -> tuple[str, ...]:
+    """The folders of a mount's path, below the app's `mounts` folder."""
+    parts = tuple(part for part in mount.path.split("/") if part)
+    if not parts or any(part in (".", "..") for part in parts):
         raise CommandError("invalid_argument", f"mount {mount.path} leaves the app's folder")
-    return folder
+    return parts
 
 
 def _variable_part(path: str) -> str:

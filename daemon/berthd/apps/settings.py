@@ -94,6 +94,8 @@ def check_mount(value: str) -> Mount:
         raise invalid_argument(f"invalid mount {value!r}: expected PATH:INPUT or PATH:OUTPUT")
     if not os.path.isabs(path):
         raise invalid_argument(f"invalid mount {value!r}: the path must be absolute")
+    if os.path.normpath(path) in ("/", "//"):
+        raise invalid_argument(f"invalid mount {value!r}: give a folder, not /")
     return Mount(os.path.normpath(path), "INPUT" if function == "INPUT" else "OUTPUT")
 
 
