@@ -5,18 +5,20 @@ can redirect."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from berthd.store import modes
 from tests.daemon_proc import Berthd
-from tests.users import NEEDS_ROOT
+from tests.users import NEEDS_ROOT, User, system_users
 
 MARKER = "BERTH_TEST_LEAK_MARKER"
 BERTHD_ENV = {MARKER: "leaked", "MAKEFLAGS": "-j8", "PWD": "relative/pwd", "SECRET_TOKEN": "s3cret"}
@@ -44,6 +46,135 @@ def run_env(daemon: Berthd, app: str) -> dict[str, str]:
     assert answer.ok, answer.output
     text = (Path(answer.data["output_dir"]) / "stdout.txt").read_text()
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@pytest.fixture
+def env_berthd(start_berthd: Callable[..., Berthd], reachable_tmp: Path) -> Berthd:
+    """berthd with variables of its own in its environment (a marker, the shell's MAKEFLAGS, a
+    relative PWD, a secret), in a folder other users may traverse (for --user apps)."""
+    return start_berthd(root=reachable_tmp, env=BERTHD_ENV)
+
+
+def test_a_child_gets_a_clean_documented_environment(env_berthd: Berthd, reachable_tmp: Path) -> None:
+    show = script(reachable_tmp, "show-env.sh", ENV_SCRIPT)
+    answer = env_berthd.call(["apps:from-local", "clean", str(show), "--env", "GREETING=hi"])
+    assert answer.ok, answer.output
+    env = run_env(env_berthd, "clean")
+    me = pwd.getpwuid(os.geteuid())
+    job_dir = env.pop("BERTH_JOB_DIR")
+    job_id = env.pop("BERTH_JOB_ID")
+    assert job_dir.endswith(job_id) and os.path.isabs(job_dir)
+    assert env == {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": me.pw_dir,
+        "SHELL": me.pw_shell,
+        "USER": me.pw_name,
+        "LOGNAME": me.pw_name,
+        "PWD": str(reachable_tmp),  # the executable's folder, absolute
+        "GREETING": "hi",
+        "BERTH_APP": "clean",
+    }
+    for name in BERTHD_ENV:
+        assert name not in env or env[name] != BERTHD_ENV[name], name
+
+
+def test_the_config_sets_defaults_and_passes_variables_through(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    daemon = start_berthd(
+        env={**BERTHD_ENV, "BERTH_TEST_PASSED": "yes", "BERTH_TEST_OTHER": "too", "BERTHD_PRIVATE": "no"},
+        extra_args=[
+            "--pass-env", "BERTH_TEST_P*", "--pass-env", "BERTHD_PRIVATE",
+            "--child-env", "PATH=/opt/tools/bin:/usr/bin:/bin", "--child-env", "LANG=en_US.UTF-8",
+        ],
+    )  # fmt: skip
+    show = script(tmp_path, "show-env.sh", ENV_SCRIPT)
+    assert daemon.call(["apps:from-local", "passing", str(show)]).ok
+    env = run_env(daemon, "passing")
+    assert env["PATH"] == "/opt/tools/bin:/usr/bin:/bin"
+    assert env["LANG"] == "en_US.UTF-8"
+    assert env["BERTH_TEST_PASSED"] == "yes"
+    assert "BERTH_TEST_OTHER" not in env  # not named
+    assert "BERTHD_PRIVATE" not in env  # berthd's own, never passed
+    assert MARKER not in env
+    # the app's config is over the defaults; USER and LOGNAME always name the account
+    assert daemon.call(["config:set", "passing", "LANG=de_DE.UTF-8", "USER=someone-else"]).ok
+    env = run_env(daemon, "passing")
+    assert env["LANG"] == "de_DE.UTF-8"
+    assert env["USER"] == env["LOGNAME"] == pwd.getpwuid(os.geteuid()).pw_name
+
+
+# --user, by name and by numeric id
+
+
+@pytest.fixture
+def app_user() -> Iterator[User]:
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    with system_users("bcenv") as (user,):
+        yield user
+
+
+@NEEDS_ROOT
+@pytest.mark.parametrize("form", ["name", "uid", "uid:gid", "name:gid"])
+def test_a_user_process_gets_that_users_home_user_and_logname(
+    env_berthd: Berthd, reachable_tmp: Path, app_user: User, form: str
+) -> None:
+    spec = {
+        "name": app_user.name,
+        "uid": str(app_user.uid),
+        "uid:gid": f"{app_user.uid}:{app_user.gid}",
+        "name:gid": f"{app_user.name}:{app_user.gid}",
+    }[form]
+    show = script(reachable_tmp, "show-env.sh", '#!/bin/sh\necho "ID=$(id -u):$(id -g)"\nexec /usr/bin/env\n')
+    answer = env_berthd.call(["apps:from-local", "asuser", str(show), "--user", spec])
+    assert answer.ok, answer.output
+    stored = env_berthd.call("apps:info asuser").data["settings"]["user"]
+    assert stored == (app_user.name if ":" not in spec else f"{app_user.name}:{app_user.name}")
+    env = run_env(env_berthd, "asuser")
+    entry = pwd.getpwnam(app_user.name)
+    assert env["ID"] == f"{app_user.uid}:{app_user.gid}"
+    assert (env["USER"], env["LOGNAME"], env["HOME"]) == (app_user.name, app_user.name, entry.pw_dir)
+    assert MARKER not in env
+
+
+@NEEDS_ROOT
+def test_numeric_user_65534_runs_as_nobody(env_berthd: Berthd, reachable_tmp: Path) -> None:
+    nobody = pwd.getpwuid(65534)
+    show = script(reachable_tmp, "show-env.sh", '#!/bin/sh\necho "ID=$(id -u):$(id -g)"\nexec /usr/bin/env\n')
+    for spec in ("65534", "65534:65534"):
+        answer = env_berthd.call(["apps:from-local", "nobody-app", str(show), "--user", spec])
+        assert answer.ok, answer.output
+        env = run_env(env_berthd, "nobody-app")
+        assert env["ID"] == "65534:65534"
+        assert (env["USER"], env["HOME"]) == (nobody.pw_name, nobody.pw_dir)
+
+
+def test_an_unknown_numeric_user_is_refused_clearly(berthd: Berthd) -> None:
+    free_uid = next(uid for uid in range(54321, 60000) if not _has_uid(uid))
+    answer = berthd.call(["apps:from-local", "ghost", "/bin/true", "--user", str(free_uid)])
+    assert (answer.ok, answer.error) == (False, "invalid_argument")
+    assert f"no user '{free_uid}'" in answer.output
+
+
+def _has_uid(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+# working directory
+
+
+def test_the_default_working_directory_is_the_executables_folder(berthd: Berthd, tmp_path: Path) -> None:
+    folder = tmp_path / "opt" / "tool"
+    folder.mkdir(parents=True)
+    show = script(folder, "where.sh", '#!/bin/sh\necho "cwd=$(pwd)"\n')
+    assert berthd.call(["apps:from-local", "where", str(show)]).ok
+    assert run_env(berthd, "where")["cwd"] == str(folder)
 
 
 # mount folders: made and handed over through descriptors
@@ -174,3 +305,30 @@ def test_a_user_racing_links_against_mount_creation_never_wins(tmp_path: Path) -
         attacker.wait(10)
     assert outcomes["refused"] > 0, outcomes  # the attacker did land inside the window, often
     _unchanged(victim, before)
+
+
+@NEEDS_ROOT
+def test_a_link_planted_by_the_apps_user_stops_the_start(
+    env_berthd: Berthd, reachable_tmp: Path, app_user: User
+) -> None:
+    """Nested mounts: the outer one is the app user's own, who replaces the place of the inner one
+    with a link to a folder of root's. Starting the app is refused; the folder is untouched."""
+    show = script(reachable_tmp, "show.sh", "#!/bin/sh\necho ok\n")
+    answer = env_berthd.call([
+        "apps:from-local", "nested", str(show), "--user", app_user.name,
+        "--mount", "/data:OUTPUT", "--mount", "/data/inner:OUTPUT",
+    ])  # fmt: skip
+    assert answer.ok, answer.output
+    assert env_berthd.call("run nested").ok
+    outer = env_berthd.data_dir / "apps" / "nested" / "mounts" / "data"
+    assert outer.stat().st_uid == app_user.uid
+    victim = reachable_tmp / "victim"
+    victim.mkdir(mode=0o755)
+    before = victim.stat()
+    planted = app_user.run(["sh", "-c", f"rm -rf '{outer}/inner' && ln -s '{victim}' '{outer}/inner'"])
+    assert planted.returncode == 0, planted.stderr
+    answer = env_berthd.call("run nested")
+    assert (answer.ok, answer.error) == (False, "invalid_argument")
+    assert "mount /data/inner" in answer.output and "not a folder" in answer.output
+    _unchanged(victim, before)
+    shutil.rmtree(victim)

@@ -175,7 +175,8 @@ def test_upload_then_run_and_ps_start(project: Path, tmp_path: Path) -> None:
         timeout=60,
     )
     assert uploaded.returncode == 0, uploaded.stderr
-    run_and_start(project, "fromupload")
+    printed = run_and_start(project, "fromupload")
+    assert printed["cwd"] == str(project / "var" / "apps" / "fromupload" / "bin")  # the executable's
 
 
 def test_archive_then_run_and_ps_start(project: Path, tmp_path: Path) -> None:

@@ -48,6 +48,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
     download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # the children's environment (see berthd.apps.launch): defaults under the app's config, and the
+    # variables of berthd's own environment passed on (names, or NAME* patterns)
+    child_env: dict[str, str] = msgspec.field(default_factory=dict)
+    pass_env: list[str] = msgspec.field(default_factory=list)
 
     @property
     def per_uid_clients(self) -> int:
@@ -75,6 +79,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 PATH_SETTINGS = ("socket", "log_file", "data_dir")  # one path each
+# list settings given as one environment variable: how its items are separated
+LIST_SEPARATORS = {"pass_env": ","}
 
 
 # Environment variables: the two that dokku-daemon users know, and one per other setting.
@@ -106,6 +112,7 @@ ENVIRONMENT = {
     "BERTHD_MAX_UPLOADS_PER_APP": "max_uploads_per_app",
     "BERTHD_MAX_UPLOADS": "max_uploads",
     "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
+    "BERTHD_PASS_ENV": "pass_env",
 }
 
 
@@ -131,7 +138,9 @@ def load_config(
     from_environment: dict[str, Any] = {}
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
-            from_environment[key] = environ[variable]
+            value = environ[variable]
+            separator = LIST_SEPARATORS.get(key)
+            from_environment[key] = [v for v in value.split(separator) if v] if separator else value
     values.update(_absolute_paths(from_environment, start))
     values.update(_absolute_paths({k: v for k, v in flags.items() if v is not None}, start))
     try:

@@ -14,6 +14,7 @@ import msgspec
 import trio
 
 from berthd import __version__
+from berthd.apps import launch
 from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
@@ -108,12 +109,34 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--download-timeout", type=float, metavar="SECONDS", help="longest archive download (default 600)"
     )
+    parser.add_argument(
+        "--child-env",
+        action="append",
+        type=_pair,
+        metavar="KEY=VALUE",
+        help="a default in every app process's environment, under the app's config (PATH=..., LANG=...)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        metavar="NAME",
+        help="pass this variable of berthd's environment to app processes (NAME or NAME*; repeatable)",
+    )
     return parser
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
+    if args.child_env is not None:
+        flags["child_env"] = dict(args.child_env)
     try:
         config = load_config(args.config or os.environ.get("BERTHD_CONFIG"), os.environ, flags)
     except ConfigError as exc:
@@ -125,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"Error: cannot open the log file {config.log_file}: {exc.strerror}", file=sys.stderr)
         return 1
+    launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, os.environ))
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config)

@@ -1,13 +1,29 @@
 """What an app's process is launched with: its command per process type, environment and folder.
 
-The environment is merged, never replaced: berthd's own environment (less berthd's private variables),
-then the app's config, then what the source adds (Procfile assignments), then BERTH_* variables.
+The environment is built, never inherited: nothing of berthd's own environment reaches a child unless
+berthd's config passes it on (`pass_env`). A child gets, each layer over the one before:
+
+    PATH, LANG          DEFAULT_PATH and DEFAULT_LANG
+    HOME, SHELL         from the account the process runs as (its --user, else berthd's)
+    child_env           berthd's config: defaults for every app (PATH=..., LANG=...)
+    pass_env            the variables of berthd's environment the config names (never BERTHD_*,
+                        LISTEN_*, NOTIFY_SOCKET and the like: those are berthd's alone)
+    the app's config    config:set
+    the source's own    a Procfile line's leading assignments
+    USER, LOGNAME       the account's name, always (never what a layer above says)
+    BERTH_*             BERTH_APP, BERTH_PROCESS, BERTH_JOB_*, BERTH_MOUNT_*, BERTH_INPUT/OUTPUT_DIR
+
+The working directory, unless --cwd says otherwise: the checkout for git and archive apps, the
+executable's folder for the others (the standalone-services seed's rule).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import pwd
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +38,40 @@ from berthd.store.records import AppRecord, Mount
 PRIVATE_VARIABLES = re.compile(
     r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)$"
 )
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"  # in every glibc since 2.35 and in musl; a config or the app may say otherwise
 MAIN = "main"
 PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index>[1-9][0-9]{0,3})$")
 
 
-def base_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not PRIVATE_VARIABLES.match(k)}
+@dataclass(frozen=True)
+class ChildDefaults:
+    """What berthd's config says of every child: the environment under the app's own (the built-in
+    defaults, `child_env`, the `pass_env` variables as berthd had them at start)."""
+
+    env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG})
+
+    @classmethod
+    def of(
+        cls,
+        child_env: Mapping[str, str],
+        pass_env: Sequence[str],
+        environ: Mapping[str, str],
+    ) -> ChildDefaults:
+        env = {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG, **child_env}
+        for name, value in environ.items():
+            if not PRIVATE_VARIABLES.match(name) and any(fnmatch.fnmatchcase(name, p) for p in pass_env):
+                env[name] = value
+        return cls(env)
+
+
+# Set once at start (`configure`), before any process is launched; the built-in defaults until then.
+_defaults = ChildDefaults()
+
+
+def configure(defaults: ChildDefaults) -> None:
+    global _defaults  # noqa: PLW0603 - berthd's config, read by every launch, fixed after start
+    _defaults = defaults
 
 
 @dataclass(frozen=True)
@@ -63,20 +107,37 @@ def default_scale(record: AppRecord) -> dict[str, int]:
 def environment(
     record: AppRecord, config: dict[str, str], identity: Identity | None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    env = base_environment()
+    """The child's whole environment, in the layers of this module's docstring (the BERTH_* variables
+    of a process or a job are added by whoever knows them)."""
+    user, home, shell = account(identity)
+    env = {"HOME": home, "SHELL": shell, **_defaults.env}
     env.update(config)
     env.update(extra or {})
-    env["BERTH_APP"] = record.name
-    if identity is not None:
-        env.update({"HOME": identity.home, "USER": identity.user, "LOGNAME": identity.user})
+    env.update({"USER": user, "LOGNAME": user, "BERTH_APP": record.name})
     return env
 
 
+def account(identity: Identity | None) -> tuple[str, str, str]:
+    """The name, home and shell of the account a child runs as: its identity's, else berthd's own."""
+    uid = identity.uid if identity is not None else os.geteuid()
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:  # an id without a passwd entry (berthd in a container run as a bare uid)
+        return (identity.user if identity else str(uid)), (identity.home if identity else "/"), "/bin/sh"
+    return entry.pw_name, entry.pw_dir or "/", entry.pw_shell or "/bin/sh"
+
+
 def working_directory(record: AppRecord, app_dir: Path) -> str:
+    """Where the process starts: its --cwd, else the checkout (git, archive), else the executable's
+    folder, else the app's folder."""
     if record.settings.cwd:
         return record.settings.cwd
     source_dir = record.source.detail.get("source_dir")
-    return source_dir or str(app_dir)
+    if source_dir:
+        return source_dir
+    if record.settings.executable:
+        return os.path.dirname(record.settings.executable)
+    return str(app_dir)
 
 
 def resolve_identity(spec: str | None) -> Identity | None:

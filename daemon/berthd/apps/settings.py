@@ -50,20 +50,33 @@ def check_executable(path: str) -> str:
 
 
 def check_user(spec: str) -> str:
-    """`USER[:GROUP]`, both of which must exist on this host."""
+    """`USER[:GROUP]`, each a name or a numeric id (a name first, as chown reads them), both of which
+    must exist on this host. Kept as names (`65534:65534` is `nobody:nogroup`): the account gives the
+    process its HOME and USER, and everything that switches to it looks it up by name."""
     if not USER_SPEC.match(spec):
-        raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP")
+        raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP (names or ids)")
     user, _, group = spec.partition(":")
+    name = _name_of(user, lambda n: pwd.getpwnam(n).pw_name, lambda i: pwd.getpwuid(i).pw_name)
+    if name is None:
+        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host")
+    if not group:
+        return name
+    group_name = _name_of(group, lambda n: grp.getgrnam(n).gr_name, lambda i: grp.getgrgid(i).gr_name)
+    if group_name is None:
+        raise invalid_argument(f"invalid user {spec!r}: no group {group!r} on this host")
+    return f"{name}:{group_name}"
+
+
+def _name_of(text: str, by_name: Callable[[str], str], by_id: Callable[[int], str]) -> str | None:
+    """The account's (or group's) name: `text` as a name, else as a numeric id; None when neither."""
     try:
-        pwd.getpwnam(user)
+        return by_name(text)
     except KeyError:
-        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host") from None
-    if group:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            raise invalid_argument(f"invalid user {spec!r}: no group {group!r} on this host") from None
-    return spec
+        pass
+    try:
+        return by_id(int(text)) if text.isdigit() else None
+    except (KeyError, OverflowError):
+        return None
 
 
 def check_restart_policy(value: str) -> str:
