@@ -4,12 +4,15 @@ can redirect."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,6 +167,76 @@ def _has_uid(uid: int) -> bool:
     except KeyError:
         return False
     return True
+
+
+# PORT for Procfile process types
+
+
+WEB = (
+    "import os, socket, time; s = socket.create_server(('', int(os.environ['PORT']))); "
+    "print('listening', os.environ['PORT'], flush=True); time.sleep(1000)"
+)
+PORT_PROCFILE = f"web: exec python3 -c \"{WEB}\"\nworker: exec sh -c 'echo worker $PORT; exec sleep 1000'\n"
+
+
+def make_archive(folder: Path, procfile: str) -> Path:
+    source = folder / "src" / "app"
+    source.mkdir(parents=True)
+    (source / "Procfile").write_text(procfile)
+    with tarfile.open(folder / "app.tar.gz", "w:gz") as tar:
+        tar.add(source, arcname="app")
+    return folder / "app.tar.gz"
+
+
+def test_each_procfile_process_gets_a_free_port_shown_in_ps_report(berthd: Berthd, tmp_path: Path) -> None:
+    archive = make_archive(tmp_path, PORT_PROCFILE)
+    answer = berthd.call(["git:from-archive", "ported", f"file://{archive}"])
+    assert answer.ok, answer.output
+    assert berthd.call("ps:scale ported web=2 worker=1").ok
+
+    def printed_ports() -> set[int]:
+        lines = [line["text"].split() for line in berthd.call("logs ported --num 200").data]
+        return {int(words[1]) for words in lines if words and words[0] in ("listening", "worker")}
+
+    wait_for(lambda: len(printed_ports()) >= 3)
+    rows = berthd.call("ps:report ported").data
+    assert [(r["process"], r["state"]) for r in rows] == [
+        ("web.1", "RUNNING"), ("web.2", "RUNNING"), ("worker.1", "RUNNING"),
+    ]  # fmt: skip
+    ports = {r["process"]: r["port"] for r in rows}
+    assert all(isinstance(port, int) and port > 0 for port in ports.values()), ports
+    assert len(set(ports.values())) == 3, ports  # one each
+    assert printed_ports() == set(ports.values())  # what the process saw is what ps:report shows
+    for process in ("web.1", "web.2"):  # the web processes bound their port: it was free
+        with pytest.raises(OSError) as taken, socket.socket() as probe:
+            probe.bind(("127.0.0.1", ports[process]))
+        assert taken.value.errno == errno.EADDRINUSE
+    table = berthd.call("ps:report ported").output
+    assert "PORT" in table.splitlines()[0] and str(ports["web.1"]) in table
+    # the same port after a restart of the process, while it is free
+    assert berthd.call("ps:restart ported").ok
+    wait_for(lambda: [r["state"] for r in berthd.call("ps:report ported").data] == ["RUNNING"] * 3)
+    assert {r["process"]: r["port"] for r in berthd.call("ps:report ported").data} == ports
+    berthd.call("ps:stop ported")
+
+
+def test_a_port_the_config_gives_is_kept(berthd: Berthd, tmp_path: Path) -> None:
+    archive = make_archive(tmp_path, "web: exec sh -c 'echo port $PORT; exec sleep 1000'\n")
+    assert berthd.call("apps:create fixedport").ok
+    assert berthd.call(["config:set", "fixedport", "PORT=18080"]).ok
+    assert berthd.call(["git:from-archive", "fixedport", f"file://{archive}"]).ok
+    wait_for(lambda: any(line["text"] == "port 18080" for line in berthd.call("logs fixedport").data))
+    assert [r["port"] for r in berthd.call("ps:report fixedport").data] == [18080]
+    berthd.call("ps:stop fixedport")
+
+
+def test_an_executable_app_has_no_port(berthd: Berthd, tmp_path: Path) -> None:
+    show = script(tmp_path, "show-env.sh", '#!/bin/sh\necho "port=${PORT:-none}"\nexec sleep 1000\n')
+    assert berthd.call(["apps:from-local", "noport", str(show)]).ok
+    assert berthd.call("ps:start noport").ok
+    wait_for(lambda: any(line["text"] == "port=none" for line in berthd.call("logs noport").data))
+    assert [r["port"] for r in berthd.call("ps:report noport").data] == [None]
+    berthd.call("ps:stop noport")
 
 
 # working directory

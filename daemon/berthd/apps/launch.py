@@ -10,6 +10,7 @@ berthd's config passes it on (`pass_env`). A child gets, each layer over the one
                         LISTEN_*, NOTIFY_SOCKET and the like: those are berthd's alone)
     the app's config    config:set
     the source's own    a Procfile line's leading assignments
+    PORT                for a Procfile process type, unless one of the above set it: a free port
     USER, LOGNAME       the account's name, always (never what a layer above says)
     BERTH_*             BERTH_APP, BERTH_PROCESS, BERTH_JOB_*, BERTH_MOUNT_*, BERTH_INPUT/OUTPUT_DIR
 
@@ -23,6 +24,7 @@ import fnmatch
 import os
 import pwd
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +109,8 @@ def default_scale(record: AppRecord) -> dict[str, int]:
 def environment(
     record: AppRecord, config: dict[str, str], identity: Identity | None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The child's whole environment, in the layers of this module's docstring (the BERTH_* variables
-    of a process or a job are added by whoever knows them)."""
+    """The child's whole environment, in the layers of this module's docstring (PORT and the BERTH_*
+    variables of a process or a job are added by whoever knows them)."""
     user, home, shell = account(identity)
     env = {"HOME": home, "SHELL": shell, **_defaults.env}
     env.update(config)
@@ -125,6 +127,28 @@ def account(identity: Identity | None) -> tuple[str, str, str]:
     except KeyError:  # an id without a passwd entry (berthd in a container run as a bare uid)
         return (identity.user if identity else str(uid)), (identity.home if identity else "/"), "/bin/sh"
     return entry.pw_name, entry.pw_dir or "/", entry.pw_shell or "/bin/sh"
+
+
+def free_port(taken: set[int], preferred: int | None = None) -> int:
+    """A TCP port free on every address now, not in `taken` (berthd's other processes' ports, which
+    may not be bound yet); `preferred` (the port the process had before a restart) when it is free."""
+    candidates = ([preferred] if preferred else []) + [0] * 16
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds it
+            try:
+                probe.bind(("", candidate))
+            except OSError:
+                continue
+            port = int(probe.getsockname()[1])
+        if port not in taken:
+            return port
+    raise CommandError("unavailable", "no free TCP port for PORT")
+
+
+def wants_port(record: AppRecord) -> bool:
+    """PORT is Heroku's and foreman's convention for the process types of a Procfile."""
+    return bool(record.source.detail.get("procfile")) and record.source.kind != "image"
 
 
 def working_directory(record: AppRecord, app_dir: Path) -> str:
