@@ -250,6 +250,63 @@ def test_the_default_working_directory_is_the_executables_folder(berthd: Berthd,
     assert run_env(berthd, "where")["cwd"] == str(folder)
 
 
+def test_cwd_is_confined_to_the_apps_folders_and_must_exist(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    root = tmp_path / "srv"
+    (root / "site").mkdir(parents=True)
+    daemon = start_berthd(extra_args=["--cwd-root", str(root)])
+    show = script(tmp_path, "where.sh", '#!/bin/sh\necho "cwd=$(pwd)"\n')
+    assert daemon.call(["apps:from-local", "confined", str(show)]).ok
+    app_dir = daemon.data_dir / "apps" / "confined"
+    (tmp_path / "elsewhere").mkdir()
+    refused = {
+        "/etc": "not in the app's folder",
+        str(tmp_path / "elsewhere"): "not in the app's folder",
+        str(root / "missing"): "no such folder",
+        str(app_dir / "mounts" / "nothing-yet"): "no such folder",
+        "../other-app": "leaves the app's folder",
+        str(root / "site" / ".." / ".." / "elsewhere"): "not in the app's folder",
+    }
+    for cwd, message in refused.items():
+        answer = daemon.call(["apps:set", "confined", "cwd", cwd])
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), cwd
+        assert message in answer.output, (cwd, answer.output)
+        answer = daemon.call(["apps:from-local", "confined", str(show), "--cwd", cwd])
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), cwd
+    # a link inside a configured root that leads out of it does not count as inside
+    (root / "escape").symlink_to("/etc")
+    answer = daemon.call(["apps:set", "confined", "cwd", str(root / "escape")])
+    assert (answer.ok, answer.error) == (False, "invalid_argument")
+    for cwd in (str(root / "site"), str(tmp_path), str(app_dir)):  # a root, the executable's, the app's
+        answer = daemon.call(["apps:set", "confined", "cwd", cwd])
+        assert answer.ok, answer.output
+        assert run_env(daemon, "confined")["cwd"] == cwd
+    # relative: from the app's folder (its code, for git and archive apps); checked at start
+    assert daemon.call(["apps:set", "confined", "cwd", "work"]).ok
+    answer = daemon.call("run confined")
+    assert (answer.ok, answer.error) == (False, "invalid_argument")
+    assert "invalid cwd 'work': no such folder" in answer.output
+    (app_dir / "work").symlink_to("/etc")  # made a link out of the app's folder: refused at start too
+    answer = daemon.call("run confined")
+    assert "not in the app's folder" in answer.output
+
+
+def test_a_relative_cwd_is_inside_the_checkout(berthd: Berthd, tmp_path: Path) -> None:
+    source = tmp_path / "src" / "app"
+    (source / "web").mkdir(parents=True)
+    (source / "Procfile").write_text("web: exec sh -c 'echo cwd=$(pwd); exec sleep 1000'\n")
+    with tarfile.open(tmp_path / "app.tar.gz", "w:gz") as tar:
+        tar.add(source, arcname="app")
+    answer = berthd.call(
+        ["git:from-archive", "incheckout", f"file://{tmp_path / 'app.tar.gz'}", "--cwd", "web"]
+    )
+    assert answer.ok, answer.output
+    expected = f"cwd={berthd.data_dir / 'apps' / 'incheckout' / 'current' / 'app' / 'web'}"
+    wait_for(lambda: any(line["text"] == expected for line in berthd.call("logs incheckout").data))
+    berthd.call("ps:stop incheckout")
+
+
 # mount folders: made and handed over through descriptors
 
 

@@ -197,16 +197,20 @@ def test_archive_then_run_and_ps_start(project: Path, tmp_path: Path) -> None:
 def test_every_path_of_the_config_is_made_absolute(tmp_path: Path) -> None:
     """Flags and variables from the folder berthd starts in; a TOML file's from the file's folder."""
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "berthd.toml").write_text('data_dir = "data"\nlog_file = "../logs/berthd.log"\n')
+    (tmp_path / "etc" / "berthd.toml").write_text(
+        'data_dir = "data"\nlog_file = "../logs/berthd.log"\ncwd_roots = ["srv", "/opt/apps"]\n'
+    )
     config = load_config("etc/berthd.toml", {}, {}, cwd=str(tmp_path))
     assert config.data_path() == tmp_path / "etc" / "data"
     assert config.log_file == str(tmp_path / "logs" / "berthd.log")
+    assert config.cwd_roots == [str(tmp_path / "etc" / "srv"), "/opt/apps"]
     config = load_config(
         None,
-        {"BERTHD_SOCK_PATH": "run/b.sock"},
+        {"BERTHD_SOCK_PATH": "run/b.sock", "BERTHD_CWD_ROOTS": "a:/b"},
         {"data_dir": "./var", "log_file": "./var/berthd.log"},
         cwd=str(tmp_path),
     )
     assert config.socket_path() == tmp_path / "run" / "b.sock"
     assert config.data_path() == tmp_path / "var"
     assert config.log_file == str(tmp_path / "var" / "berthd.log")
+    assert config.cwd_roots == [str(tmp_path / "a"), "/b"]

@@ -52,6 +52,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # variables of berthd's own environment passed on (names, or NAME* patterns)
     child_env: dict[str, str] = msgspec.field(default_factory=dict)
     pass_env: list[str] = msgspec.field(default_factory=list)
+    # folders outside an app's own where its --cwd may point
+    cwd_roots: list[str] = msgspec.field(default_factory=list)
 
     @property
     def per_uid_clients(self) -> int:
@@ -79,8 +81,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 PATH_SETTINGS = ("socket", "log_file", "data_dir")  # one path each
+PATH_LIST_SETTINGS = ("cwd_roots",)
 # list settings given as one environment variable: how its items are separated
-LIST_SEPARATORS = {"pass_env": ","}
+LIST_SEPARATORS = {"pass_env": ",", "cwd_roots": os.pathsep}
 
 
 # Environment variables: the two that dokku-daemon users know, and one per other setting.
@@ -113,6 +116,7 @@ ENVIRONMENT = {
     "BERTHD_MAX_UPLOADS": "max_uploads",
     "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
     "BERTHD_PASS_ENV": "pass_env",
+    "BERTHD_CWD_ROOTS": "cwd_roots",
 }
 
 
@@ -160,4 +164,9 @@ def _absolute_paths(values: dict[str, Any], start: str) -> dict[str, Any]:
     for key in PATH_SETTINGS:
         if isinstance(values.get(key), str) and values[key]:
             absolute[key] = os.path.normpath(os.path.join(start, values[key]))
+    for key in PATH_LIST_SETTINGS:
+        if isinstance(values.get(key), list):
+            absolute[key] = [
+                os.path.normpath(os.path.join(start, v)) if isinstance(v, str) else v for v in values[key]
+            ]
     return absolute

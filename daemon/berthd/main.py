@@ -122,6 +122,13 @@ def build_parser() -> ArgumentParser:
         metavar="NAME",
         help="pass this variable of berthd's environment to app processes (NAME or NAME*; repeatable)",
     )
+    parser.add_argument(
+        "--cwd-root",
+        action="append",
+        dest="cwd_roots",
+        metavar="DIR",
+        help="a folder outside the apps' own where --cwd may point (repeatable)",
+    )
     return parser
 
 
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"Error: cannot open the log file {config.log_file}: {exc.strerror}", file=sys.stderr)
         return 1
-    launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, os.environ))
+    launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, config.cwd_roots, os.environ))
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config)

@@ -15,7 +15,10 @@ berthd's config passes it on (`pass_env`). A child gets, each layer over the one
     BERTH_*             BERTH_APP, BERTH_PROCESS, BERTH_JOB_*, BERTH_MOUNT_*, BERTH_INPUT/OUTPUT_DIR
 
 The working directory, unless --cwd says otherwise: the checkout for git and archive apps, the
-executable's folder for the others (the standalone-services seed's rule).
+executable's folder for the others (the standalone-services seed's rule). A --cwd is either absolute,
+inside the app's folder or a folder of the config's `cwd_roots` (or the executable's folder itself),
+or relative to the app's code (the checkout, else the app's folder); it is checked when set and
+again, links resolved, at every start.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from berthd.errors import CommandError, invalid_argument
 from berthd.runners.native.spawn import Identity, SpawnError
 from berthd.sources.procfile import ProcessType
 from berthd.store import modes
-from berthd.store.records import AppRecord, Mount
+from berthd.store.records import AppRecord, AppSettings, Mount
 
 PRIVATE_VARIABLES = re.compile(
     r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)$"
@@ -49,22 +52,24 @@ PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index
 @dataclass(frozen=True)
 class ChildDefaults:
     """What berthd's config says of every child: the environment under the app's own (the built-in
-    defaults, `child_env`, the `pass_env` variables as berthd had them at start)."""
+    defaults, `child_env`, the `pass_env` variables as berthd had them at start) and `cwd_roots`."""
 
     env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG})
+    cwd_roots: tuple[str, ...] = ()
 
     @classmethod
     def of(
         cls,
         child_env: Mapping[str, str],
         pass_env: Sequence[str],
+        cwd_roots: Sequence[str],
         environ: Mapping[str, str],
     ) -> ChildDefaults:
         env = {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG, **child_env}
         for name, value in environ.items():
             if not PRIVATE_VARIABLES.match(name) and any(fnmatch.fnmatchcase(name, p) for p in pass_env):
                 env[name] = value
-        return cls(env)
+        return cls(env, tuple(os.path.abspath(root) for root in cwd_roots))
 
 
 # Set once at start (`configure`), before any process is launched; the built-in defaults until then.
@@ -152,16 +157,46 @@ def wants_port(record: AppRecord) -> bool:
 
 
 def working_directory(record: AppRecord, app_dir: Path) -> str:
-    """Where the process starts: its --cwd, else the checkout (git, archive), else the executable's
-    folder, else the app's folder."""
+    """Where the process starts: its --cwd (confined, existing), else the checkout (git, archive),
+    else the executable's folder, else the app's folder."""
     if record.settings.cwd:
-        return record.settings.cwd
+        return check_cwd_allowed(record.settings, record.source.detail, app_dir, relative_too=True)
     source_dir = record.source.detail.get("source_dir")
     if source_dir:
         return source_dir
     if record.settings.executable:
         return os.path.dirname(record.settings.executable)
     return str(app_dir)
+
+
+def check_cwd_allowed(
+    settings: AppSettings, detail: Mapping[str, str], app_dir: Path, *, relative_too: bool
+) -> str:
+    """The absolute working directory of `settings.cwd`, refused unless it lies (links resolved) in
+    the app's folder or a `cwd_roots` folder, or is the executable's folder, and exists. A relative one is
+    taken from the app's code and checked only with `relative_too` (at start): when it is set, the
+    code it lies in may not be deployed yet."""
+    cwd = settings.cwd
+    assert cwd is not None
+    base = detail.get("source_dir") or str(app_dir)
+    folder = os.path.normpath(os.path.join(base, cwd))
+    if not os.path.isabs(cwd) and not relative_too:
+        return folder
+    real = os.path.realpath(folder)
+    default = os.path.realpath(os.path.dirname(settings.executable)) if settings.executable else None
+    roots = [str(app_dir), *_defaults.cwd_roots]
+    if real != default and not any(_within(real, os.path.realpath(root)) for root in roots):
+        raise invalid_argument(
+            f"invalid cwd {cwd!r}: not in the app's folder or a configured cwd root (berthd's "
+            "--cwd-root), nor the executable's folder"
+        )
+    if not os.path.isdir(real):
+        raise invalid_argument(f"invalid cwd {cwd!r}: no such folder")
+    return folder
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def resolve_identity(spec: str | None) -> Identity | None:

@@ -96,9 +96,15 @@ def check_timeout(value: str | int) -> int:
 
 
 def check_cwd(value: str) -> str:
-    if not os.path.isabs(value):
-        raise invalid_argument(f"invalid cwd {value!r}: the path must be absolute")
-    return os.path.normpath(value)
+    """An absolute folder, or one relative to the app's code (the checkout, else the app's folder)
+    that stays inside it. Where an absolute one may lie, and that it exists, is
+    `berthd.apps.launch.check_cwd_allowed`'s to say (it needs the app's folder)."""
+    if "\x00" in value:
+        raise invalid_argument("invalid cwd: contains a NUL byte")
+    folder = os.path.normpath(value)
+    if not os.path.isabs(folder) and (folder == ".." or folder.startswith("../")):
+        raise invalid_argument(f"invalid cwd {value!r}: leaves the app's folder")
+    return folder
 
 
 def check_mount(value: str) -> Mount:
