@@ -48,6 +48,9 @@ def project(tmp_path: Path) -> Iterator[Path]:
     berthd started in it by `make run` itself; stopped (SIGTERM to make's process group) at the end."""
     if MAKE is None or not (VENV / "bin" / "berthd").exists():
         pytest.skip("needs make and berthd installed in the venv running the tests")
+    checksum = subprocess.run(["cksum", str(ROOT / "pyproject.toml")], capture_output=True, text=True)
+    if not (VENV / f".installed-{checksum.stdout.split()[0]}").exists():
+        pytest.skip("the venv running the tests was not made by `make setup`: `make run` would install one")
     folder = tmp_path / "project"
     folder.mkdir()
     for name in ("Makefile", "pyproject.toml"):
