@@ -3,11 +3,13 @@ hands out is absolute, so what it deployed from git, an upload or an archive run
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -21,7 +23,7 @@ import pytest
 from berth.client import Client
 from berth.messages import Response
 from berthd.config import load_config
-from tests.daemon_proc import ROOT
+from tests.daemon_proc import ROOT, Berthd
 
 VENV = Path(sys.prefix)
 MAKE = shutil.which("make")
@@ -217,3 +219,26 @@ def test_every_path_of_the_config_is_made_absolute(tmp_path: Path) -> None:
     assert config.data_path() == tmp_path / "var"
     assert config.log_file == str(tmp_path / "var" / "berthd.log")
     assert config.cwd_roots == [str(tmp_path / "a"), "/b"]
+
+
+def test_relative_paths_an_older_berthd_stored_are_made_absolute_at_start(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    """What `make run` on an older berthd left in its database (var/apps/X/...) runs again after an
+    upgrade: the paths are taken from the folder berthd starts in, as they always meant."""
+    daemon = start_berthd()
+    tool = tmp_path / "tool.sh"
+    tool.write_text('#!/bin/sh\necho "ran $(pwd)"\n')
+    tool.chmod(0o755)
+    assert daemon.call(["apps:from-local", "older", str(tool)]).ok
+    daemon.stop()
+    relative = os.path.relpath(tool, ROOT)  # the test's berthd starts in ROOT
+    with sqlite3.connect(daemon.data_dir / "berthd.db") as db:
+        settings = json.loads(db.execute("SELECT settings FROM apps WHERE name = 'older'").fetchone()[0])
+        settings["executable"] = relative
+        db.execute("UPDATE apps SET settings = ? WHERE name = 'older'", (json.dumps(settings).encode(),))
+    daemon.start()
+    assert daemon.call("apps:info older").data["settings"]["executable"] == str(tool)
+    answer = daemon.call("run older")
+    assert answer.ok, answer.output
+    assert (Path(answer.data["output_dir"]) / "stdout.txt").read_text() == f"ran {tmp_path}\n"
