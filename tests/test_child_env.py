@@ -462,3 +462,27 @@ def test_a_link_planted_by_the_apps_user_stops_the_start(
     assert "mount /data/inner" in answer.output and "not a folder" in answer.output
     _unchanged(victim, before)
     shutil.rmtree(victim)
+
+
+@NEEDS_ROOT
+def test_a_mount_as_the_working_directory_stays_the_users_own(
+    env_berthd: Berthd, reachable_tmp: Path, app_user: User
+) -> None:
+    """--cwd pointing into the app's own mount: the process starts there and can write there (the
+    folders on the way to a cwd are opened to the app's group, but a mount is its user's, not berthd's)."""
+    show = script(
+        reachable_tmp,
+        "write.sh",
+        '#!/bin/sh\necho "cwd=$(pwd)"\n(echo done > result.txt) 2>/dev/null || true\n',
+    )
+    answer = env_berthd.call(
+        ["apps:from-local", "inmount", str(show), "--user", app_user.name, "--mount", "/out:OUTPUT"]
+    )
+    assert answer.ok, answer.output
+    assert env_berthd.call("run inmount").ok  # makes the mount
+    mount = env_berthd.data_dir / "apps" / "inmount" / "mounts" / "out"
+    assert env_berthd.call(["apps:set", "inmount", "cwd", str(mount)]).ok
+    env = run_env(env_berthd, "inmount")
+    assert env["cwd"] == str(mount)
+    assert (mount / "result.txt").read_text() == "done\n"
+    assert (mount.stat().st_uid, stat.S_IMODE(mount.stat().st_mode)) == (app_user.uid, 0o700)

@@ -219,9 +219,10 @@ def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str
         modes.open_folder(app_dir, gid)
     for path in (Path(cwd), Path(executable).parent if executable else None):
         if path is not None and path.is_relative_to(app_dir) and path != app_dir:
-            # through `current` (a link to a release) the folders are the release's, handed over at deploy
+            # through `current` (a link to a release) the folders are the release's, handed over at
+            # deploy; under `mounts` they are made by `mount_directories`, the mounts their users' own
             first = app_dir / path.relative_to(app_dir).parts[0]
-            if not first.is_symlink() and path.is_dir():
+            if first.name != "mounts" and not first.is_symlink() and path.is_dir():
                 modes.open_path(app_dir, path, gid)
 
 
