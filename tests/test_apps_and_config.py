@@ -63,7 +63,7 @@ def test_files_of_an_app_destroyed_by_a_crash_are_swept_at_start(berthd: Berthd)
         ("timeout", "30", 30),
         ("restart-policy", "on-failure:3", "on-failure:3"),
         ("args", "-u 'my script.py' --verbose", ["-u", "my script.py", "--verbose"]),
-        ("cwd", "/opt/myapp", "/opt/myapp"),
+        ("cwd", "web/static", "web/static"),  # relative: in the app's code, checked at start
         ("executable", "/bin/sh", "/bin/sh"),
         ("user", "root", "root"),
         ("daemon", "docker_local", "docker_local"),
@@ -114,7 +114,8 @@ def test_apps_set_mounts(berthd: Berthd) -> None:
         ("require.min_cpu_cores", "-1", "min_cpu_cores"),
         ("require.architectures", "amd64,sparc", "sparc"),
         ("require.platform", "plan9", "platform"),
-        ("cwd", "relative", "must be absolute"),
+        ("cwd", "../other-app", "leaves the app's folder"),
+        ("cwd", "/opt/myapp", "not in the app's folder"),
     ],
 )
 def test_apps_set_refuses_bad_values_clearly(

@@ -24,9 +24,15 @@ def user() -> Iterator[User]:
         yield made
 
 
+def cwd_roots(reachable_tmp: Path) -> list[str]:
+    """Where these tests point --cwd: /root (closed to the user) and folders of the test's own."""
+    return ["--cwd-root", "/root", "--cwd-root", str(reachable_tmp)]
+
+
 @pytest.fixture
 def daemon(start_berthd: Callable[..., Berthd], reachable_tmp: Path) -> Berthd:
-    return start_berthd(root=reachable_tmp)  # a data dir the app's user may reach
+    # a data dir the app's user may reach
+    return start_berthd(root=reachable_tmp, extra_args=cwd_roots(reachable_tmp))
 
 
 def show_where(daemon: Berthd, app: str, user: User, cwd: str) -> None:
@@ -76,7 +82,9 @@ def test_without_the_exec_helper_the_folder_is_entered_as_the_user_too(
 ) -> None:
     no_compiler = reachable_tmp / "empty-bin"
     no_compiler.mkdir()
-    daemon = start_berthd("fallback", root=reachable_tmp, env={"PATH": str(no_compiler)})
+    daemon = start_berthd(
+        "fallback", root=reachable_tmp, env={"PATH": str(no_compiler)}, extra_args=cwd_roots(reachable_tmp)
+    )
     show_where(daemon, "nosy", user, "/root")
     answer = daemon.call("run nosy")
     assert f"cannot enter working directory /root as {user.name}: Permission denied" in answer.output

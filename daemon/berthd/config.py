@@ -1,4 +1,10 @@
-"""berthd's configuration: defaults, then an optional TOML file, then `BERTHD_*` variables, then flags."""
+"""berthd's configuration: defaults, then an optional TOML file, then `BERTHD_*` variables, then flags.
+
+Every path is made absolute once, here, before berthd uses any: a relative path from a flag or a
+variable is taken from the folder berthd was started in, one from the TOML file from the file's own
+folder. berthd stores and hands out only absolute paths, so what it records (an executable, a job's
+folder) means the same to every process, whatever folder that process is in.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +48,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
     download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    # the children's environment (see berthd.apps.launch): defaults under the app's config, and the
+    # variables of berthd's own environment passed on (names, or NAME* patterns)
+    child_env: dict[str, str] = msgspec.field(default_factory=dict)
+    pass_env: list[str] = msgspec.field(default_factory=list)
+    # folders outside an app's own where its --cwd may point
+    cwd_roots: list[str] = msgspec.field(default_factory=list)
 
     @property
     def per_uid_clients(self) -> int:
@@ -55,15 +67,23 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return int(self.socket_mode, 8)
 
     def socket_path(self) -> Path:
-        return Path(self.socket) if self.socket else default_socket_path()
+        return Path(self.socket) if self.socket else Path(os.path.abspath(default_socket_path()))
 
     def data_path(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir)
         if os.geteuid() == 0:
             return Path("/var/lib/berthd")
-        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path(xdg) / "berthd"
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        if not os.path.isabs(xdg):  # the XDG rule: a relative value is ignored
+            xdg = str(Path.home() / ".local" / "share")
+        return Path(os.path.abspath(xdg)) / "berthd"
+
+
+PATH_SETTINGS = ("socket", "log_file", "data_dir")  # one path each
+PATH_LIST_SETTINGS = ("cwd_roots",)
+# list settings given as one environment variable: how its items are separated
+LIST_SEPARATORS = {"pass_env": ",", "cwd_roots": os.pathsep}
 
 
 # Environment variables: the two that dokku-daemon users know, and one per other setting.
@@ -95,6 +115,8 @@ ENVIRONMENT = {
     "BERTHD_MAX_UPLOADS_PER_APP": "max_uploads_per_app",
     "BERTHD_MAX_UPLOADS": "max_uploads",
     "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
+    "BERTHD_PASS_ENV": "pass_env",
+    "BERTHD_CWD_ROOTS": "cwd_roots",
 }
 
 
@@ -102,19 +124,29 @@ class ConfigError(Exception):
     pass
 
 
-def load_config(config_file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
+def load_config(
+    config_file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any], cwd: str | None = None
+) -> Config:
+    """The settings, every path in them absolute (`cwd`: where relative flags and variables start,
+    by default the current folder)."""
+    start = os.path.abspath(cwd or os.getcwd())
     values: dict[str, Any] = {}
     if config_file:
         try:
-            values.update(msgspec.toml.decode(Path(config_file).read_bytes()))
+            from_file = msgspec.toml.decode(Path(start, config_file).read_bytes())
         except OSError as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
         except msgspec.DecodeError as exc:
             raise ConfigError(f"config file {config_file}: {exc}") from None
+        values.update(_absolute_paths(from_file, os.path.dirname(os.path.join(start, config_file))))
+    from_environment: dict[str, Any] = {}
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
-            values[key] = environ[variable]
-    values.update({k: v for k, v in flags.items() if v is not None})
+            value = environ[variable]
+            separator = LIST_SEPARATORS.get(key)
+            from_environment[key] = [v for v in value.split(separator) if v] if separator else value
+    values.update(_absolute_paths(from_environment, start))
+    values.update(_absolute_paths({k: v for k, v in flags.items() if v is not None}, start))
     try:
         config = msgspec.convert(values, Config, strict=False)
         config.socket_mode_bits  # noqa: B018 - validates the octal mode
@@ -123,3 +155,18 @@ def load_config(config_file: str | None, environ: Mapping[str, str], flags: Mapp
     except ValueError:
         raise ConfigError(f"socket mode {values.get('socket_mode')!r} is not an octal mode") from None
     return config
+
+
+def _absolute_paths(values: dict[str, Any], start: str) -> dict[str, Any]:
+    """`values` with each path setting made absolute from `start` (and normalised); the rest as given,
+    for the type check to judge."""
+    absolute = dict(values)
+    for key in PATH_SETTINGS:
+        if isinstance(values.get(key), str) and values[key]:
+            absolute[key] = os.path.normpath(os.path.join(start, values[key]))
+    for key in PATH_LIST_SETTINGS:
+        if isinstance(values.get(key), list):
+            absolute[key] = [
+                os.path.normpath(os.path.join(start, v)) if isinstance(v, str) else v for v in values[key]
+            ]
+    return absolute

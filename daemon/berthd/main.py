@@ -10,9 +10,11 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NoReturn
 
+import msgspec
 import trio
 
 from berthd import __version__
+from berthd.apps import launch
 from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
@@ -107,12 +109,41 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--download-timeout", type=float, metavar="SECONDS", help="longest archive download (default 600)"
     )
+    parser.add_argument(
+        "--child-env",
+        action="append",
+        type=_pair,
+        metavar="KEY=VALUE",
+        help="a default in every app process's environment, under the app's config (PATH=..., LANG=...)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        metavar="NAME",
+        help="pass this variable of berthd's environment to app processes (NAME or NAME*; repeatable)",
+    )
+    parser.add_argument(
+        "--cwd-root",
+        action="append",
+        dest="cwd_roots",
+        metavar="DIR",
+        help="a folder outside the apps' own where --cwd may point (repeatable)",
+    )
     return parser
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
+    if args.child_env is not None:
+        flags["child_env"] = dict(args.child_env)
     try:
         config = load_config(args.config or os.environ.get("BERTHD_CONFIG"), os.environ, flags)
     except ConfigError as exc:
@@ -124,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"Error: cannot open the log file {config.log_file}: {exc.strerror}", file=sys.stderr)
         return 1
+    launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, config.cwd_roots, os.environ))
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config)
@@ -145,6 +177,25 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
     await trio.to_thread.run_sync(sweep)
+
+
+async def absolute_stored_paths(store: Store) -> None:
+    """An older berthd started with a relative --data-dir stored relative paths (an executable, a
+    checkout), which only its own folder could resolve: they are made absolute from this berthd's
+    folder, the one `make run` always starts in."""
+    for record in await store.list_apps():
+        executable, source_dir = record.settings.executable, record.source.detail.get("source_dir")
+        if executable and not os.path.isabs(executable):
+            settings = msgspec.structs.replace(record.settings, executable=os.path.abspath(executable))
+            await store.save_settings(record.name, settings)
+            LOG.info("%s: executable %s is now %s", record.name, executable, settings.executable)
+        if source_dir and not os.path.isabs(source_dir):
+            detail = {**record.source.detail, "source_dir": os.path.abspath(source_dir)}
+            current = await store.get_app(record.name)
+            assert current is not None
+            await store.save_source(
+                record.name, msgspec.structs.replace(current.source, detail=detail), current.settings
+            )
 
 
 async def fix_file_modes(services: Services) -> None:
@@ -218,6 +269,7 @@ async def serve(config: Config) -> int:
         await trio.to_thread.run_sync(modes.prepare_data_dir, data_dir)
         store = await Store.open(data_dir, config.sync.upper())
         await store.interrupt_running_jobs()
+        await absolute_stored_paths(store)
         processes = ProcessManager(config, store, data_dir)
         try:
             capabilities = CapabilityCache(

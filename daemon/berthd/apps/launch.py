@@ -1,13 +1,34 @@
 """What an app's process is launched with: its command per process type, environment and folder.
 
-The environment is merged, never replaced: berthd's own environment (less berthd's private variables),
-then the app's config, then what the source adds (Procfile assignments), then BERTH_* variables.
+The environment is built, never inherited: nothing of berthd's own environment reaches a child unless
+berthd's config passes it on (`pass_env`). A child gets, each layer over the one before:
+
+    PATH, LANG          DEFAULT_PATH and DEFAULT_LANG
+    HOME, SHELL         from the account the process runs as (its --user, else berthd's)
+    child_env           berthd's config: defaults for every app (PATH=..., LANG=...)
+    pass_env            the variables of berthd's environment the config names (never BERTHD_*,
+                        LISTEN_*, NOTIFY_SOCKET and the like: those are berthd's alone)
+    the app's config    config:set
+    the source's own    a Procfile line's leading assignments
+    PORT                for a Procfile process type, unless one of the above set it: a free port
+    USER, LOGNAME       the account's name, always (never what a layer above says)
+    BERTH_*             BERTH_APP, BERTH_PROCESS, BERTH_JOB_*, BERTH_MOUNT_*, BERTH_INPUT/OUTPUT_DIR
+
+The working directory, unless --cwd says otherwise: the checkout for git and archive apps, the
+executable's folder for the others (the standalone-services seed's rule). A --cwd is either absolute,
+inside the app's folder or a folder of the config's `cwd_roots` (or the executable's folder itself),
+or relative to the app's code (the checkout, else the app's folder); it is checked when set and
+again, links resolved, at every start.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import pwd
 import re
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +38,47 @@ from berthd.errors import CommandError, invalid_argument
 from berthd.runners.native.spawn import Identity, SpawnError
 from berthd.sources.procfile import ProcessType
 from berthd.store import modes
-from berthd.store.records import AppRecord, Mount
+from berthd.store.records import AppRecord, AppSettings, Mount
 
 PRIVATE_VARIABLES = re.compile(
     r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)$"
 )
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"  # in every glibc since 2.35 and in musl; a config or the app may say otherwise
 MAIN = "main"
 PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index>[1-9][0-9]{0,3})$")
 
 
-def base_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not PRIVATE_VARIABLES.match(k)}
+@dataclass(frozen=True)
+class ChildDefaults:
+    """What berthd's config says of every child: the environment under the app's own (the built-in
+    defaults, `child_env`, the `pass_env` variables as berthd had them at start) and `cwd_roots`."""
+
+    env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG})
+    cwd_roots: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        child_env: Mapping[str, str],
+        pass_env: Sequence[str],
+        cwd_roots: Sequence[str],
+        environ: Mapping[str, str],
+    ) -> ChildDefaults:
+        env = {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG, **child_env}
+        for name, value in environ.items():
+            if not PRIVATE_VARIABLES.match(name) and any(fnmatch.fnmatchcase(name, p) for p in pass_env):
+                env[name] = value
+        return cls(env, tuple(os.path.abspath(root) for root in cwd_roots))
+
+
+# Set once at start (`configure`), before any process is launched; the built-in defaults until then.
+_defaults = ChildDefaults()
+
+
+def configure(defaults: ChildDefaults) -> None:
+    global _defaults  # noqa: PLW0603 - berthd's config, read by every launch, fixed after start
+    _defaults = defaults
 
 
 @dataclass(frozen=True)
@@ -63,20 +114,89 @@ def default_scale(record: AppRecord) -> dict[str, int]:
 def environment(
     record: AppRecord, config: dict[str, str], identity: Identity | None, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    env = base_environment()
+    """The child's whole environment, in the layers of this module's docstring (PORT and the BERTH_*
+    variables of a process or a job are added by whoever knows them)."""
+    user, home, shell = account(identity)
+    env = {"HOME": home, "SHELL": shell, **_defaults.env}
     env.update(config)
     env.update(extra or {})
-    env["BERTH_APP"] = record.name
-    if identity is not None:
-        env.update({"HOME": identity.home, "USER": identity.user, "LOGNAME": identity.user})
+    env.update({"USER": user, "LOGNAME": user, "BERTH_APP": record.name})
     return env
 
 
+def account(identity: Identity | None) -> tuple[str, str, str]:
+    """The name, home and shell of the account a child runs as: its identity's, else berthd's own."""
+    uid = identity.uid if identity is not None else os.geteuid()
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:  # an id without a passwd entry (berthd in a container run as a bare uid)
+        return (identity.user if identity else str(uid)), (identity.home if identity else "/"), "/bin/sh"
+    return entry.pw_name, entry.pw_dir or "/", entry.pw_shell or "/bin/sh"
+
+
+def free_port(taken: set[int], preferred: int | None = None) -> int:
+    """A TCP port free on every address now, not in `taken` (berthd's other processes' ports, which
+    may not be bound yet); `preferred` (the port the process had before a restart) when it is free."""
+    candidates = ([preferred] if preferred else []) + [0] * 16
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds it
+            try:
+                probe.bind(("", candidate))
+            except OSError:
+                continue
+            port = int(probe.getsockname()[1])
+        if port not in taken:
+            return port
+    raise CommandError("unavailable", "no free TCP port for PORT")
+
+
+def wants_port(record: AppRecord) -> bool:
+    """PORT is Heroku's and foreman's convention for the process types of a Procfile."""
+    return bool(record.source.detail.get("procfile")) and record.source.kind != "image"
+
+
 def working_directory(record: AppRecord, app_dir: Path) -> str:
+    """Where the process starts: its --cwd (confined, existing), else the checkout (git, archive),
+    else the executable's folder, else the app's folder."""
     if record.settings.cwd:
-        return record.settings.cwd
+        return check_cwd_allowed(record.settings, record.source.detail, app_dir, relative_too=True)
     source_dir = record.source.detail.get("source_dir")
-    return source_dir or str(app_dir)
+    if source_dir:
+        return source_dir
+    if record.settings.executable:
+        return os.path.dirname(record.settings.executable)
+    return str(app_dir)
+
+
+def check_cwd_allowed(
+    settings: AppSettings, detail: Mapping[str, str], app_dir: Path, *, relative_too: bool
+) -> str:
+    """The absolute working directory of `settings.cwd`, refused unless it lies (links resolved) in
+    the app's folder or a `cwd_roots` folder, or is the executable's folder, and exists. A relative one is
+    taken from the app's code and checked only with `relative_too` (at start): when it is set, the
+    code it lies in may not be deployed yet."""
+    cwd = settings.cwd
+    assert cwd is not None
+    base = detail.get("source_dir") or str(app_dir)
+    folder = os.path.normpath(os.path.join(base, cwd))
+    if not os.path.isabs(cwd) and not relative_too:
+        return folder
+    real = os.path.realpath(folder)
+    default = os.path.realpath(os.path.dirname(settings.executable)) if settings.executable else None
+    roots = [str(app_dir), *_defaults.cwd_roots]
+    if real != default and not any(_within(real, os.path.realpath(root)) for root in roots):
+        raise invalid_argument(
+            f"invalid cwd {cwd!r}: not in the app's folder or a configured cwd root (berthd's "
+            "--cwd-root), nor the executable's folder"
+        )
+    if not os.path.isdir(real):
+        raise invalid_argument(f"invalid cwd {cwd!r}: no such folder")
+    return folder
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def resolve_identity(spec: str | None) -> Identity | None:
@@ -99,27 +219,32 @@ def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str
         modes.open_folder(app_dir, gid)
     for path in (Path(cwd), Path(executable).parent if executable else None):
         if path is not None and path.is_relative_to(app_dir) and path != app_dir:
-            # through `current` (a link to a release) the folders are the release's, handed over at deploy
+            # through `current` (a link to a release) the folders are the release's, handed over at
+            # deploy; under `mounts` they are made by `mount_directories`, the mounts their users' own
             first = app_dir / path.relative_to(app_dir).parts[0]
-            if not first.is_symlink() and path.is_dir():
+            if first.name != "mounts" and not first.is_symlink() and path.is_dir():
                 modes.open_path(app_dir, path, gid)
 
 
 def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
     """The MOUNT interfaces, as folders under the app's own folder (each its user's own, the folders
-    above it berthd's and open to the app's group), and the variables naming them."""
+    above it berthd's and open to the app's group), and the variables naming them. The folders are
+    made and handed over through directory descriptors (`modes.make_mount`), never by a path a link
+    could redirect."""
     env: dict[str, str] = {}
     inputs: list[str] = []
     outputs: list[str] = []
     gid = modes.app_group(record.settings.user)
+    owner = (identity.uid, identity.gid) if identity is not None else (os.geteuid(), gid)
     for mount in record.settings.mounts:
-        folder = mount_folder(app_dir, mount)
-        modes.open_path(app_dir.resolve(), folder.parent, gid)
-        folder.mkdir(exist_ok=True, mode=0o700)
-        if identity is not None:
-            os.chown(folder, identity.uid, identity.gid, follow_symlinks=False)
-        (inputs if mount.function == "INPUT" else outputs).append(str(folder))
-        env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = str(folder)
+        parts = mount_parts(mount)
+        try:
+            modes.make_mount(app_dir, parts, gid, *owner)
+        except modes.NotAFolder as exc:
+            raise CommandError("invalid_argument", f"mount {mount.path}: {exc}") from None
+        folder = str(app_dir.joinpath("mounts", *parts))
+        (inputs if mount.function == "INPUT" else outputs).append(folder)
+        env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = folder
     if inputs:
         env["BERTH_INPUT_DIR"] = inputs[0]
         env["BERTH_INPUT_DIRS"] = os.pathsep.join(inputs)
@@ -129,12 +254,12 @@ def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | Non
     return env
 
 
-def mount_folder(app_dir: Path, mount: Mount) -> Path:
-    relative = Path(mount.path).relative_to("/")
-    folder = (app_dir / "mounts" / relative).resolve()
-    if not folder.is_relative_to((app_dir / "mounts").resolve()):
+def mount_parts(mount: Mount) -> tuple[str, ...]:
+    """The folders of a mount's path, below the app's `mounts` folder."""
+    parts = tuple(part for part in mount.path.split("/") if part)
+    if not parts or any(part in (".", "..") for part in parts):
         raise CommandError("invalid_argument", f"mount {mount.path} leaves the app's folder")
-    return folder
+    return parts
 
 
 def _variable_part(path: str) -> str:

@@ -50,20 +50,33 @@ def check_executable(path: str) -> str:
 
 
 def check_user(spec: str) -> str:
-    """`USER[:GROUP]`, both of which must exist on this host."""
+    """`USER[:GROUP]`, each a name or a numeric id (a name first, as chown reads them), both of which
+    must exist on this host. Kept as names (`65534:65534` is `nobody:nogroup`): the account gives the
+    process its HOME and USER, and everything that switches to it looks it up by name."""
     if not USER_SPEC.match(spec):
-        raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP")
+        raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP (names or ids)")
     user, _, group = spec.partition(":")
+    name = _name_of(user, lambda n: pwd.getpwnam(n).pw_name, lambda i: pwd.getpwuid(i).pw_name)
+    if name is None:
+        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host")
+    if not group:
+        return name
+    group_name = _name_of(group, lambda n: grp.getgrnam(n).gr_name, lambda i: grp.getgrgid(i).gr_name)
+    if group_name is None:
+        raise invalid_argument(f"invalid user {spec!r}: no group {group!r} on this host")
+    return f"{name}:{group_name}"
+
+
+def _name_of(text: str, by_name: Callable[[str], str], by_id: Callable[[int], str]) -> str | None:
+    """The account's (or group's) name: `text` as a name, else as a numeric id; None when neither."""
     try:
-        pwd.getpwnam(user)
+        return by_name(text)
     except KeyError:
-        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host") from None
-    if group:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            raise invalid_argument(f"invalid user {spec!r}: no group {group!r} on this host") from None
-    return spec
+        pass
+    try:
+        return by_id(int(text)) if text.isdigit() else None
+    except (KeyError, OverflowError):
+        return None
 
 
 def check_restart_policy(value: str) -> str:
@@ -83,9 +96,15 @@ def check_timeout(value: str | int) -> int:
 
 
 def check_cwd(value: str) -> str:
-    if not os.path.isabs(value):
-        raise invalid_argument(f"invalid cwd {value!r}: the path must be absolute")
-    return os.path.normpath(value)
+    """An absolute folder, or one relative to the app's code (the checkout, else the app's folder)
+    that stays inside it. Where an absolute one may lie, and that it exists, is
+    `berthd.apps.launch.check_cwd_allowed`'s to say (it needs the app's folder)."""
+    if "\x00" in value:
+        raise invalid_argument("invalid cwd: contains a NUL byte")
+    folder = os.path.normpath(value)
+    if not os.path.isabs(folder) and (folder == ".." or folder.startswith("../")):
+        raise invalid_argument(f"invalid cwd {value!r}: leaves the app's folder")
+    return folder
 
 
 def check_mount(value: str) -> Mount:
@@ -94,6 +113,8 @@ def check_mount(value: str) -> Mount:
         raise invalid_argument(f"invalid mount {value!r}: expected PATH:INPUT or PATH:OUTPUT")
     if not os.path.isabs(path):
         raise invalid_argument(f"invalid mount {value!r}: the path must be absolute")
+    if os.path.normpath(path) in ("/", "//"):
+        raise invalid_argument(f"invalid mount {value!r}: give a folder, not /")
     return Mount(os.path.normpath(path), "INPUT" if function == "INPUT" else "OUTPUT")
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 import trio
 
-from berthd.apps.launch import process_types
+from berthd.apps.launch import check_cwd_allowed, process_types
 from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
@@ -154,6 +154,11 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     if params.key not in SETTING_KEYS and not params.key.startswith("require."):
         raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
     settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
+    if params.key == "cwd" and settings.cwd:
+        app_dir = ctx.services.app_dir(params.app)
+        await trio.to_thread.run_sync(
+            lambda: check_cwd_allowed(settings, record.source.detail, app_dir, relative_too=False)
+        )
     if params.key.startswith("require.") and not through_daemon(record.source.kind):
         await ensure_compatible(ctx.services.capabilities, params.app, settings.requirements)
     await ctx.store.save_settings(params.app, settings)

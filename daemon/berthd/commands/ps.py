@@ -74,12 +74,13 @@ def _offer(channel: trio.MemorySendChannel[ProgressEvent], event: ProgressEvent)
 def _table(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "no processes"
-    header = ["PROCESS", "STATE", "PID/ID", "RESTARTS", "UPTIME", "LAST EXIT"]
+    header = ["PROCESS", "STATE", "PID/ID", "PORT", "RESTARTS", "UPTIME", "LAST EXIT"]
     lines = [
         [
             f"{r['app']}/{r['process']}",
             str(r["state"]),
             str(r["ref"] or "-"),
+            str(r.get("port") or "-"),
             str(r["restarts"]),
             f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-",
             str(r["last_exit"] or r["last_error"] or "-"),
@@ -163,7 +164,7 @@ async def set_(ctx: Context, params: SetParams) -> Result:
 
 
 @REGISTRY.command(
-    "ps:report", summary="each process: state, pid, restarts, uptime, last exit", mutating=False
+    "ps:report", summary="each process: state, pid, port, restarts, uptime, last exit", mutating=False
 )
 async def report(ctx: Context, params: ReportParams) -> Result:
     if params.app is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from berthd.apps.launch import sanitise_args
+from berthd.apps.launch import check_cwd_allowed, sanitise_args
 from berthd.apps.settings import (
     check_cwd,
     check_executable,
@@ -94,6 +94,15 @@ async def check_host_meets(ctx: Context, app: str, settings: AppSettings, kind: 
         await ensure_compatible(ctx.services.capabilities, app, settings.requirements)
 
 
+async def check_cwd_place(ctx: Context, app: str, settings: AppSettings, detail: dict[str, str]) -> None:
+    """A --cwd given must be a folder the app may start in (a relative one is checked at start)."""
+    if settings.cwd:
+        app_dir = ctx.services.app_dir(app)
+        await trio.to_thread.run_sync(
+            lambda: check_cwd_allowed(settings, detail, app_dir, relative_too=False)
+        )
+
+
 # the deploy pipeline
 
 
@@ -127,6 +136,7 @@ async def begin_deploy(
     existing = await ctx.store.get_app(app)
     settings, env = apply_options(existing.settings if existing else AppSettings(), options)
     await check_host_meets(ctx, app, settings, kind)
+    await check_cwd_place(ctx, app, settings, existing.source.detail if existing else {})
     record, _ = await app_for_source(ctx, app)
     if record.source.kind != kind:
         await ctx.store.save_source(app, AppSource(kind, {"status": "pending"}), record.settings)
@@ -237,6 +247,7 @@ async def from_local(ctx: Context, params: FromLocalParams) -> Result:
     base = existing.settings if existing else AppSettings()
     settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)
     await check_host_meets(ctx, params.app, settings, "local")
+    await check_cwd_place(ctx, params.app, settings, {})
     _, created = await app_for_source(ctx, params.app)
     try:
         await go_live(

@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from berthd.commands.apps import app_for_source
-from berthd.commands.sources import SourceOptions, apply_options, check_host_meets, go_live
+from berthd.commands.sources import SourceOptions, apply_options, check_cwd_place, check_host_meets, go_live
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.log import LOG
 from berthd.server.context import Context, Services
@@ -104,7 +104,8 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
     if params.total_chunks > params.total_size:
         raise invalid_argument("more chunks than bytes")
     existing = await ctx.store.get_app(params.app)
-    apply_options(existing.settings if existing else AppSettings(), params)  # refuse bad options now
+    checked, _ = apply_options(existing.settings if existing else AppSettings(), params)  # refused now
+    await check_cwd_place(ctx, params.app, checked, existing.source.detail if existing else {})
     await _check_room(ctx, params.app)
     options = msgspec.json.encode(params)
     session = f"up-{secrets.token_urlsafe(12)}"
@@ -256,6 +257,7 @@ async def end(ctx: Context, params: SessionParams) -> Result:
     settings, env = apply_options(existing.settings if existing else AppSettings(), options)
     try:
         await check_host_meets(ctx, upload.app, settings, "upload")
+        await check_cwd_place(ctx, upload.app, settings, existing.source.detail if existing else {})
     except CommandError:
         await _drop(ctx.services, upload.id)
         raise

@@ -21,6 +21,7 @@ one given with `--user USER:GROUP`); on hosts where that group is shared, its me
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -118,6 +119,53 @@ def _hand_over_entry(name: Path, dir_fd: int | None, uid: int, gid: int) -> None
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+class NotAFolder(Exception):
+    """A mount's place holds something other than a folder (a link, a file): nothing was changed."""
+
+
+def make_mount(app_dir: Path, parts: tuple[str, ...], gid: int, uid: int, owner_gid: int) -> None:
+    """`app_dir/mounts/PARTS...` made where missing: the folders on the way berthd's, open to group
+    `gid` (or, when one is a mount nested in another, left as its user has it), the last one
+    `uid`:`owner_gid`'s, 0700 when made. Each step is opened beneath the one before it with
+    O_NOFOLLOW, and changed through its descriptor: a link planted anywhere on the way, at any moment,
+    makes this fail (ELOOP, ENOTDIR) instead of redirecting a mkdir or a chown."""
+    fd = _open_folder_at(None, str(app_dir))
+    try:
+        for index, part in enumerate(("mounts", *parts)):
+            last = index == len(parts)
+            try:
+                os.mkdir(part, PRIVATE_DIR_MODE, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the folder it was made in was removed meanwhile
+                raise NotAFolder(f"the folder above {part} vanished while it was made: refused") from None
+            child = _open_folder_at(fd, part)
+            os.close(fd)
+            fd = child
+            info = os.fstat(fd)
+            if last:
+                if (info.st_uid, info.st_gid) != (uid, owner_gid):
+                    os.fchown(fd, uid, owner_gid)
+            elif info.st_uid == os.geteuid():  # not a user's own mount: berthd's, the app's group's
+                if info.st_gid != gid:
+                    os.fchown(fd, os.geteuid(), gid)
+                if stat.S_IMODE(info.st_mode) != APP_DIR_MODE:
+                    os.fchmod(fd, APP_DIR_MODE)
+    finally:
+        os.close(fd)
+
+
+def _open_folder_at(dir_fd: int | None, name: str) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotAFolder(f"{name} is not a folder (a link or a file): refused") from None
+        if exc.errno == errno.ENOENT:  # made a moment ago, gone: someone else is at work in there
+            raise NotAFolder(f"{name} vanished while it was made: refused") from None
+        raise
 
 
 def close_to_others(path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from berthd.apps.launch import default_scale, process_types
+from berthd.apps.launch import default_scale, free_port, process_types, wants_port
 from berthd.config import Config
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.log import LOG
@@ -36,6 +36,7 @@ class ProcessManager:
         self.data_dir = data_dir
         self.processes: dict[tuple[str, str], SupervisedProcess] = {}
         self.logs: dict[tuple[str, str], LogFile] = {}
+        self.ports: dict[tuple[str, str], int] = {}  # the PORT of each process of a Procfile type
         self._nursery: trio.Nursery | None = None
         host = RunnerHost(config, store, data_dir)
         self.runners: dict[type[Runner], Runner] = {kind: kind(host) for kind in RUNNERS}
@@ -221,6 +222,7 @@ class ProcessManager:
             process.mark_stopped()
         elif self.processes.get((app, process.name)) is process:
             del self.processes[(app, process.name)]
+            self.ports.pop((app, process.name), None)
 
     async def _supervise(self, app: str, name: str) -> SupervisedProcess:
         assert self._nursery is not None
@@ -233,7 +235,10 @@ class ProcessManager:
             current = await self.store.get_app(app)
             if current is None:
                 raise ValueError(f"App {app} no longer exists")
-            return await runner.spec_for(await self.target_of(current), name)
+            spec = await runner.spec_for(await self.target_of(current), name)
+            if runner.features.signals and wants_port(current):
+                spec = self._with_port(spec)
+            return spec
 
         async def save_handle(handle: Handle | None) -> None:
             await self.store.save_handle(app, name, msgspec.json.encode(handle) if handle else None)
@@ -255,6 +260,18 @@ class ProcessManager:
         self.processes[(app, name)] = process
         await self._nursery.start(process.supervise)
         return process
+
+    def _with_port(self, spec: ProcessSpec) -> ProcessSpec:
+        """The process's PORT: the one its config or Procfile line gives, else a free one (the same
+        as before a restart while it is still free), never one another process of berthd's has."""
+        key = (spec.app, spec.process)
+        given = spec.env.get("PORT", "")
+        if given.isdigit():
+            self.ports[key] = int(given)
+            return spec
+        taken = {port for other, port in self.ports.items() if other != key}
+        self.ports[key] = free_port(taken, self.ports.get(key))
+        return msgspec.structs.replace(spec, env={**spec.env, "PORT": str(self.ports[key])})
 
     async def report_detailed(self, app: str) -> list[dict[str, object]]:
         """The report, with what the runner can tell of each process (a container's state and health)."""
@@ -288,6 +305,7 @@ class ProcessManager:
                     if process.handle and process.runner.features.signals
                     else None,
                     "ref": process.runner.shown_ref(process.handle) if process.handle else None,
+                    "port": self.ports.get((app, process.name)),
                     "restarts": process.restarts,
                     "uptime_s": round(process.uptime, 1) if process.uptime is not None else None,
                     "last_exit_code": process.last_exit.code if process.last_exit else None,
