@@ -286,3 +286,33 @@ def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(start_bert
     answers = [line for line in received.split(b"\n") if line.startswith(b'{"ok"')]
     assert len(answers) < 300  # let go before the end, and the connection is closed (recv saw EOF)
     assert daemon.call("ping").output == "pong"
+
+
+def upload_begin_as(user: User | None, daemon: Berthd, app: str, size: int) -> dict[str, Any]:
+    """`upload:begin` from a process of `user` (root when None), through socat."""
+    drop = [] if user is None else ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+    line = json.dumps({"cmd": "upload:begin", "args": [app, "tool", str(size), "1"]}) + "\n"
+    out = subprocess.run(
+        [*drop, "socat", "-t", "10", "-", f"UNIX-CONNECT:{daemon.socket}"],
+        input=line.encode(), capture_output=True, timeout=30,
+    )  # fmt: skip
+    answer = json.loads(out.stdout.splitlines()[-1])
+    assert isinstance(answer, dict)
+    return answer
+
+
+@NEEDS_ROOT
+def test_one_user_cannot_take_every_upload_slot_and_root_keeps_one(open_berthd) -> None:  # type: ignore[no-untyped-def]
+    daemon = open_berthd("--max-uploads", "4", "--max-uploads-per-uid", "2", "--max-uploads-per-app", "8")
+    with system_users("upa", "upb") as (alice, bob):
+        answers = [upload_begin_as(alice, daemon, f"a{i}", 10) for i in range(3)]
+        assert [a["ok"] for a in answers] == [True, True, False], answers
+        assert answers[2]["error"] == "busy" and f"uid {alice.uid}" in answers[2]["output"]
+        assert upload_begin_as(bob, daemon, "b0", 10)["ok"]
+        last = upload_begin_as(bob, daemon, "b1", 10)  # the last slot is root's
+        assert (last["ok"], last["error"]) == (False, "busy"), last
+        assert upload_begin_as(None, daemon, "r0", 10)["ok"]
+        # all of the sessions together must fit on the disk once complete
+    huge = upload_begin_as(None, open_berthd("--max-upload-bytes", str(1 << 60)), "big", 1 << 59)
+    assert (huge["ok"], huge["error"]) == (False, "busy") and "not enough free disk" in huge["output"]
+    assert daemon.call("ping").output == "pong"

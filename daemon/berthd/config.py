@@ -47,6 +47,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jobs_max_age: Annotated[float, msgspec.Meta(gt=0)] = 30 * 24 * 3600.0
     max_uploads_per_app: Annotated[int, msgspec.Meta(ge=1)] = 16
     max_uploads: Annotated[int, msgspec.Meta(ge=1)] = 128
+    max_uploads_per_uid: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: a quarter of max_uploads
     download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     # the children's environment (see berthd.apps.launch): defaults under the app's config, and the
     # variables of berthd's own environment passed on (names, or NAME* patterns)
@@ -61,6 +62,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.max_clients_per_uid is not None:
             return self.max_clients_per_uid
         return max(1, self.max_clients // 4)
+
+    @property
+    def per_uid_uploads(self) -> int:
+        """How many unfinished uploads one uid other than root may hold: never all of them."""
+        if self.max_uploads_per_uid is not None:
+            return self.max_uploads_per_uid
+        return max(1, self.max_uploads // 4)
 
     @property
     def socket_mode_bits(self) -> int:
@@ -114,6 +122,7 @@ ENVIRONMENT = {
     "BERTHD_JOBS_MAX_AGE": "jobs_max_age",
     "BERTHD_MAX_UPLOADS_PER_APP": "max_uploads_per_app",
     "BERTHD_MAX_UPLOADS": "max_uploads",
+    "BERTHD_MAX_UPLOADS_PER_UID": "max_uploads_per_uid",
     "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
     "BERTHD_PASS_ENV": "pass_env",
     "BERTHD_CWD_ROOTS": "cwd_roots",

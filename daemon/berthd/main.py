@@ -107,6 +107,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-uploads-per-app", type=int, metavar="N", help="open uploads per app (16)")
     parser.add_argument("--max-uploads", type=int, metavar="N", help="open uploads in all (default 128)")
     parser.add_argument(
+        "--max-uploads-per-uid", type=int, metavar="N", help="open uploads of one user (a quarter of all)"
+    )
+    parser.add_argument(
         "--download-timeout", type=float, metavar="SECONDS", help="longest archive download (default 600)"
     )
     parser.add_argument(

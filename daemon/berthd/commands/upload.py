@@ -106,7 +106,7 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
     existing = await ctx.store.get_app(params.app)
     checked, _ = apply_options(existing.settings if existing else AppSettings(), params)  # refused now
     await check_cwd_place(ctx, params.app, checked, existing.source.detail if existing else {})
-    await _check_room(ctx, params.app)
+    await _check_room(ctx, params.app, params.total_size)
     options = msgspec.json.encode(params)
     session = f"up-{secrets.token_urlsafe(12)}"
     folder = uploads_dir(ctx.services)
@@ -124,7 +124,7 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
     bitmap = bytes(-(-params.total_chunks // 8))
     upload = UploadRecord(
         session, params.app, params.filename, params.total_size, params.total_chunks,
-        params.sha256.lower() if params.sha256 else None, bitmap, time.time(), options,
+        params.sha256.lower() if params.sha256 else None, bitmap, time.time(), options, ctx.peer.uid,
     )  # fmt: skip
     await ctx.store.create_upload(upload)  # the row first: the expiry sweep removes part files without one
     try:
@@ -138,21 +138,44 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
     )
 
 
-async def _check_room(ctx: Context, app: str) -> None:
-    """Each session may reserve up to --max-upload-bytes: their number is bounded, per app and in all.
-    (upload:begin holds the command lock, so the count and the new row cannot race.)"""
+async def _check_room(ctx: Context, app: str, size: int) -> None:
+    """Each session may reserve up to --max-upload-bytes: their number is bounded per app, per uid (root
+    aside) and in all, with the last slot kept for root; and all of them together must fit on the disk
+    once complete. (upload:begin holds the command lock, so the counts and the new row cannot race.)"""
     config = ctx.services.config
-    of_app, total = await ctx.store.count_uploads(app)
+    uid = ctx.peer.uid
+    of_app, of_uid, total, reserved = await ctx.store.count_uploads(app, uid)
     if of_app >= config.max_uploads_per_app:
         raise CommandError(
             "busy",
             f"{app} has {of_app} unfinished uploads, the most it may have: end or abort one"
             " (upload:end, upload:abort), or let it expire",
         )
-    if total >= config.max_uploads:
+    if uid != 0 and of_uid >= config.per_uid_uploads:
+        raise CommandError(
+            "busy",
+            f"you (uid {uid}) have {of_uid} unfinished uploads, the most one user may have: end or abort"
+            " one (upload:end, upload:abort), or let it expire",
+        )
+    if total >= config.max_uploads or (uid != 0 and total >= config.max_uploads - 1):
         raise CommandError(
             "busy", f"{total} unfinished uploads, the most berthd takes at once: try again later"
         )
+    free = await trio.to_thread.run_sync(_free_bytes, uploads_dir(ctx.services))
+    if reserved + size > free:
+        raise CommandError(
+            "busy",
+            f"not enough free disk for {size} more bytes: the unfinished uploads may take {reserved} bytes"
+            f" and {free} are free; try again later",
+        )
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free bytes, for an unprivileged writer, on the disk the uploads go to (the data dir's if new)."""
+    while not folder.exists():
+        folder = folder.parent
+    info = os.statvfs(folder)
+    return info.f_bavail * info.f_frsize
 
 
 @REGISTRY.command("upload:chunk", summary="one chunk, base64; any order; repeats are harmless", mutating=True)

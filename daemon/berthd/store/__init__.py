@@ -318,13 +318,15 @@ class Store:
 
     # uploads
 
-    _UPLOAD_COLUMNS = "id, app, filename, total_size, total_chunks, sha256, received, created_at, options"
+    _UPLOAD_COLUMNS = (
+        "id, app, filename, total_size, total_chunks, sha256, received, created_at, options, uid"
+    )
 
     @threaded
     def create_upload(self, upload: UploadRecord) -> None:
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 msgspec.structs.astuple(upload),
             )
 
@@ -358,12 +360,14 @@ class Store:
         return [row[0] for row in self._conn.execute("SELECT id FROM uploads").fetchall()]
 
     @threaded
-    def count_uploads(self, app: str) -> tuple[int, int]:
-        """Open upload sessions: the app's, and all."""
+    def count_uploads(self, app: str, uid: int) -> tuple[int, int, int, int]:
+        """Open upload sessions: the app's, the caller's, all of them, and the bytes all of them reserve."""
         row = self._conn.execute(
-            "SELECT COUNT(*) FILTER (WHERE app = ?), COUNT(*) FROM uploads", (app,)
+            "SELECT COUNT(*) FILTER (WHERE app = ?), COUNT(*) FILTER (WHERE uid = ?), COUNT(*),"
+            " COALESCE(SUM(total_size), 0) FROM uploads",
+            (app, uid),
         ).fetchone()
-        return int(row[0]), int(row[1])
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     # deploy daemons
 

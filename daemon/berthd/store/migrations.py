@@ -78,4 +78,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE apps ADD COLUMN ended BLOB NOT NULL DEFAULT '[]';
     """,
+    # 7: who began each upload, so that no one caller can take every upload slot
+    """
+    ALTER TABLE uploads ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
+    """,
 )

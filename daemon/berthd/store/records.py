@@ -68,6 +68,7 @@ class UploadRecord(msgspec.Struct):
     received: bytes  # one bit a chunk
     created_at: float
     options: bytes  # the source options given at upload:begin, applied at upload:end
+    uid: int = 0  # who began it (SO_PEERCRED)
 
     @property
     def chunk_size(self) -> int:
