@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_proc import Berthd
+from tests.test_hostile_archives import DrippingServer
 from tests.users import NEEDS_ROOT, User, system_users
 from tests.wire import RawConnection
 
@@ -316,3 +318,71 @@ def test_one_user_cannot_take_every_upload_slot_and_root_keeps_one(open_berthd) 
     huge = upload_begin_as(None, open_berthd("--max-upload-bytes", str(1 << 60)), "big", 1 << 59)
     assert (huge["ok"], huge["error"]) == (False, "busy") and "not enough free disk" in huge["output"]
     assert daemon.call("ping").output == "pong"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+class CountingDrip(DrippingServer):
+    """The dripping server of the archive tests, counting the downloads it is serving at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.count_lock = threading.Lock()
+        super().__init__()
+
+    def drip(self, conn: socket.socket) -> None:
+        with self.count_lock:
+            self.active += 1
+        try:
+            super().drip(conn)
+        finally:
+            with self.count_lock:
+                self.active -= 1
+
+
+@NEEDS_ROOT
+def test_one_users_slow_downloads_take_two_threads_not_berthds(open_berthd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """12 deploys from a server that drips a byte every 0.2 s, from one user: two download at a time (the
+    rest wait their turn), another user's deploy still starts its download, and root's work is served."""
+    daemon = open_berthd("--download-timeout", "60")
+    drip = CountingDrip()
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        with system_users("dla", "dlb") as (alice, bob):
+
+            def deploy_as(user: User, app: str) -> None:
+                drop = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+                line = f"git:from-archive {app} http://127.0.0.1:{drip.port}/{app}.tar.gz\n".encode()
+                proc = subprocess.Popen(
+                    [*drop, "socat", "-t", "90", "-", f"UNIX-CONNECT:{daemon.socket}"],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                assert proc.stdin is not None
+                proc.stdin.write(line)
+                proc.stdin.flush()
+                clients.append(proc)
+
+            for index in range(12):
+                deploy_as(alice, f"slow{index}")
+            wait_until(lambda: drip.active == 2)
+            time.sleep(1.0)  # the other ten had their chance to start, and waited
+            assert drip.active == 2
+            deploy_as(bob, "bobs")
+            wait_until(lambda: drip.active == 3)
+            tool = tmp_path / "tool.sh"
+            tool.write_text("#!/bin/sh\necho served\nexec sleep 1000\n")
+            tool.chmod(0o755)
+            assert daemon.call(["apps:from-local", "rootapp", str(tool)]).ok
+            assert daemon.call("ps:start rootapp").ok
+            assert daemon.call("logs rootapp --num 5").ok
+            assert daemon.call("ps:stop rootapp").ok
+    finally:
+        for proc in clients:
+            proc.kill()
+            proc.wait()
+        drip.close()

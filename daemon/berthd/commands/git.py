@@ -68,7 +68,7 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
         opened = None
         if parts.scheme == "file":  # opened now, as the caller: what the download reads
             path, caller = archive.local_path(parts), Caller.of(ctx.peer)
-            opened = await trio.to_thread.run_sync(open_file, caller, path, shown)
+            opened = await ctx.services.deploy_work(ctx.peer.uid, open_file, caller, path, shown)
     except (archive.ArchiveError, NotReadable) as exc:
         raise invalid_argument(str(exc)) from None
     try:
@@ -126,8 +126,8 @@ async def _download_and_unpack(
     try:
         # the worker thread cannot be interrupted: abandoned when the deploy is cancelled, it sees `stop`
         with trio.move_on_after(config.download_timeout + 1) as waited:
-            size = await trio.to_thread.run_sync(
-                archive.download, url, opened, incoming, config.max_archive_bytes,
+            size = await ctx.services.deploy_work(
+                ctx.peer.uid, archive.download, url, opened, incoming, config.max_archive_bytes,
                 config.download_timeout, stop, progress, abandon_on_cancel=True,
             )  # fmt: skip
         if waited.cancelled_caught:
@@ -144,7 +144,9 @@ async def _download_and_unpack(
     await ctx.emit(ProgressEvent("unpacking"))
     try:
         unpacked_limit = ctx.services.config.max_unpacked_bytes
-        await trio.to_thread.run_sync(archive.unpack, incoming, release, unpacked_limit, MAX_ENTRIES)
+        await ctx.services.deploy_work(
+            ctx.peer.uid, archive.unpack, incoming, release, unpacked_limit, MAX_ENTRIES
+        )
     except archive.ArchiveError as exc:
         raise DeployFailed("unpack failure", str(exc)) from None
     root = await trio.to_thread.run_sync(archive.source_root, release)
@@ -256,10 +258,10 @@ async def _fetch_and_checkout(
     await record_status(ctx, app, "fetching")
     await ctx.emit(ProgressEvent("fetching"))
     try:
-        await trio.to_thread.run_sync(gitsrc.fetch, cache, repository, env)
+        await ctx.services.deploy_work(ctx.peer.uid, gitsrc.fetch, cache, repository, env)
         commit, kind = await trio.to_thread.run_sync(gitsrc.resolve, cache, ref)
         await ctx.emit(ProgressEvent("checking out"))
-        await trio.to_thread.run_sync(gitsrc.checkout, cache, commit, release)
+        await ctx.services.deploy_work(ctx.peer.uid, gitsrc.checkout, cache, commit, release)
     except gitsrc.GitError as exc:
         raise DeployFailed("fetch failure", str(exc)) from None
     return commit, kind
