@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_proc import Berthd
+from tests.test_hostile_archives import deep_tmp_path, deep_tree
 from tests.test_native_runner import report, state_of, wait_for
 from tests.test_sources import git
 
 PROCFILE = b"web: echo up; exec sleep 1000\n"
+deep_tmp_path = deep_tmp_path  # a fixture of this module too
 
 
 def tar_bytes(files: dict[str, bytes]) -> bytes:
@@ -103,14 +105,19 @@ def leftovers(app_dir: Path) -> list[str]:
     return found
 
 
+def deployed(daemon: Berthd, app: str, archive_server: str) -> tuple[Path, Path]:
+    """`app` deployed from good.tar.gz: its folder, and the release `current` points at."""
+    first = daemon.call(["git:from-archive", app, f"{archive_server}/fast/good.tar.gz"])
+    assert first.ok, first.output
+    app_dir = daemon.data_dir / "apps" / app
+    return app_dir, (app_dir / "current").resolve()
+
+
 def test_kill_9_mid_download_is_swept_and_the_old_release_runs_again(
     start_berthd: Callable[..., Berthd], archive_server: str
 ) -> None:
     daemon = start_berthd()
-    first = daemon.call(["git:from-archive", "drip", f"{archive_server}/fast/good.tar.gz"])
-    assert first.ok, first.output
-    app_dir = daemon.data_dir / "apps" / "drip"
-    live = (app_dir / "current").resolve()
+    app_dir, live = deployed(daemon, "drip", archive_server)
     in_background(daemon, ["git:from-archive", "drip", f"{archive_server}/slow/big.tar.gz"])
     incoming = wait_for(lambda: list(app_dir.glob(".incoming-*")))
     assert isinstance(incoming, list)
@@ -252,3 +259,22 @@ def test_scaling_up_does_not_restart_a_process_that_ended(
     daemon.start()
     wait_for(lambda: state_of(daemon, "scaled", "main.2") == "RUNNING")
     assert state_of(daemon, "scaled", "main.1") == "none"
+
+
+def test_a_release_left_deeply_nested_does_not_stop_berthd_from_starting(
+    deep_tmp_path: Path, start_berthd: Callable[..., Berthd], archive_server: str
+) -> None:
+    daemon = start_berthd()
+    app_dir, live = deployed(daemon, "nested", archive_server)
+    daemon.kill()
+    # what a deploy cut short would leave, as releases.new_release makes it: a marker and its release
+    name = "20260101000000-archive-abcdef"
+    (app_dir / f".deploying-{name}").touch(mode=0o600)
+    (app_dir / "releases" / name).mkdir(mode=0o700)
+    deep_tree(app_dir / "releases" / name, 3000)
+
+    daemon.start()
+    assert daemon.call("ping").output == "pong"
+    assert leftovers(app_dir) == []
+    assert (app_dir / "current").resolve() == live
+    wait_for(lambda: state_of(daemon, "nested", "web.1") == "RUNNING")

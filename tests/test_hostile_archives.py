@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from berthd.sources import archive
+from berthd.sources import archive, releases
+from berthd.store import modes, trees
 from tests import test_sources
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import wait_for
@@ -404,3 +405,65 @@ def test_a_download_has_an_overall_deadline(
 def _call_quietly(daemon: Berthd, command: list[str]) -> None:
     with contextlib.suppress(OSError, ConnectionError, ValueError):
         daemon.call(command)
+
+
+# trees at any depth
+
+
+@pytest.fixture
+def deep_tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path` for a test that makes trees deeper than pytest's own clean-up (`shutil.rmtree`, which
+    recurses) can remove: removed at the end, by the walk berthd uses."""
+    yield tmp_path
+    trees.remove_tree(tmp_path)
+
+
+def deep_tree(top: Path, depth: int) -> None:
+    """`top/a/a/.../a/f`, `depth` folders deep, made through descriptors (the path is past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("a", 0o755, dir_fd=fd)
+            below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_deeper_than_python_recursion_is_handed_over_and_discarded(deep_tmp_path: Path) -> None:
+    """A build or a git checkout may make any depth: the walks over a release cope with it."""
+    app_dir = deep_tmp_path / "app"
+    release = releases.new_release(app_dir, "deep")
+    deep_tree(release, 3000)
+    modes.hand_over(release, os.geteuid(), 12345)
+    leaf = os.open(release, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=leaf)
+        os.close(leaf)
+        leaf = below
+    seen = os.stat("f", dir_fd=leaf)
+    os.close(leaf)
+    assert (seen.st_gid, stat.S_IMODE(seen.st_mode)) == (12345, 0o640)
+    modes.close_to_others(release)
+    releases.discard(release)
+    assert not release.exists()
+    assert not list(app_dir.glob(".deploying-*"))
+
+
+def test_a_repository_with_deep_folders_is_deployed_and_destroyed(
+    deep_tmp_path: Path, berthd: Berthd
+) -> None:
+    repo = deep_tmp_path / "repo"
+    repo.mkdir()
+    deep_tree(repo, 1200)  # a path of 2,400 characters: git checks it out
+    (repo / "Procfile").write_bytes(b"web: exec sleep 1000\n")
+    test_sources.git(repo, "init", "-q", "-b", "main")
+    test_sources.git(repo, "add", ".")
+    test_sources.git(repo, "commit", "-qm", "deep")
+    answer = berthd.call(["git:sync", "deeprepo", f"file://{repo}"])
+    assert answer.ok, answer.output
+    assert berthd.call("apps:destroy deeprepo --force").ok
+    assert not (berthd.data_dir / "apps" / "deeprepo").exists()
+    assert berthd.call("ping").output == "pong"
