@@ -432,6 +432,48 @@ def deep_tree(top: Path, depth: int) -> None:
         os.close(fd)
 
 
+def test_an_archive_3000_folders_deep_is_refused_and_berthd_restarts(
+    deep_tmp_path: Path, berthd: Berthd, http_root: tuple[Path, str]
+) -> None:
+    root, base = http_root
+    tar_of(root / "deep.tar.gz", [("Procfile", PROCFILE, ""), ("a/" * 3000 + "f", b"x", "")])
+    assert (root / "deep.tar.gz").stat().st_size < 1000
+    answer = berthd.call(["git:from-archive", "hostile", f"{base}/deep.tar.gz", "--user", "root"])
+    result = {"ok": answer.ok, "error": answer.error, "output": answer.output}
+    assert_refused_cleanly(berthd, result, "folders deep")
+    assert len(answer.output) < 400, answer.output
+    assert berthd.stop() == 0
+    berthd.start()
+    assert berthd.call("ping").output == "pong"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("d/" + "n" * 256, "longer than 255 bytes"),
+        ("/".join(["d" * 200] * 21) + "/f", "longer than 4096 bytes"),
+    ],
+    ids=["component", "whole-name"],
+)
+def test_over_long_entry_names_are_refused(
+    berthd: Berthd, http_root: tuple[Path, str], name: str, message: str
+) -> None:
+    root, base = http_root
+    tar_of(root / "long.tar.gz", [("Procfile", PROCFILE, ""), (name, b"x", "")])
+    answer = deploy(berthd, base, "long.tar.gz")
+    assert_refused_cleanly(berthd, answer, message)
+    assert len(str(answer["output"])) < 400, answer
+
+
+def test_an_archive_at_the_depth_limit_is_deployed(berthd: Berthd, http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    tar_of(root / "ok.tar.gz", [("Procfile", PROCFILE, ""), ("a/" * 127 + "f", b"x", "")])
+    answer = berthd.call(["git:from-archive", "deepok", f"{base}/ok.tar.gz"])
+    assert answer.ok, answer.output
+    assert (berthd.data_dir / "apps" / "deepok" / "current" / ("a/" * 127 + "f")).read_bytes() == b"x"
+    berthd.call("ps:stop deepok")
+
+
 def test_a_tree_deeper_than_python_recursion_is_handed_over_and_discarded(deep_tmp_path: Path) -> None:
     """A build or a git checkout may make any depth: the walks over a release cope with it."""
     app_dir = deep_tmp_path / "app"

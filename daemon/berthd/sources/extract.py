@@ -11,6 +11,7 @@ walk: every entry is written relative to the folder's descriptor.
 - Hard links go only to regular files this archive wrote before (`linkat` between folder descriptors,
   following nothing). Devices and FIFOs are refused, so is a name given twice.
 - Bytes are counted while they are written (a zip bomb's headers are not believed), entries as they come.
+- A name is at most 4096 bytes, 255 a part and 128 folders deep; an error quotes at most 200 characters.
 
 Tar and zip go through the same `Extractor`. It needs only the standard library (no `tarfile` filters,
 which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes that entry's `ArchiveError`.
@@ -33,6 +34,10 @@ from typing import IO
 
 READ_BLOCK = 1024 * 1024
 MAX_LINK_TARGET = 4096
+MAX_NAME_BYTES = 4096  # PATH_MAX
+MAX_PART_BYTES = 255  # NAME_MAX
+MAX_DEPTH = 128  # folders in a name
+SHOWN_NAME = 200  # characters of a name an error message quotes
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FOLDER, FILE, LINK, IMPLIED = "folder", "file", "link", "implied folder"
@@ -77,9 +82,9 @@ def _unpack_tar(archive: Path, extractor: Extractor) -> None:
                 elif member.islnk():
                     extractor.hardlink(member.name, member.linkname)
                 elif member.ischr() or member.isblk() or member.isfifo():
-                    raise ArchiveError(f"archive entry {member.name!r} is a device or FIFO")
+                    raise ArchiveError(f"archive entry {quoted(member.name)} is a device or FIFO")
                 else:
-                    raise ArchiveError(f"archive entry {member.name!r} is of an unsupported type")
+                    raise ArchiveError(f"archive entry {quoted(member.name)} is of an unsupported type")
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
@@ -101,10 +106,10 @@ def _unpack_zip(archive: Path, extractor: Extractor) -> None:
                     with zipped.open(entry) as source:
                         target = source.read(MAX_LINK_TARGET + 1)
                     if len(target) > MAX_LINK_TARGET:
-                        raise ArchiveError(f"archive link {entry.filename!r} has an over-long target")
+                        raise ArchiveError(f"archive link {quoted(entry.filename)} has an over-long target")
                     extractor.symlink(entry.filename, target.decode("utf-8", "surrogateescape"))
                 elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):
-                    raise ArchiveError(f"archive entry {entry.filename!r} is a device or FIFO")
+                    raise ArchiveError(f"archive entry {quoted(entry.filename)} is a device or FIFO")
                 else:
                     with zipped.open(entry) as source:
                         extractor.file(entry.filename, bool(mode & 0o111), source)
@@ -157,15 +162,29 @@ def entry_parts(name: str) -> Parts:
     if "\x00" in name:
         raise ArchiveError("archive entry name contains a NUL byte")
     if name.startswith("/"):
-        raise ArchiveError(f"archive entry {name!r} has an absolute path")
+        raise ArchiveError(f"archive entry {quoted(name)} has an absolute path")
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    if len(parts) > MAX_DEPTH:
+        raise ArchiveError(f"archive entry {quoted(name)} is {len(parts)} folders deep, over {MAX_DEPTH}")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for part in parts):
+        raise ArchiveError(f"archive entry {quoted(name)} has a part longer than {MAX_PART_BYTES} bytes")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ArchiveError(f"archive entry {quoted(name)} is longer than {MAX_NAME_BYTES} bytes")
     if ".." in parts:
-        raise ArchiveError(f"archive entry {name!r} leaves the archive's folder")
+        raise ArchiveError(f"archive entry {quoted(name)} leaves the archive's folder")
     return parts
 
 
+def quoted(name: str) -> str:
+    """A name as an error message shows it: quoted, and cut to about SHOWN_NAME characters."""
+    shown = repr(name)
+    if len(shown) <= SHOWN_NAME:
+        return shown
+    return f"{shown[:SHOWN_NAME]}... ({len(name)} characters)"
+
+
 def _shown(parts: Parts) -> str:
-    return "/".join(parts)
+    return quoted("/".join(parts) or ".")
 
 
 class Extractor:
@@ -230,7 +249,7 @@ class Extractor:
         source = entry_parts(target)
         if self.kinds.get(source) != FILE:
             raise ArchiveError(
-                f"archive hard link {name!r} points to {target!r}, which is not a file this archive wrote"
+                f"archive hard link {quoted(name)} points to {quoted(target)}, which is not a file this archive wrote"
                 " before it"
             )
         with self._entry(parts), self._parent(source) as source_parent, self._parent(parts) as parent:
@@ -254,42 +273,42 @@ class Extractor:
         if not parts:
             if kind == FOLDER:
                 return parts  # the top itself (`./`): it exists
-            raise ArchiveError(f"archive entry {name!r} has no name")
+            raise ArchiveError(f"archive entry {quoted(name)} has no name")
         existing = self.kinds.get(parts)
         if existing is not None and not (kind == FOLDER and existing == IMPLIED):
-            raise ArchiveError(f"archive entry {_shown(parts) or '.'!r} appears twice")
+            raise ArchiveError(f"archive entry {_shown(parts)} appears twice")
         for depth in range(1, len(parts)):
             above = self.kinds.get(parts[:depth])
             if above == LINK:
                 raise ArchiveError(
-                    f"archive entry {_shown(parts)!r} runs through the link {_shown(parts[:depth])!r}"
+                    f"archive entry {_shown(parts)} runs through the link {_shown(parts[:depth])}"
                     " the archive makes"
                 )
             if above == FILE:
                 raise ArchiveError(
-                    f"archive entry {_shown(parts)!r} is inside {_shown(parts[:depth])!r}, which is a file"
+                    f"archive entry {_shown(parts)} is inside {_shown(parts[:depth])}, which is a file"
                 )
         return parts
 
     def _check_link(self, parts: Parts, target: str) -> None:
         shown = _shown(parts)
         if not target or "\x00" in target:
-            raise ArchiveError(f"archive link {shown!r} has an empty or invalid target")
+            raise ArchiveError(f"archive link {shown} has an empty or invalid target")
         if target.startswith("/"):
-            raise ArchiveError(f"archive link {shown!r} points to the absolute path {target!r}")
+            raise ArchiveError(f"archive link {shown} points to the absolute path {quoted(target)}")
         where = list(parts[:-1])
         pieces = [piece for piece in target.split("/") if piece not in ("", ".")]
         for index, piece in enumerate(pieces):
             if piece == "..":
                 if not where:
-                    raise ArchiveError(f"archive link {shown!r} points outside the archive ({target!r})")
+                    raise ArchiveError(f"archive link {shown} points outside the archive ({quoted(target)})")
                 where.pop()
                 continue
             where.append(piece)
             # only the last step may be another link (itself checked); one on the way could lead anywhere
             if index < len(pieces) - 1 and self.kinds.get(tuple(where)) == LINK:
                 raise ArchiveError(
-                    f"archive link {shown!r} points through the link {_shown(tuple(where))!r} ({target!r})"
+                    f"archive link {shown} points through the link {_shown(tuple(where))} ({quoted(target)})"
                 )
 
     # the descriptors
@@ -300,8 +319,8 @@ class Extractor:
             yield
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
-                raise ArchiveError(f"archive entry {_shown(parts)!r} clashes with another entry") from None
-            raise ArchiveError(f"cannot unpack {_shown(parts)!r}: {exc.strerror}") from None
+                raise ArchiveError(f"archive entry {_shown(parts)} clashes with another entry") from None
+            raise ArchiveError(f"cannot unpack {_shown(parts)}: {exc.strerror}") from None
 
     @contextmanager
     def _parent(self, parts: Parts) -> Iterator[int]:
