@@ -6,7 +6,9 @@ folder (the paths the attack aims at are checked), leave no release behind, and 
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
 import os
 import signal
@@ -21,6 +23,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from berthd.sources import archive, releases
@@ -407,7 +410,7 @@ def _call_quietly(daemon: Berthd, command: list[str]) -> None:
         daemon.call(command)
 
 
-# trees at any depth
+# denial of service: depth, metadata headers, decompression
 
 
 @pytest.fixture
@@ -509,3 +512,72 @@ def test_a_repository_with_deep_folders_is_deployed_and_destroyed(
     assert berthd.call("apps:destroy deeprepo --force").ok
     assert not (berthd.data_dir / "apps" / "deeprepo").exists()
     assert berthd.call("ping").output == "pong"
+
+
+def bz2_pieces(pieces: list[tuple[bytes, int]]) -> bytes:
+    """A multi-stream bz2 of each piece repeated so many times: gigabytes compressed in a moment."""
+    return b"".join(bz2.compress(data) * count for data, count in pieces)
+
+
+def raw_header(name: bytes, size: int, kind: bytes) -> bytes:
+    info = tarfile.TarInfo(name.decode())
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def rss_during(daemon: Berthd, action: Callable[[], object]) -> tuple[object, int]:
+    """What `action` returned, and the most berthd's resident memory grew while it ran."""
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+    before, peak, done = process.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(0, peak[0] - before)
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE],
+    ids=["gnu-longname", "gnu-longlink", "pax", "pax-global"],
+)  # fmt: skip
+def test_a_300_mib_metadata_header_is_refused_before_it_is_read(
+    berthd: Berthd, http_root: tuple[Path, str], kind: bytes
+) -> None:
+    root, base = http_root
+    size = 300 * 1024 * 1024
+    (root / "name.tar.bz2").write_bytes(
+        bz2_pieces([(raw_header(b"././@LongLink", size, kind), 1), (b"a" * (1 << 20), 300),
+                    (raw_header(b"x", 1, tarfile.REGTYPE) + padded(b"x") + b"\0" * 1024, 1)])
+    )  # fmt: skip
+    assert (root / "name.tar.bz2").stat().st_size < 20_000
+    answer, grew = rss_during(berthd, lambda: deploy(berthd, base, "name.tar.bz2"))
+    assert isinstance(answer, dict)
+    print(f"berthd grew {grew / 2**20:.1f} MiB; answer {len(str(answer['output']))} characters")
+    assert_refused_cleanly(berthd, answer, "metadata header")
+    assert len(str(answer["output"])) < 400
+    assert grew < 50 * 2**20
+    assert max(len(line) for line in berthd.log().splitlines()) < 2000
+
+
+def test_a_chain_of_metadata_headers_is_refused(berthd: Berthd, http_root: tuple[Path, str]) -> None:
+    """tarfile reads the member after a long-name header by recursing: 5000 of them in a row."""
+    root, base = http_root
+    long_name = raw_header(b"././@LongLink", 512, tarfile.GNUTYPE_LONGNAME) + b"n" * 512
+    (root / "chain.tar.gz").write_bytes(
+        gzip.compress(long_name * 5000 + raw_header(b"x", 1, tarfile.REGTYPE) + padded(b"x") + b"\0" * 1024)
+    )
+    assert_refused_cleanly(berthd, deploy(berthd, base, "chain.tar.gz"), "metadata headers in a row")

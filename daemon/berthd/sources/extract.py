@@ -12,6 +12,8 @@ walk: every entry is written relative to the folder's descriptor.
   following nothing). Devices and FIFOs are refused, so is a name given twice.
 - Bytes are counted while they are written (a zip bomb's headers are not believed), entries as they come.
 - A name is at most 4096 bytes, 255 a part and 128 folders deep; an error quotes at most 200 characters.
+- A tar's long-name or pax header over 64 KiB (which tarfile reads whole) is refused before it is read,
+  and so are more than 8 in a row (tarfile recurses through them): `_BoundedTarInfo`.
 
 Tar and zip go through the same `Extractor`. It needs only the standard library (no `tarfile` filters,
 which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes that entry's `ArchiveError`.
@@ -65,11 +67,12 @@ def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> Non
 
 def _unpack_tar(archive: Path, extractor: Extractor) -> None:
     try:
-        with tarfile.open(archive) as tar:  # headers only: too many entries is refused before any is written
+        # headers only: too many entries is refused before any is written
+        with _BoundedTarFile.open(archive) as tar:
             for count, _ in enumerate(tar, start=1):
                 extractor.expect(count)
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
-        with tarfile.open(archive) as tar:
+        with _BoundedTarFile.open(archive) as tar:
             for member in tar:
                 if member.isdir():
                     extractor.folder(member.name)
@@ -87,9 +90,51 @@ def _unpack_tar(archive: Path, extractor: Extractor) -> None:
                     raise ArchiveError(f"archive entry {quoted(member.name)} is of an unsupported type")
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+        raise ArchiveError(f"not a readable tar or zip archive: {str(exc)[:SHOWN_NAME]}") from None
     except OSError as exc:  # gzip's BadGzipFile and the like, reading the archive itself
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+        raise ArchiveError(f"not a readable tar or zip archive: {str(exc)[:SHOWN_NAME]}") from None
+
+
+# tar: what tarfile reads whole
+
+MAX_METADATA = 64 * 1024  # a long name or link (GNU L/K) or a pax header, which tarfile reads whole
+MAX_METADATA_IN_A_ROW = 8  # tarfile recurses into the member each of them describes
+METADATA_TYPES = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A header that refuses, once its 512 bytes are parsed and before tarfile reads what follows, a
+    metadata header over MAX_METADATA (tarfile would read it whole into memory) or too many of them in a
+    row (tarfile recurses through them). Checked in `_proc_member`, the one place every header passes
+    through on every Python berthd runs on, rather than by parsing each header a second time ourselves."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        assert isinstance(archive, _BoundedTarFile)
+        if self.type not in METADATA_TYPES:
+            archive.metadata_in_a_row = 0
+        elif self.size > MAX_METADATA:
+            raise ArchiveError(
+                f"archive has a metadata header (type {self.type!r}) of {self.size} bytes,"
+                f" over the limit of {MAX_METADATA}"
+            )
+        else:
+            archive.metadata_in_a_row += 1
+            if archive.metadata_in_a_row > MAX_METADATA_IN_A_ROW:
+                raise ArchiveError(f"archive has more than {MAX_METADATA_IN_A_ROW} metadata headers in a row")
+        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+
+
+class _BoundedTarFile(tarfile.TarFile):
+    tarinfo = _BoundedTarInfo
+    metadata_in_a_row = 0
 
 
 def _unpack_zip(archive: Path, extractor: Extractor) -> None:
