@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from berthd.sources import archive, releases
+from berthd.sources import archive, extract, releases
 from berthd.store import modes, trees
 from tests import test_sources
 from tests.daemon_proc import Berthd
@@ -581,3 +581,39 @@ def test_a_chain_of_metadata_headers_is_refused(berthd: Berthd, http_root: tuple
         gzip.compress(long_name * 5000 + raw_header(b"x", 1, tarfile.REGTYPE) + padded(b"x") + b"\0" * 1024)
     )
     assert_refused_cleanly(berthd, deploy(berthd, base, "chain.tar.gz"), "metadata headers in a row")
+
+
+def test_a_bz2_bomb_is_refused_before_it_is_decompressed(
+    start_berthd: Callable[..., Berthd], http_root: tuple[Path, str]
+) -> None:
+    daemon = start_berthd(extra_args=["--max-unpacked-bytes", "1000000"])
+    root, base = http_root
+    gib = 1 << 30
+    (root / "bomb.tar.bz2").write_bytes(
+        bz2_pieces([(raw_header(b"Procfile", len(PROCFILE), tarfile.REGTYPE) + padded(PROCFILE)
+                     + raw_header(b"zeros", gib, tarfile.REGTYPE), 1), (b"\0" * (1 << 24), 64),
+                    (b"\0" * 1024, 1)])
+    )  # fmt: skip
+    print(f"the bomb is {(root / 'bomb.tar.bz2').stat().st_size} bytes")
+    started = time.monotonic()
+    answer = deploy(daemon, base, "bomb.tar.bz2")
+    took = time.monotonic() - started
+    print(f"refused in {took:.2f} s")
+    assert_refused_cleanly(daemon, answer, "more than 1000000 bytes")
+    assert took < 1.5, f"a 1 GiB member took {took:.1f} s to refuse"
+
+
+def test_unpacking_stops_at_its_deadline_whatever_the_archive_claims(tmp_path: Path) -> None:
+    """The worker thread cannot be cancelled: unpacking gives up by itself between decompressed blocks."""
+    archive_path = tmp_path / "slow.tar.bz2"
+    archive_path.write_bytes(
+        bz2_pieces([(raw_header(b"zeros", 1 << 30, tarfile.REGTYPE), 1), (b"\0" * (1 << 24), 64),
+                    (b"\0" * 1024, 1)])
+    )  # fmt: skip
+    (tmp_path / "out").mkdir()
+    started = time.monotonic()
+    with pytest.raises(extract.ArchiveError, match="took longer than 0.2 s"):
+        extract.unpack(archive_path, tmp_path / "out", 2 << 30, 10, max_seconds=0.2)
+    took = time.monotonic() - started
+    print(f"gave up after {took:.2f} s")
+    assert took < 1.0

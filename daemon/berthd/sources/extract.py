@@ -12,8 +12,10 @@ walk: every entry is written relative to the folder's descriptor.
   following nothing). Devices and FIFOs are refused, so is a name given twice.
 - Bytes are counted while they are written (a zip bomb's headers are not believed), entries as they come.
 - A name is at most 4096 bytes, 255 a part and 128 folders deep; an error quotes at most 200 characters.
-- A tar's long-name or pax header over 64 KiB (which tarfile reads whole) is refused before it is read,
-  and so are more than 8 in a row (tarfile recurses through them): `_BoundedTarInfo`.
+- Tar costs what its headers claim before it is paid: the first pass sums the sizes of the members (and
+  of their metadata headers) and refuses over the limit before tarfile skips, so decompresses, the data;
+  a long-name or pax header over 64 KiB (which tarfile reads whole) is refused before it is read
+  (`_BoundedTarInfo`); every decompressed byte is counted against a budget and a deadline (`Work`).
 
 Tar and zip go through the same `Extractor`. It needs only the standard library (no `tarfile` filters,
 which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes that entry's `ArchiveError`.
@@ -21,18 +23,21 @@ which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes th
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
 import lzma
 import os
 import stat
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 READ_BLOCK = 1024 * 1024
 MAX_LINK_TARGET = 4096
@@ -40,6 +45,7 @@ MAX_NAME_BYTES = 4096  # PATH_MAX
 MAX_PART_BYTES = 255  # NAME_MAX
 MAX_DEPTH = 128  # folders in a name
 SHOWN_NAME = 200  # characters of a name an error message quotes
+UNPACK_SECONDS = 600.0  # a backstop: the byte limits stop a bomb long before
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FOLDER, FILE, LINK, IMPLIED = "folder", "file", "link", "implied folder"
@@ -56,23 +62,29 @@ class ArchiveError(ValueError):
     """The archive cannot be deployed; the message names the entry and says why."""
 
 
-def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    """Every entry of the tar or zip `archive` into the (empty) folder `target`."""
+def unpack(
+    archive: Path, target: Path, max_bytes: int, max_entries: int, max_seconds: float = UNPACK_SECONDS
+) -> None:
+    """Every entry of the tar or zip `archive` into the (empty) folder `target`; given up after
+    `max_seconds` (the thread this runs on cannot be cancelled)."""
     with Extractor(target, max_bytes, max_entries) as extractor:
         if zipfile.is_zipfile(archive):
             _unpack_zip(archive, extractor)
         else:
-            _unpack_tar(archive, extractor)
+            _unpack_tar(archive, extractor, Work(max_bytes, max_entries, max_seconds))
 
 
-def _unpack_tar(archive: Path, extractor: Extractor) -> None:
+def _unpack_tar(archive: Path, extractor: Extractor, work: Work) -> None:
     try:
-        # headers only: too many entries is refused before any is written
-        with _BoundedTarFile.open(archive) as tar:
-            for count, _ in enumerate(tar, start=1):
+        with _open_tar(archive, work) as tar:  # headers only: a limit is met before anything is written
+            claimed = 0
+            for count, member in enumerate(tar, start=1):
                 extractor.expect(count)
+                # what tarfile skips (decompressing it) on its way to the next header: refused before
+                claimed += member.size
+                extractor.expect_bytes(claimed + tar.metadata_bytes)
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
-        with _BoundedTarFile.open(archive) as tar:
+        with _open_tar(archive, work) as tar:
             for member in tar:
                 if member.isdir():
                     extractor.folder(member.name)
@@ -95,7 +107,7 @@ def _unpack_tar(archive: Path, extractor: Extractor) -> None:
         raise ArchiveError(f"not a readable tar or zip archive: {str(exc)[:SHOWN_NAME]}") from None
 
 
-# tar: what tarfile reads whole
+# tar: what tarfile reads whole, and how much it decompresses
 
 MAX_METADATA = 64 * 1024  # a long name or link (GNU L/K) or a pax header, which tarfile reads whole
 MAX_METADATA_IN_A_ROW = 8  # tarfile recurses into the member each of them describes
@@ -108,6 +120,7 @@ METADATA_TYPES = frozenset(
         tarfile.SOLARIS_XHDTYPE,
     }
 )
+HEADER_ALLOWANCE = 4096  # decompressed bytes a member may take beyond its data: headers and padding
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -129,12 +142,89 @@ class _BoundedTarInfo(tarfile.TarInfo):
             archive.metadata_in_a_row += 1
             if archive.metadata_in_a_row > MAX_METADATA_IN_A_ROW:
                 raise ArchiveError(f"archive has more than {MAX_METADATA_IN_A_ROW} metadata headers in a row")
+            archive.metadata_bytes += self.size
         return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
 
 
 class _BoundedTarFile(tarfile.TarFile):
     tarinfo = _BoundedTarInfo
     metadata_in_a_row = 0
+    metadata_bytes = 0  # of every metadata header read so far, counted with the data
+
+
+class Work:
+    """How much decompression one unpack may do in all (both passes over the archive) and until when:
+    checked before each step of at most READ_BLOCK bytes, so a bomb is stopped before it is expanded."""
+
+    def __init__(self, max_bytes: int, max_entries: int, max_seconds: float) -> None:
+        self.limit = 2 * (max_bytes + HEADER_ALLOWANCE * max_entries)
+        self.spent = 0
+        self.seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
+
+    def spend(self, size: int) -> None:
+        self.spent += size
+        if self.spent > self.limit:
+            raise ArchiveError(f"archive decompresses to more than {self.limit} bytes")
+        if time.monotonic() > self.deadline:
+            raise ArchiveError(f"archive took longer than {self.seconds:g} s to unpack")
+
+
+class _Metered:
+    """The decompressed stream that tarfile reads, each read and (forward) seek paid for in `Work`
+    first: a seek over member data is a read that decompresses it."""
+
+    def __init__(self, stream: IO[bytes], work: Work) -> None:
+        self.stream = stream
+        self.work = work
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(READ_BLOCK), b""))
+        self.work.spend(size)
+        data = self.stream.read(size)
+        self.position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise OSError(errno.ESPIPE, "only absolute seeks in a decompressed stream")
+        if offset < self.position:  # back: the stream starts again from the beginning
+            self.stream.seek(0)
+            self.position = 0
+        while self.position < offset and self.read(min(READ_BLOCK, offset - self.position)):
+            pass
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
+@contextmanager
+def _open_tar(archive: Path, work: Work) -> Iterator[_BoundedTarFile]:
+    """The tar in `archive` (compressed with gzip, bzip2 or xz, or not), read through `_Metered`."""
+    with open(archive, "rb") as raw:
+        stream = _decompressed(raw)
+        if stream is None:  # a plain tar: seeking in it costs nothing, and its size was limited
+            with _BoundedTarFile.open(fileobj=raw, mode="r:") as tar:
+                yield tar
+            return
+        with stream, _BoundedTarFile.open(fileobj=cast(IO[bytes], _Metered(stream, work)), mode="r:") as tar:
+            yield tar
+
+
+def _decompressed(raw: IO[bytes]) -> IO[bytes] | None:
+    """What `raw` decompresses to, by its first bytes; None when it is not compressed."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return None
 
 
 def _unpack_zip(archive: Path, extractor: Extractor) -> None:
@@ -260,6 +350,11 @@ class Extractor:
         """A format that lists its entries up front (zip) is refused before anything is written."""
         if count > self.max_entries:
             raise ArchiveError(f"archive has more than {self.max_entries} entries")
+
+    def expect_bytes(self, claimed: int) -> None:
+        """An archive whose headers claim more than the limit is refused before anything is written."""
+        if claimed > self.max_bytes:
+            raise ArchiveError(f"archive unpacks to more than {self.max_bytes} bytes")
 
     # the entry kinds
 
