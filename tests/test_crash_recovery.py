@@ -10,6 +10,7 @@ import io
 import os
 import socketserver
 import stat
+import subprocess
 import tarfile
 import threading
 import time
@@ -278,3 +279,62 @@ def test_a_release_left_deeply_nested_does_not_stop_berthd_from_starting(
     assert leftovers(app_dir) == []
     assert (app_dir / "current").resolve() == live
     wait_for(lambda: state_of(daemon, "nested", "web.1") == "RUNNING")
+
+
+def test_a_leftover_that_cannot_be_removed_is_logged_and_the_other_apps_are_swept(
+    deep_tmp_path: Path, start_berthd: Callable[..., Berthd], archive_server: str
+) -> None:
+    daemon = start_berthd()
+    stuck_dir, _ = deployed(daemon, "a-stuck", archive_server)
+    other_dir, _ = deployed(daemon, "b-other", archive_server)
+    daemon.kill()
+    name = "20260101000000-archive-abcdef"
+    for app_dir in (stuck_dir, other_dir):
+        (app_dir / f".deploying-{name}").touch(mode=0o600)
+        (app_dir / "releases" / name).mkdir(mode=0o700)
+        deep_tree(app_dir / "releases" / name, 2000)
+    immutable = stuck_dir / "releases" / name / "immutable"
+    immutable.touch()
+    if subprocess.run(["chattr", "+i", str(immutable)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable files")  # which not even root may remove
+    try:
+        daemon.start()
+        assert daemon.call("ping").output == "pong"
+        assert "cannot remove" in daemon.log()
+        assert leftovers(other_dir) == []
+        assert f".deploying-{name}" in leftovers(stuck_dir)  # the next start tries again
+    finally:
+        subprocess.run(["chattr", "-i", str(immutable)], check=True)
+    daemon.stop()
+    daemon.start()
+    assert leftovers(stuck_dir) == []
+
+
+def test_a_failed_deploy_whose_release_cannot_be_removed_is_still_recorded(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    daemon = start_berthd()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "Procfile").write_bytes(PROCFILE)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "v1")
+    # a build as root (no --user) leaves a file not even root may remove, then fails
+    build = "touch stuck && chattr +i stuck && exit 3"
+    answer = daemon.call(["git:sync", "unremovable", f"file://{repo}", "--build-cmd", build])
+    app_dir = daemon.data_dir / "apps" / "unremovable"
+    stuck = [release / "stuck" for release in (app_dir / "releases").iterdir()]
+    try:
+        if not stuck:
+            pytest.skip("this file system has no immutable files")
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), answer.output
+        assert source_detail(daemon, "unremovable")["status"] == "build failure"
+        assert "cannot remove the failed release" in daemon.log()
+        assert daemon.call("ping").output == "pong"
+    finally:
+        for path in stuck:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    daemon.stop()
+    daemon.start()  # the marker stayed: this start sweeps the release
+    assert leftovers(app_dir) == []
