@@ -167,16 +167,22 @@ def test_kill_9_mid_unpack_leaves_no_partial_release(
     assert report(daemon, "many") == []  # nothing to run: the deploy never finished
 
 
+def repository_of(repo: Path, files: dict[str, str]) -> Path:
+    """A git repository at `repo` with one commit of these files."""
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "v1")
+    return repo
+
+
 def test_kill_9_mid_build_removes_the_release_and_its_build_folder(
     start_berthd: Callable[..., Berthd], tmp_path: Path
 ) -> None:
     daemon = start_berthd()
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "build.sh").write_text(f"touch {tmp_path}/building\nexec sleep 1000\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "v1")
+    repo = repository_of(tmp_path / "repo", {"build.sh": f"touch {tmp_path}/building\nexec sleep 1000\n"})
     in_background(daemon, ["git:sync", "slowbuild", f"file://{repo}", "--build-cmd", "sh build.sh"])
     wait_for(lambda: (tmp_path / "building").exists())
     app_dir = daemon.data_dir / "apps" / "slowbuild"
@@ -314,12 +320,7 @@ def test_a_failed_deploy_whose_release_cannot_be_removed_is_still_recorded(
     start_berthd: Callable[..., Berthd], tmp_path: Path
 ) -> None:
     daemon = start_berthd()
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "Procfile").write_bytes(PROCFILE)
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "v1")
+    repo = repository_of(tmp_path / "repo", {"Procfile": PROCFILE.decode()})
     # a build as root (no --user) leaves a file not even root may remove, then fails
     build = "touch stuck && chattr +i stuck && exit 3"
     answer = daemon.call(["git:sync", "unremovable", f"file://{repo}", "--build-cmd", build])
