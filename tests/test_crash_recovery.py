@@ -10,6 +10,7 @@ import io
 import os
 import socketserver
 import stat
+import subprocess
 import tarfile
 import threading
 import time
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_proc import Berthd
+from tests.test_hostile_archives import deep_tmp_path, deep_tree
 from tests.test_native_runner import report, state_of, wait_for
 from tests.test_sources import git
 
 PROCFILE = b"web: echo up; exec sleep 1000\n"
+deep_tmp_path = deep_tmp_path  # a fixture of this module too
 
 
 def tar_bytes(files: dict[str, bytes]) -> bytes:
@@ -103,14 +106,19 @@ def leftovers(app_dir: Path) -> list[str]:
     return found
 
 
+def deployed(daemon: Berthd, app: str, archive_server: str) -> tuple[Path, Path]:
+    """`app` deployed from good.tar.gz: its folder, and the release `current` points at."""
+    first = daemon.call(["git:from-archive", app, f"{archive_server}/fast/good.tar.gz"])
+    assert first.ok, first.output
+    app_dir = daemon.data_dir / "apps" / app
+    return app_dir, (app_dir / "current").resolve()
+
+
 def test_kill_9_mid_download_is_swept_and_the_old_release_runs_again(
     start_berthd: Callable[..., Berthd], archive_server: str
 ) -> None:
     daemon = start_berthd()
-    first = daemon.call(["git:from-archive", "drip", f"{archive_server}/fast/good.tar.gz"])
-    assert first.ok, first.output
-    app_dir = daemon.data_dir / "apps" / "drip"
-    live = (app_dir / "current").resolve()
+    app_dir, live = deployed(daemon, "drip", archive_server)
     in_background(daemon, ["git:from-archive", "drip", f"{archive_server}/slow/big.tar.gz"])
     incoming = wait_for(lambda: list(app_dir.glob(".incoming-*")))
     assert isinstance(incoming, list)
@@ -159,16 +167,22 @@ def test_kill_9_mid_unpack_leaves_no_partial_release(
     assert report(daemon, "many") == []  # nothing to run: the deploy never finished
 
 
+def repository_of(repo: Path, files: dict[str, str]) -> Path:
+    """A git repository at `repo` with one commit of these files."""
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "v1")
+    return repo
+
+
 def test_kill_9_mid_build_removes_the_release_and_its_build_folder(
     start_berthd: Callable[..., Berthd], tmp_path: Path
 ) -> None:
     daemon = start_berthd()
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "build.sh").write_text(f"touch {tmp_path}/building\nexec sleep 1000\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "v1")
+    repo = repository_of(tmp_path / "repo", {"build.sh": f"touch {tmp_path}/building\nexec sleep 1000\n"})
     in_background(daemon, ["git:sync", "slowbuild", f"file://{repo}", "--build-cmd", "sh build.sh"])
     wait_for(lambda: (tmp_path / "building").exists())
     app_dir = daemon.data_dir / "apps" / "slowbuild"
@@ -252,3 +266,76 @@ def test_scaling_up_does_not_restart_a_process_that_ended(
     daemon.start()
     wait_for(lambda: state_of(daemon, "scaled", "main.2") == "RUNNING")
     assert state_of(daemon, "scaled", "main.1") == "none"
+
+
+def test_a_release_left_deeply_nested_does_not_stop_berthd_from_starting(
+    deep_tmp_path: Path, start_berthd: Callable[..., Berthd], archive_server: str
+) -> None:
+    daemon = start_berthd()
+    app_dir, live = deployed(daemon, "nested", archive_server)
+    daemon.kill()
+    # what a deploy cut short would leave, as releases.new_release makes it: a marker and its release
+    name = "20260101000000-archive-abcdef"
+    (app_dir / f".deploying-{name}").touch(mode=0o600)
+    (app_dir / "releases" / name).mkdir(mode=0o700)
+    deep_tree(app_dir / "releases" / name, 3000)
+
+    daemon.start()
+    assert daemon.call("ping").output == "pong"
+    assert leftovers(app_dir) == []
+    assert (app_dir / "current").resolve() == live
+    wait_for(lambda: state_of(daemon, "nested", "web.1") == "RUNNING")
+
+
+def test_a_leftover_that_cannot_be_removed_is_logged_and_the_other_apps_are_swept(
+    deep_tmp_path: Path, start_berthd: Callable[..., Berthd], archive_server: str
+) -> None:
+    daemon = start_berthd()
+    stuck_dir, _ = deployed(daemon, "a-stuck", archive_server)
+    other_dir, _ = deployed(daemon, "b-other", archive_server)
+    daemon.kill()
+    name = "20260101000000-archive-abcdef"
+    for app_dir in (stuck_dir, other_dir):
+        (app_dir / f".deploying-{name}").touch(mode=0o600)
+        (app_dir / "releases" / name).mkdir(mode=0o700)
+        deep_tree(app_dir / "releases" / name, 2000)
+    immutable = stuck_dir / "releases" / name / "immutable"
+    immutable.touch()
+    if subprocess.run(["chattr", "+i", str(immutable)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable files")  # which not even root may remove
+    try:
+        daemon.start()
+        assert daemon.call("ping").output == "pong"
+        assert "cannot remove" in daemon.log()
+        assert leftovers(other_dir) == []
+        assert f".deploying-{name}" in leftovers(stuck_dir)  # the next start tries again
+    finally:
+        subprocess.run(["chattr", "-i", str(immutable)], check=True)
+    daemon.stop()
+    daemon.start()
+    assert leftovers(stuck_dir) == []
+
+
+def test_a_failed_deploy_whose_release_cannot_be_removed_is_still_recorded(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    daemon = start_berthd()
+    repo = repository_of(tmp_path / "repo", {"Procfile": PROCFILE.decode()})
+    # a build as root (no --user) leaves a file not even root may remove, then fails
+    build = "touch stuck && chattr +i stuck && exit 3"
+    answer = daemon.call(["git:sync", "unremovable", f"file://{repo}", "--build-cmd", build])
+    app_dir = daemon.data_dir / "apps" / "unremovable"
+    stuck = [release / "stuck" for release in (app_dir / "releases").iterdir()]
+    try:
+        if not stuck:
+            pytest.skip("this file system has no immutable files")
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), answer.output
+        assert source_detail(daemon, "unremovable")["status"] == "build failure"
+        assert "cannot remove the failed release" in daemon.log()
+        assert daemon.call("ping").output == "pong"
+    finally:
+        for path in stuck:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    daemon.stop()
+    daemon.start()  # the marker stayed: this start sweeps the release
+    assert leftovers(app_dir) == []

@@ -6,7 +6,9 @@ folder (the paths the attack aims at are checked), leave no release behind, and 
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
 import os
 import signal
@@ -21,9 +23,11 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from berthd.sources import archive
+from berthd.sources import archive, extract, releases
+from berthd.store import modes, trees
 from tests import test_sources
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import wait_for
@@ -404,3 +408,212 @@ def test_a_download_has_an_overall_deadline(
 def _call_quietly(daemon: Berthd, command: list[str]) -> None:
     with contextlib.suppress(OSError, ConnectionError, ValueError):
         daemon.call(command)
+
+
+# denial of service: depth, metadata headers, decompression
+
+
+@pytest.fixture
+def deep_tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path` for a test that makes trees deeper than pytest's own clean-up (`shutil.rmtree`, which
+    recurses) can remove: removed at the end, by the walk berthd uses."""
+    yield tmp_path
+    trees.remove_tree(tmp_path)
+
+
+def deep_tree(top: Path, depth: int) -> None:
+    """`top/a/a/.../a/f`, `depth` folders deep, made through descriptors (the path is past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("a", 0o755, dir_fd=fd)
+            below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_an_archive_3000_folders_deep_is_refused_and_berthd_restarts(
+    deep_tmp_path: Path, berthd: Berthd, http_root: tuple[Path, str]
+) -> None:
+    root, base = http_root
+    tar_of(root / "deep.tar.gz", [("Procfile", PROCFILE, ""), ("a/" * 3000 + "f", b"x", "")])
+    assert (root / "deep.tar.gz").stat().st_size < 1000
+    answer = berthd.call(["git:from-archive", "hostile", f"{base}/deep.tar.gz", "--user", "root"])
+    result = {"ok": answer.ok, "error": answer.error, "output": answer.output}
+    assert_refused_cleanly(berthd, result, "folders deep")
+    assert len(answer.output) < 400, answer.output
+    assert berthd.stop() == 0
+    berthd.start()
+    assert berthd.call("ping").output == "pong"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("d/" + "n" * 256, "longer than 255 bytes"),
+        ("/".join(["d" * 200] * 21) + "/f", "longer than 4096 bytes"),
+    ],
+    ids=["component", "whole-name"],
+)
+def test_over_long_entry_names_are_refused(
+    berthd: Berthd, http_root: tuple[Path, str], name: str, message: str
+) -> None:
+    root, base = http_root
+    tar_of(root / "long.tar.gz", [("Procfile", PROCFILE, ""), (name, b"x", "")])
+    answer = deploy(berthd, base, "long.tar.gz")
+    assert_refused_cleanly(berthd, answer, message)
+    assert len(str(answer["output"])) < 400, answer
+
+
+def test_an_archive_at_the_depth_limit_is_deployed(berthd: Berthd, http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    tar_of(root / "ok.tar.gz", [("Procfile", PROCFILE, ""), ("a/" * 127 + "f", b"x", "")])
+    answer = berthd.call(["git:from-archive", "deepok", f"{base}/ok.tar.gz"])
+    assert answer.ok, answer.output
+    assert (berthd.data_dir / "apps" / "deepok" / "current" / ("a/" * 127 + "f")).read_bytes() == b"x"
+    berthd.call("ps:stop deepok")
+
+
+def test_a_tree_deeper_than_python_recursion_is_handed_over_and_discarded(deep_tmp_path: Path) -> None:
+    """A build or a git checkout may make any depth: the walks over a release cope with it."""
+    app_dir = deep_tmp_path / "app"
+    release = releases.new_release(app_dir, "deep")
+    deep_tree(release, 3000)
+    modes.hand_over(release, os.geteuid(), 12345)
+    leaf = os.open(release, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=leaf)
+        os.close(leaf)
+        leaf = below
+    seen = os.stat("f", dir_fd=leaf)
+    os.close(leaf)
+    assert (seen.st_gid, stat.S_IMODE(seen.st_mode)) == (12345, 0o640)
+    modes.close_to_others(release)
+    releases.discard(release)
+    assert not release.exists()
+    assert not list(app_dir.glob(".deploying-*"))
+
+
+def test_a_repository_with_deep_folders_is_deployed_and_destroyed(
+    deep_tmp_path: Path, berthd: Berthd
+) -> None:
+    repo = deep_tmp_path / "repo"
+    repo.mkdir()
+    deep_tree(repo, 1200)  # a path of 2,400 characters: git checks it out
+    (repo / "Procfile").write_bytes(b"web: exec sleep 1000\n")
+    test_sources.git(repo, "init", "-q", "-b", "main")
+    test_sources.git(repo, "add", ".")
+    test_sources.git(repo, "commit", "-qm", "deep")
+    answer = berthd.call(["git:sync", "deeprepo", f"file://{repo}"])
+    assert answer.ok, answer.output
+    assert berthd.call("apps:destroy deeprepo --force").ok
+    assert not (berthd.data_dir / "apps" / "deeprepo").exists()
+    assert berthd.call("ping").output == "pong"
+
+
+def bz2_pieces(pieces: list[tuple[bytes, int]]) -> bytes:
+    """A multi-stream bz2 of each piece repeated so many times: gigabytes compressed in a moment."""
+    return b"".join(bz2.compress(data) * count for data, count in pieces)
+
+
+def raw_header(name: bytes, size: int, kind: bytes) -> bytes:
+    info = tarfile.TarInfo(name.decode())
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def rss_during(daemon: Berthd, action: Callable[[], object]) -> tuple[object, int]:
+    """What `action` returned, and the most berthd's resident memory grew while it ran."""
+    assert daemon.proc is not None
+    process = psutil.Process(daemon.proc.pid)
+    before, peak, done = process.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(0, peak[0] - before)
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE],
+    ids=["gnu-longname", "gnu-longlink", "pax", "pax-global"],
+)  # fmt: skip
+def test_a_300_mib_metadata_header_is_refused_before_it_is_read(
+    berthd: Berthd, http_root: tuple[Path, str], kind: bytes
+) -> None:
+    root, base = http_root
+    size = 300 * 1024 * 1024
+    (root / "name.tar.bz2").write_bytes(
+        bz2_pieces([(raw_header(b"././@LongLink", size, kind), 1), (b"a" * (1 << 20), 300),
+                    (raw_header(b"x", 1, tarfile.REGTYPE) + padded(b"x") + b"\0" * 1024, 1)])
+    )  # fmt: skip
+    assert (root / "name.tar.bz2").stat().st_size < 20_000
+    answer, grew = rss_during(berthd, lambda: deploy(berthd, base, "name.tar.bz2"))
+    assert isinstance(answer, dict)
+    print(f"berthd grew {grew / 2**20:.1f} MiB; answer {len(str(answer['output']))} characters")
+    assert_refused_cleanly(berthd, answer, "metadata header")
+    assert len(str(answer["output"])) < 400
+    assert grew < 50 * 2**20
+    assert max(len(line) for line in berthd.log().splitlines()) < 2000
+
+
+def test_a_chain_of_metadata_headers_is_refused(berthd: Berthd, http_root: tuple[Path, str]) -> None:
+    """tarfile reads the member after a long-name header by recursing: 5000 of them in a row."""
+    root, base = http_root
+    long_name = raw_header(b"././@LongLink", 512, tarfile.GNUTYPE_LONGNAME) + b"n" * 512
+    (root / "chain.tar.gz").write_bytes(
+        gzip.compress(long_name * 5000 + raw_header(b"x", 1, tarfile.REGTYPE) + padded(b"x") + b"\0" * 1024)
+    )
+    assert_refused_cleanly(berthd, deploy(berthd, base, "chain.tar.gz"), "metadata headers in a row")
+
+
+def test_a_bz2_bomb_is_refused_before_it_is_decompressed(
+    start_berthd: Callable[..., Berthd], http_root: tuple[Path, str]
+) -> None:
+    daemon = start_berthd(extra_args=["--max-unpacked-bytes", "1000000"])
+    root, base = http_root
+    gib = 1 << 30
+    (root / "bomb.tar.bz2").write_bytes(
+        bz2_pieces([(raw_header(b"Procfile", len(PROCFILE), tarfile.REGTYPE) + padded(PROCFILE)
+                     + raw_header(b"zeros", gib, tarfile.REGTYPE), 1), (b"\0" * (1 << 24), 64),
+                    (b"\0" * 1024, 1)])
+    )  # fmt: skip
+    print(f"the bomb is {(root / 'bomb.tar.bz2').stat().st_size} bytes")
+    started = time.monotonic()
+    answer = deploy(daemon, base, "bomb.tar.bz2")
+    took = time.monotonic() - started
+    print(f"refused in {took:.2f} s")
+    assert_refused_cleanly(daemon, answer, "more than 1000000 bytes")
+    assert took < 1.5, f"a 1 GiB member took {took:.1f} s to refuse"
+
+
+def test_unpacking_stops_at_its_deadline_whatever_the_archive_claims(tmp_path: Path) -> None:
+    """The worker thread cannot be cancelled: unpacking gives up by itself between decompressed blocks."""
+    archive_path = tmp_path / "slow.tar.bz2"
+    archive_path.write_bytes(
+        bz2_pieces([(raw_header(b"zeros", 1 << 30, tarfile.REGTYPE), 1), (b"\0" * (1 << 24), 64),
+                    (b"\0" * 1024, 1)])
+    )  # fmt: skip
+    (tmp_path / "out").mkdir()
+    started = time.monotonic()
+    with pytest.raises(extract.ArchiveError, match="took longer than 0.2 s"):
+        extract.unpack(archive_path, tmp_path / "out", 2 << 30, 10, max_seconds=0.2)
+    took = time.monotonic() - started
+    print(f"gave up after {took:.2f} s")
+    assert took < 1.0

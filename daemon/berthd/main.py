@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,7 +23,7 @@ from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
 from berthd.server.notify import sd_notify
-from berthd.store import Store, modes
+from berthd.store import Store, modes, trees
 from berthd.supervision.jobs import prune_jobs_forever
 from berthd.supervision.manager import ProcessManager
 
@@ -177,7 +176,7 @@ async def sweep_orphaned_app_dirs(services: Services) -> None:
         for entry in apps_dir.iterdir():
             if entry.name not in known and entry.is_dir():
                 LOG.info("removing files of destroyed app %s", entry.name)
-                shutil.rmtree(entry, ignore_errors=True)
+                trees.remove_or_log(entry)
 
     await trio.to_thread.run_sync(sweep)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 
 import msgspec
@@ -16,6 +15,7 @@ from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AppName, NoParams, Params
 from berthd.server.registry import REGISTRY, Result
+from berthd.store import trees
 from berthd.store.records import AppRecord
 
 SHOWN_SOURCE_DETAIL = (
@@ -142,7 +142,7 @@ async def destroy(ctx: Context, params: DestroyParams) -> Result:
     await ctx.store.delete_app(params.app)
     await ctx.store.delete_jobs(params.app)
     folder = ctx.services.app_dir(params.app)
-    await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+    await trio.to_thread.run_sync(trees.remove_or_log, folder)
     return Result(f"Destroying {params.app}... done")
 
 

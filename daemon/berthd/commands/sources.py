@@ -166,7 +166,7 @@ async def deploy_release(
             await trio.to_thread.run_sync(modes.hand_over, release, os.geteuid(), gid)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(releases.discard, release)
+                await _discard(app, release)
                 if not isinstance(exc, DeployFailed):
                     # cut short (berthd stopping) or broken: the status says so, never "downloading"
                     with trio.move_on_after(CUT_SHORT_RECORD_TIMEOUT):
@@ -186,6 +186,15 @@ async def deploy_release(
 
 
 CUT_SHORT_RECORD_TIMEOUT = 5.0
+
+
+async def _discard(app: str, release: Path) -> None:
+    """A failed deploy's release removed; if it cannot be, that is logged and the failure is still
+    recorded (its marker stays, so the next start sweeps it)."""
+    try:
+        await trio.to_thread.run_sync(releases.discard, release)
+    except OSError:
+        LOG.exception("%s: cannot remove the failed release %s", app, release.name)
 
 
 def _cut_short(exc: BaseException) -> str:
@@ -218,9 +227,14 @@ INTERRUPTED = "interrupted: berthd stopped during the deploy"
 async def sweep_interrupted_deploys(store: Store, app_dir: Callable[[str], Path]) -> None:
     """At start, before anything runs: every deploy the last berthd did not live to finish is cleaned
     up (its partial release, download and build folder) and recorded as failed. The live release, if
-    any, is untouched, and runs again if it was meant to."""
+    any, is untouched, and runs again if it was meant to. Nothing here stops berthd from starting: an app
+    whose leftovers cannot be removed is logged and recorded as failed, and the sweep goes on."""
     for record in await store.list_apps():
-        removed = await trio.to_thread.run_sync(releases.sweep_interrupted, app_dir(record.name))
+        try:
+            removed = await trio.to_thread.run_sync(releases.sweep_interrupted, app_dir(record.name))
+        except OSError:
+            LOG.exception("%s: cannot sweep what an interrupted deploy left", record.name)
+            removed = []
         status = record.source.detail.get("status")
         if status in IN_PROGRESS:
             detail = {**record.source.detail, "status": "failed", "error": f"{INTERRUPTED} ({status})"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import http.client
 import os
-import shutil
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from typing import IO
 from berthd.server.params import without_credentials
 from berthd.sources.extract import ArchiveError as ArchiveError
 from berthd.sources.extract import unpack as unpack
+from berthd.store.trees import remove_or_log
 
 SCHEMES = ("http", "https", "file")
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
@@ -211,4 +211,4 @@ def source_root(folder: Path) -> Path:
 
 
 def clear(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_or_log(folder)

@@ -11,6 +11,11 @@ walk: every entry is written relative to the folder's descriptor.
 - Hard links go only to regular files this archive wrote before (`linkat` between folder descriptors,
   following nothing). Devices and FIFOs are refused, so is a name given twice.
 - Bytes are counted while they are written (a zip bomb's headers are not believed), entries as they come.
+- A name is at most 4096 bytes, 255 a part and 128 folders deep; an error quotes at most 200 characters.
+- Tar costs what its headers claim before it is paid: the first pass sums the sizes of the members (and
+  of their metadata headers) and refuses over the limit before tarfile skips, so decompresses, the data;
+  a long-name or pax header over 64 KiB (which tarfile reads whole) is refused before it is read
+  (`_BoundedTarInfo`); every decompressed byte is counted against a budget and a deadline (`Work`).
 
 Tar and zip go through the same `Extractor`. It needs only the standard library (no `tarfile` filters,
 which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes that entry's `ArchiveError`.
@@ -18,21 +23,29 @@ which Debian 12's Python 3.11.2 lacks), and an `OSError` of one entry becomes th
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
 import lzma
 import os
 import stat
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 READ_BLOCK = 1024 * 1024
 MAX_LINK_TARGET = 4096
+MAX_NAME_BYTES = 4096  # PATH_MAX
+MAX_PART_BYTES = 255  # NAME_MAX
+MAX_DEPTH = 128  # folders in a name
+SHOWN_NAME = 200  # characters of a name an error message quotes
+UNPACK_SECONDS = 600.0  # a backstop: the byte limits stop a bomb long before
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FOLDER, FILE, LINK, IMPLIED = "folder", "file", "link", "implied folder"
@@ -49,22 +62,29 @@ class ArchiveError(ValueError):
     """The archive cannot be deployed; the message names the entry and says why."""
 
 
-def unpack(archive: Path, target: Path, max_bytes: int, max_entries: int) -> None:
-    """Every entry of the tar or zip `archive` into the (empty) folder `target`."""
+def unpack(
+    archive: Path, target: Path, max_bytes: int, max_entries: int, max_seconds: float = UNPACK_SECONDS
+) -> None:
+    """Every entry of the tar or zip `archive` into the (empty) folder `target`; given up after
+    `max_seconds` (the thread this runs on cannot be cancelled)."""
     with Extractor(target, max_bytes, max_entries) as extractor:
         if zipfile.is_zipfile(archive):
             _unpack_zip(archive, extractor)
         else:
-            _unpack_tar(archive, extractor)
+            _unpack_tar(archive, extractor, Work(max_bytes, max_entries, max_seconds))
 
 
-def _unpack_tar(archive: Path, extractor: Extractor) -> None:
+def _unpack_tar(archive: Path, extractor: Extractor, work: Work) -> None:
     try:
-        with tarfile.open(archive) as tar:  # headers only: too many entries is refused before any is written
-            for count, _ in enumerate(tar, start=1):
+        with _open_tar(archive, work) as tar:  # headers only: a limit is met before anything is written
+            claimed = 0
+            for count, member in enumerate(tar, start=1):
                 extractor.expect(count)
+                # what tarfile skips (decompressing it) on its way to the next header: refused before
+                claimed += member.size
+                extractor.expect_bytes(claimed + tar.metadata_bytes)
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
-        with tarfile.open(archive) as tar:
+        with _open_tar(archive, work) as tar:
             for member in tar:
                 if member.isdir():
                     extractor.folder(member.name)
@@ -77,14 +97,134 @@ def _unpack_tar(archive: Path, extractor: Extractor) -> None:
                 elif member.islnk():
                     extractor.hardlink(member.name, member.linkname)
                 elif member.ischr() or member.isblk() or member.isfifo():
-                    raise ArchiveError(f"archive entry {member.name!r} is a device or FIFO")
+                    raise ArchiveError(f"archive entry {quoted(member.name)} is a device or FIFO")
                 else:
-                    raise ArchiveError(f"archive entry {member.name!r} is of an unsupported type")
+                    raise ArchiveError(f"archive entry {quoted(member.name)} is of an unsupported type")
                 tar.members.clear()  # type: ignore[attr-defined]  # 100k entries need not stay in memory
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+        raise ArchiveError(f"not a readable tar or zip archive: {str(exc)[:SHOWN_NAME]}") from None
     except OSError as exc:  # gzip's BadGzipFile and the like, reading the archive itself
-        raise ArchiveError(f"not a readable tar or zip archive: {exc}") from None
+        raise ArchiveError(f"not a readable tar or zip archive: {str(exc)[:SHOWN_NAME]}") from None
+
+
+# tar: what tarfile reads whole, and how much it decompresses
+
+MAX_METADATA = 64 * 1024  # a long name or link (GNU L/K) or a pax header, which tarfile reads whole
+MAX_METADATA_IN_A_ROW = 8  # tarfile recurses into the member each of them describes
+METADATA_TYPES = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
+HEADER_ALLOWANCE = 4096  # decompressed bytes a member may take beyond its data: headers and padding
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A header that refuses, once its 512 bytes are parsed and before tarfile reads what follows, a
+    metadata header over MAX_METADATA (tarfile would read it whole into memory) or too many of them in a
+    row (tarfile recurses through them). Checked in `_proc_member`, the one place every header passes
+    through on every Python berthd runs on, rather than by parsing each header a second time ourselves."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        assert isinstance(archive, _BoundedTarFile)
+        if self.type not in METADATA_TYPES:
+            archive.metadata_in_a_row = 0
+        elif self.size > MAX_METADATA:
+            raise ArchiveError(
+                f"archive has a metadata header (type {self.type!r}) of {self.size} bytes,"
+                f" over the limit of {MAX_METADATA}"
+            )
+        else:
+            archive.metadata_in_a_row += 1
+            if archive.metadata_in_a_row > MAX_METADATA_IN_A_ROW:
+                raise ArchiveError(f"archive has more than {MAX_METADATA_IN_A_ROW} metadata headers in a row")
+            archive.metadata_bytes += self.size
+        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+
+
+class _BoundedTarFile(tarfile.TarFile):
+    tarinfo = _BoundedTarInfo
+    metadata_in_a_row = 0
+    metadata_bytes = 0  # of every metadata header read so far, counted with the data
+
+
+class Work:
+    """How much decompression one unpack may do in all (both passes over the archive) and until when:
+    checked before each step of at most READ_BLOCK bytes, so a bomb is stopped before it is expanded."""
+
+    def __init__(self, max_bytes: int, max_entries: int, max_seconds: float) -> None:
+        self.limit = 2 * (max_bytes + HEADER_ALLOWANCE * max_entries)
+        self.spent = 0
+        self.seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
+
+    def spend(self, size: int) -> None:
+        self.spent += size
+        if self.spent > self.limit:
+            raise ArchiveError(f"archive decompresses to more than {self.limit} bytes")
+        if time.monotonic() > self.deadline:
+            raise ArchiveError(f"archive took longer than {self.seconds:g} s to unpack")
+
+
+class _Metered:
+    """The decompressed stream that tarfile reads, each read and (forward) seek paid for in `Work`
+    first: a seek over member data is a read that decompresses it."""
+
+    def __init__(self, stream: IO[bytes], work: Work) -> None:
+        self.stream = stream
+        self.work = work
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(READ_BLOCK), b""))
+        self.work.spend(size)
+        data = self.stream.read(size)
+        self.position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise OSError(errno.ESPIPE, "only absolute seeks in a decompressed stream")
+        if offset < self.position:  # back: the stream starts again from the beginning
+            self.stream.seek(0)
+            self.position = 0
+        while self.position < offset and self.read(min(READ_BLOCK, offset - self.position)):
+            pass
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
+@contextmanager
+def _open_tar(archive: Path, work: Work) -> Iterator[_BoundedTarFile]:
+    """The tar in `archive` (compressed with gzip, bzip2 or xz, or not), read through `_Metered`."""
+    with open(archive, "rb") as raw:
+        stream = _decompressed(raw)
+        if stream is None:  # a plain tar: seeking in it costs nothing, and its size was limited
+            with _BoundedTarFile.open(fileobj=raw, mode="r:") as tar:
+                yield tar
+            return
+        with stream, _BoundedTarFile.open(fileobj=cast(IO[bytes], _Metered(stream, work)), mode="r:") as tar:
+            yield tar
+
+
+def _decompressed(raw: IO[bytes]) -> IO[bytes] | None:
+    """What `raw` decompresses to, by its first bytes; None when it is not compressed."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return None
 
 
 def _unpack_zip(archive: Path, extractor: Extractor) -> None:
@@ -101,10 +241,10 @@ def _unpack_zip(archive: Path, extractor: Extractor) -> None:
                     with zipped.open(entry) as source:
                         target = source.read(MAX_LINK_TARGET + 1)
                     if len(target) > MAX_LINK_TARGET:
-                        raise ArchiveError(f"archive link {entry.filename!r} has an over-long target")
+                        raise ArchiveError(f"archive link {quoted(entry.filename)} has an over-long target")
                     extractor.symlink(entry.filename, target.decode("utf-8", "surrogateescape"))
                 elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):
-                    raise ArchiveError(f"archive entry {entry.filename!r} is a device or FIFO")
+                    raise ArchiveError(f"archive entry {quoted(entry.filename)} is a device or FIFO")
                 else:
                     with zipped.open(entry) as source:
                         extractor.file(entry.filename, bool(mode & 0o111), source)
@@ -157,15 +297,29 @@ def entry_parts(name: str) -> Parts:
     if "\x00" in name:
         raise ArchiveError("archive entry name contains a NUL byte")
     if name.startswith("/"):
-        raise ArchiveError(f"archive entry {name!r} has an absolute path")
+        raise ArchiveError(f"archive entry {quoted(name)} has an absolute path")
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    if len(parts) > MAX_DEPTH:
+        raise ArchiveError(f"archive entry {quoted(name)} is {len(parts)} folders deep, over {MAX_DEPTH}")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for part in parts):
+        raise ArchiveError(f"archive entry {quoted(name)} has a part longer than {MAX_PART_BYTES} bytes")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ArchiveError(f"archive entry {quoted(name)} is longer than {MAX_NAME_BYTES} bytes")
     if ".." in parts:
-        raise ArchiveError(f"archive entry {name!r} leaves the archive's folder")
+        raise ArchiveError(f"archive entry {quoted(name)} leaves the archive's folder")
     return parts
 
 
+def quoted(name: str) -> str:
+    """A name as an error message shows it: quoted, and cut to about SHOWN_NAME characters."""
+    shown = repr(name)
+    if len(shown) <= SHOWN_NAME:
+        return shown
+    return f"{shown[:SHOWN_NAME]}... ({len(name)} characters)"
+
+
 def _shown(parts: Parts) -> str:
-    return "/".join(parts)
+    return quoted("/".join(parts) or ".")
 
 
 class Extractor:
@@ -196,6 +350,11 @@ class Extractor:
         """A format that lists its entries up front (zip) is refused before anything is written."""
         if count > self.max_entries:
             raise ArchiveError(f"archive has more than {self.max_entries} entries")
+
+    def expect_bytes(self, claimed: int) -> None:
+        """An archive whose headers claim more than the limit is refused before anything is written."""
+        if claimed > self.max_bytes:
+            raise ArchiveError(f"archive unpacks to more than {self.max_bytes} bytes")
 
     # the entry kinds
 
@@ -230,7 +389,7 @@ class Extractor:
         source = entry_parts(target)
         if self.kinds.get(source) != FILE:
             raise ArchiveError(
-                f"archive hard link {name!r} points to {target!r}, which is not a file this archive wrote"
+                f"archive hard link {quoted(name)} points to {quoted(target)}, which is not a file this archive wrote"
                 " before it"
             )
         with self._entry(parts), self._parent(source) as source_parent, self._parent(parts) as parent:
@@ -254,42 +413,42 @@ class Extractor:
         if not parts:
             if kind == FOLDER:
                 return parts  # the top itself (`./`): it exists
-            raise ArchiveError(f"archive entry {name!r} has no name")
+            raise ArchiveError(f"archive entry {quoted(name)} has no name")
         existing = self.kinds.get(parts)
         if existing is not None and not (kind == FOLDER and existing == IMPLIED):
-            raise ArchiveError(f"archive entry {_shown(parts) or '.'!r} appears twice")
+            raise ArchiveError(f"archive entry {_shown(parts)} appears twice")
         for depth in range(1, len(parts)):
             above = self.kinds.get(parts[:depth])
             if above == LINK:
                 raise ArchiveError(
-                    f"archive entry {_shown(parts)!r} runs through the link {_shown(parts[:depth])!r}"
+                    f"archive entry {_shown(parts)} runs through the link {_shown(parts[:depth])}"
                     " the archive makes"
                 )
             if above == FILE:
                 raise ArchiveError(
-                    f"archive entry {_shown(parts)!r} is inside {_shown(parts[:depth])!r}, which is a file"
+                    f"archive entry {_shown(parts)} is inside {_shown(parts[:depth])}, which is a file"
                 )
         return parts
 
     def _check_link(self, parts: Parts, target: str) -> None:
         shown = _shown(parts)
         if not target or "\x00" in target:
-            raise ArchiveError(f"archive link {shown!r} has an empty or invalid target")
+            raise ArchiveError(f"archive link {shown} has an empty or invalid target")
         if target.startswith("/"):
-            raise ArchiveError(f"archive link {shown!r} points to the absolute path {target!r}")
+            raise ArchiveError(f"archive link {shown} points to the absolute path {quoted(target)}")
         where = list(parts[:-1])
         pieces = [piece for piece in target.split("/") if piece not in ("", ".")]
         for index, piece in enumerate(pieces):
             if piece == "..":
                 if not where:
-                    raise ArchiveError(f"archive link {shown!r} points outside the archive ({target!r})")
+                    raise ArchiveError(f"archive link {shown} points outside the archive ({quoted(target)})")
                 where.pop()
                 continue
             where.append(piece)
             # only the last step may be another link (itself checked); one on the way could lead anywhere
             if index < len(pieces) - 1 and self.kinds.get(tuple(where)) == LINK:
                 raise ArchiveError(
-                    f"archive link {shown!r} points through the link {_shown(tuple(where))!r} ({target!r})"
+                    f"archive link {shown} points through the link {_shown(tuple(where))} ({quoted(target)})"
                 )
 
     # the descriptors
@@ -300,8 +459,8 @@ class Extractor:
             yield
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
-                raise ArchiveError(f"archive entry {_shown(parts)!r} clashes with another entry") from None
-            raise ArchiveError(f"cannot unpack {_shown(parts)!r}: {exc.strerror}") from None
+                raise ArchiveError(f"archive entry {_shown(parts)} clashes with another entry") from None
+            raise ArchiveError(f"cannot unpack {_shown(parts)}: {exc.strerror}") from None
 
     @contextmanager
     def _parent(self, parts: Parts) -> Iterator[int]:

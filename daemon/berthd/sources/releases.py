@@ -3,15 +3,18 @@
 The switch is one atomic rename of a symlink, so a failed deploy never touches the running version,
 and processes always start from `current`. Old releases are pruned apart from the switch: deleting
 thousands of files takes long, and the switch is done under the global lock while pruning need not be.
+A release is whatever its archive, checkout or build made, at any depth: it is removed with
+`trees.remove_tree`, never `shutil.rmtree` (whose recursion a deep tree exhausts).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
+
+from berthd.store.trees import remove_or_log, remove_tree
 
 KEEP = 2  # the live release and the one before it
 DEPLOYING_PREFIX = ".deploying-"
@@ -65,36 +68,38 @@ def prune(app_dir: Path) -> None:
         if folder.resolve() == live or kept < KEEP:
             kept += 1
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_or_log(folder)
 
 
 def discard(release: Path) -> None:
-    shutil.rmtree(release, ignore_errors=True)
+    """A release that will not go live removed, then its marker; an `OSError` leaves the marker, so the
+    next start sweeps what is left."""
+    remove_tree(release)
     _deploying_marker(release.parent.parent, release.name).unlink(missing_ok=True)
 
 
 def sweep_interrupted(app_dir: Path) -> list[str]:
     """What deploys cut short by berthd's end left in `app_dir` (a release being filled that `current`
     does not point to, its build folder, a download, a half-made `current` link) removed; the names of
-    what was removed, relative to `app_dir`."""
+    what was removed, relative to `app_dir`. What cannot be removed is logged and left (with its
+    marker, so the next start tries again)."""
     removed: list[str] = []
     live = live_release(app_dir)
     for marker in sorted(app_dir.glob(f"{DEPLOYING_PREFIX}*")):
         name = marker.name.removeprefix(DEPLOYING_PREFIX)
         release = releases_dir(app_dir) / name
-        if release.exists() and release.resolve() != live:
-            shutil.rmtree(release, ignore_errors=True)
-            removed.append(str(release.relative_to(app_dir)))
         build = app_dir / "builds" / name
-        if build.exists():
-            shutil.rmtree(build, ignore_errors=True)
-            removed.append(str(build.relative_to(app_dir)))
-        marker.unlink(missing_ok=True)
+        gone = True
+        for folder in (release, build):
+            if folder.exists() and (folder != release or release.resolve() != live):
+                if remove_or_log(folder):
+                    removed.append(str(folder.relative_to(app_dir)))
+                else:
+                    gone = False
+        if gone:
+            marker.unlink(missing_ok=True)
     for pattern in (f"{INCOMING_PREFIX}*", f"{CURRENT_TEMPORARY_PREFIX}*"):
         for leftover in sorted(app_dir.glob(pattern)):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
-            removed.append(leftover.name)
+            if remove_or_log(leftover):
+                removed.append(leftover.name)
     return removed

@@ -28,6 +28,8 @@ import pwd
 import stat
 from pathlib import Path
 
+from berthd.store import trees
+
 PRIVATE_UMASK = 0o077
 DATA_DIR_MODE = 0o711
 APP_DIR_MODE = 0o750
@@ -86,11 +88,12 @@ def hand_over(tree: Path, uid: int, gid: int) -> None:
     """Every folder and file of `tree` owned by `uid`:`gid`, readable by the group, nothing for others,
     no set-id bits; links are never followed (each entry is opened with O_NOFOLLOW and changed through
     its descriptor) and hard-linked files are left alone, so a tree its user could change while this
-    runs cannot redirect it."""
+    runs cannot redirect it. Any depth (`trees.walk`)."""
     _hand_over_entry(tree, None, uid, gid)
-    for _, dirs, files, dir_fd in os.fwalk(tree, follow_symlinks=False):
-        for name in (*dirs, *files):
-            _hand_over_entry(Path(name), dir_fd, uid, gid)
+    if os.path.isdir(tree) and not os.path.islink(tree):
+        for folder_fd, name, kind in trees.walk(tree):
+            if kind != trees.LEAVE:
+                _hand_over_entry(Path(name), folder_fd, uid, gid)
 
 
 def _hand_over_entry(name: Path, dir_fd: int | None, uid: int, gid: int) -> None:
@@ -171,18 +174,23 @@ def _open_folder_at(dir_fd: int | None, name: str) -> int:
 def close_to_others(path: Path) -> None:
     """Take every permission of others (and of the group) from `path` and all under it, links left
     alone: for what older berthd versions left world-readable in folders only berthd writes to."""
-    _close(path)
+    _close(str(path), None)
     if path.is_dir() and not path.is_symlink():
-        for root, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                _close(Path(root, name))
+        for folder_fd, name, kind in trees.walk(path):
+            if kind != trees.LEAVE:
+                _close(name, folder_fd)
 
 
-def _close(entry: Path) -> None:
-    with contextlib.suppress(OSError):
-        info = os.lstat(entry)
-        if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
-            os.chmod(entry, stat.S_IMODE(info.st_mode) & 0o700)
+def _close(name: str, folder_fd: int | None) -> None:
+    with contextlib.suppress(OSError):  # gone, a link (ELOOP), a socket: nothing to close
+        info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o077:
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o700)
+        finally:
+            os.close(fd)
 
 
 def make_public_folders(folder: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import sqlite3
 import time
@@ -28,7 +27,7 @@ from berthd.apps.launch import MAIN, process_types
 from berthd.errors import CommandError
 from berthd.log import LOG
 from berthd.runners import ExitStatus, ProcessSpec, Runner, RunnerError
-from berthd.store import modes
+from berthd.store import modes, trees
 from berthd.store.records import AppRecord, JobRecord
 from berthd.supervision.logs import MAX_LOG_LINE, EventBacklog, LineCutter
 from berthd.supervision.manager import ProcessManager
@@ -274,7 +273,7 @@ async def prune_jobs(manager: ProcessManager, app: str | None = None) -> None:
     store, config = manager.store, manager.config
     cutoff = time.time() - config.jobs_max_age
     for job in await store.jobs_to_prune(app, config.jobs_keep, cutoff):
-        await trio.to_thread.run_sync(shutil.rmtree, job.output_dir, True)
+        await trio.to_thread.run_sync(trees.remove_or_log, Path(job.output_dir))
         await store.delete_job(job.id)
     apps = [app] if app else [record.name for record in await store.list_apps()]
     apps_dir = manager.data_dir / "apps"
@@ -292,7 +291,7 @@ def _prune_builds(apps_dir: Path, apps: list[str], keep: int, cutoff: float) -> 
         for index, folder in enumerate(builds):
             try:
                 if index >= keep or folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    trees.remove_or_log(folder)
             except OSError:
                 continue
 
