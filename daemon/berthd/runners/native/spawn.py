@@ -368,18 +368,28 @@ class Shim:
 
 
 def build_shim() -> Shim:
-    """The C shim when it builds and works here, else the Python shim (the probe's failure is logged)."""
+    """The C shim when it builds and works here, else the Python shim."""
+    return c_shim() or python_shim()
+
+
+def c_shim() -> Shim | None:
+    """The C shim, compiled and probed; None (and why, in the log) when it cannot be had here."""
     try:
         helper = _compile(UNIT_SHIM_SOURCE)
     except (OSError, subprocess.SubprocessError) as exc:
         LOG.info("no C shim (%s): processes are started through the Python shim (slower)", exc)
-    else:
-        shim = Shim("C", (f"/proc/self/fd/{helper}",), (helper,), python=False)
-        failure = _probe(shim)
-        if failure is None:
-            return shim
-        os.close(helper)
-        LOG.info("the C shim does not work here (%s): processes are started through the Python shim", failure)
+        return None
+    shim = Shim("C", (f"/proc/self/fd/{helper}",), (helper,), python=False)
+    failure = _probe(shim)
+    if failure is None:
+        return shim
+    os.close(helper)
+    LOG.info("the C shim does not work here (%s): processes are started through the Python shim", failure)
+    return None
+
+
+def python_shim() -> Shim:
+    """shim.py, run by this interpreter (its real path: a venv's link may sit where a user cannot go)."""
     script = _sealed_memfd(PYTHON_SHIM.read_bytes(), "berthd-unit-shim.py")
     interpreter = os.path.realpath(sys.executable)
     shim = Shim("Python", (interpreter, "-I", "-S", f"/proc/self/fd/{script}"), (script,), python=True)
@@ -441,8 +451,9 @@ class Spawner:
 
     That thread first builds the shim (a fraction of a second, so the first spawns may wait for it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, build: Callable[[], Shim] = build_shim) -> None:
         self._requests: queue.SimpleQueue[tuple[Callable[[], None]] | None] = queue.SimpleQueue()
+        self._build = build
         self._shim: Shim | None = None  # its fds are kept for berthd's lifetime
         self._thread = threading.Thread(target=self._serve, name="berthd-spawner", daemon=True)
         self._thread.start()
@@ -452,7 +463,7 @@ class Spawner:
         return self._shim
 
     def _serve(self) -> None:
-        self._shim = build_shim()
+        self._shim = self._build()
         while (job := self._requests.get()) is not None:
             job[0]()
 

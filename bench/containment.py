@@ -1,0 +1,173 @@
+"""What containment costs a spawn: berthd's spawner (a unit: shim, fork, exec) against a bare Popen of
+the program (what berthd did before units, less its exec helper), in the benchmark's own process.
+
+Two figures each: "start", from the request until the program was exec'd (what a supervised process
+waits before it is RUNNING; the unit is then killed, untimed), and "run", spawn to exit and reap of
+/bin/true (the process part of `run /bin/true`; the `run` benchmark times the whole request). The C
+shim is the usual one; the Python shim is the fallback without a C compiler. Calls alternate in blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from bench.processes import BenchError, Session
+from bench.report import (
+    LATENCY_HEADERS,
+    NO_GOAL,
+    Comparison,
+    Goal,
+    latency_row,
+    percentile,
+    print_comparisons,
+    print_table,
+    print_title,
+)
+from berthd.runners.native.spawn import UNIT_KILL, Child, Shim, Spawner, SpawnRequest, c_shim, python_shim
+
+TRUE = "/bin/true"
+SLEEP = ["/bin/sleep", "1000"]
+WARMUP = 10
+RUNS = 200
+BLOCKS = 10
+SERIES_TIME_LIMIT = 30.0
+ENV = {"PATH": "/usr/bin:/bin"}
+
+WITHIN_2X = Goal("unit within 2x of a bare Popen", lambda ratio: ratio <= 2.0)
+
+Call = Callable[[], Awaitable[None]]
+
+
+def bare_start(started: list[subprocess.Popen[bytes]]) -> Call:
+    async def call() -> None:
+        started.append(
+            subprocess.Popen(
+                SLEEP,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )  # fmt: skip
+        )
+
+    return call
+
+
+def bare_run() -> Call:
+    async def call() -> None:
+        subprocess.run(
+            [TRUE], stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True, check=True
+        )
+
+    return call
+
+
+def unit_start(spawner: Spawner, nursery: trio.Nursery, started: list[Child]) -> Call:
+    async def call() -> None:
+        child = await spawner.spawn(SpawnRequest(SLEEP, None, ENV))
+        nursery.start_soon(child.watch)
+        started.append(child)
+
+    return call
+
+
+def unit_run(spawner: Spawner, nursery: trio.Nursery) -> Call:
+    async def call() -> None:
+        child = await spawner.spawn(SpawnRequest([TRUE], None, ENV))
+        nursery.start_soon(child.watch)
+        if await child.wait() != 0:
+            raise BenchError(f"{TRUE} through the unit shim did not exit 0")
+        await child.aclose()
+
+    return call
+
+
+async def series(calls: list[Call], cleanup: Callable[[], Awaitable[None]]) -> list[list[float]]:
+    """As bench.timing.interleaved, for async calls; `cleanup` (untimed) after each block."""
+    samples: list[list[float]] = [[] for _ in calls]
+    for call in calls:
+        for _ in range(WARMUP):
+            await call()
+    await cleanup()
+    block = max(1, RUNS // BLOCKS)
+    deadline = time.perf_counter() + SERIES_TIME_LIMIT
+    while min(map(len, samples)) < RUNS and time.perf_counter() < deadline:
+        for call, timings in zip(calls, samples, strict=True):
+            for _ in range(min(block, RUNS - len(timings))):
+                began = time.perf_counter()
+                await call()
+                timings.append(time.perf_counter() - began)
+            await cleanup()
+    for timings in samples:
+        timings.sort()
+    return samples
+
+
+def _given(shim: Shim) -> Shim:
+    return shim
+
+
+async def measure(shims: list[Shim]) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
+    async with trio.open_nursery() as nursery:
+        spawners = [Spawner(functools.partial(_given, shim)) for shim in shims]
+        children: list[Child] = []
+        bare_procs: list[subprocess.Popen[bytes]] = []
+        bare = bare_start(bare_procs)
+
+        async def cleanup() -> None:
+            for child in children:
+                child.signal_unit(UNIT_KILL)
+            for child in children:
+                await child.wait()
+                await child.aclose()
+            children.clear()
+            for proc in bare_procs:
+                proc.kill()
+                proc.communicate()
+            bare_procs.clear()
+
+        try:
+            starts = await series([bare, *(unit_start(s, nursery, children) for s in spawners)], cleanup)
+            runs = await series([bare_run(), *(unit_run(s, nursery) for s in spawners)], cleanup)
+        finally:
+            await cleanup()
+            for spawner in spawners:
+                spawner.close()
+    results["start: bare Popen"], results["run: bare Popen"] = starts[0], runs[0]
+    for shim, start, run in zip(shims, starts[1:], runs[1:], strict=True):
+        results[f"start: {shim.kind} shim unit"], results[f"run: {shim.kind} shim unit"] = start, run
+    return results
+
+
+def run(session: Session, profile_to: Path | None = None) -> None:
+    print_title(
+        "spawn cost of a contained process (ms), in the bench's own process",
+        f"{WARMUP} warm-up calls each, then {RUNS} timed, alternating in {BLOCKS} blocks; "
+        f"start: until {' '.join(SLEEP)} was exec'd; run: {TRUE} to its exit and reap.",
+    )
+    shims = [shim for shim in (c_shim(), python_shim()) if shim is not None]
+    results = trio.run(measure, shims)
+    print_table(LATENCY_HEADERS, [latency_row(what, samples, RUNS) for what, samples in results.items()])
+    comparisons = []
+    for kind in ("start", "run"):
+        baseline = results[f"{kind}: bare Popen"]
+        for shim in shims:
+            unit = results[f"{kind}: {shim.kind} shim unit"]
+            goal = WITHIN_2X if shim.kind == "C" else NO_GOAL
+            comparisons += [
+                Comparison(
+                    f"{kind}: {shim.kind} shim p{q} / bare p{q}",
+                    percentile(unit, q) / percentile(baseline, q),
+                    goal,
+                )
+                for q in (50, 99)
+            ]
+    print_comparisons(comparisons)
