@@ -1,10 +1,14 @@
 """What containment costs a spawn: berthd's spawner (a unit: shim, fork, exec) against a bare Popen of
-the program (what berthd did before units, less its exec helper), in the benchmark's own process.
+the program (what berthd did before units, less its exec helper), in the benchmark's own process. Both
+fork off the event loop's thread (the bare Popen on a trio worker thread, the spawner on its own), so
+the hand-over between threads is in both figures.
 
 Two figures each: "start", from the request until the program was exec'd (what a supervised process
 waits before it is RUNNING; the unit is then killed, untimed), and "run", spawn to exit and reap of
 /bin/true (the process part of `run /bin/true`; the `run` benchmark times the whole request). The C
-shim is the usual one; the Python shim is the fallback without a C compiler. Calls alternate in blocks.
+shim is the usual one; the Python shim is the fallback without a C compiler. Each shim's calls
+alternate in blocks with bare Popens of their own: the C shim's series first, then the Python shim's
+(together, the Python shims' start-up load would weigh on the C shim's figures).
 """
 
 from __future__ import annotations
@@ -114,13 +118,12 @@ def _given(shim: Shim) -> Shim:
     return shim
 
 
-async def measure(shims: list[Shim]) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {}
+async def measure(shim: Shim) -> dict[str, tuple[list[float], list[float]]]:
+    """ "start" and "run", each (bare Popen, unit) timed in one interleaved series."""
     async with trio.open_nursery() as nursery:
-        spawners = [Spawner(functools.partial(_given, shim)) for shim in shims]
+        spawner = Spawner(functools.partial(_given, shim))
         children: list[Child] = []
         bare_procs: list[subprocess.Popen[bytes]] = []
-        bare = bare_start(bare_procs)
 
         async def cleanup() -> None:
             for child in children:
@@ -135,15 +138,15 @@ async def measure(shims: list[Shim]) -> dict[str, list[float]]:
             bare_procs.clear()
 
         try:
-            starts = await series([bare, *(unit_start(s, nursery, children) for s in spawners)], cleanup)
-            runs = await series([bare_run(), *(unit_run(s, nursery) for s in spawners)], cleanup)
+            bare, unit = await series(
+                [bare_start(bare_procs), unit_start(spawner, nursery, children)], cleanup
+            )
+            results = {"start": (bare, unit)}
+            bare, unit = await series([bare_run(), unit_run(spawner, nursery)], cleanup)
+            results["run"] = (bare, unit)
         finally:
             await cleanup()
-            for spawner in spawners:
-                spawner.close()
-    results["start: bare Popen"], results["run: bare Popen"] = starts[0], runs[0]
-    for shim, start, run in zip(shims, starts[1:], runs[1:], strict=True):
-        results[f"start: {shim.kind} shim unit"], results[f"run: {shim.kind} shim unit"] = start, run
+            spawner.close()
     return results
 
 
@@ -153,21 +156,21 @@ def run(session: Session, profile_to: Path | None = None) -> None:
         f"{WARMUP} warm-up calls each, then {RUNS} timed, alternating in {BLOCKS} blocks; "
         f"start: until {' '.join(SLEEP)} was exec'd; run: {TRUE} to its exit and reap.",
     )
-    shims = [shim for shim in (c_shim(), python_shim()) if shim is not None]
-    results = trio.run(measure, shims)
-    print_table(LATENCY_HEADERS, [latency_row(what, samples, RUNS) for what, samples in results.items()])
-    comparisons = []
-    for kind in ("start", "run"):
-        baseline = results[f"{kind}: bare Popen"]
-        for shim in shims:
-            unit = results[f"{kind}: {shim.kind} shim unit"]
+    rows, comparisons = [], []
+    for shim in (shim for shim in (c_shim(), python_shim()) if shim is not None):
+        for kind, (bare, unit) in trio.run(measure, shim).items():
+            rows += [
+                latency_row(f"{kind}: bare Popen", bare, RUNS),
+                latency_row(f"{kind}: {shim.kind} shim", unit, RUNS),
+            ]
             goal = WITHIN_2X if shim.kind == "C" else NO_GOAL
             comparisons += [
                 Comparison(
                     f"{kind}: {shim.kind} shim p{q} / bare p{q}",
-                    percentile(unit, q) / percentile(baseline, q),
+                    percentile(unit, q) / percentile(bare, q),
                     goal,
                 )
                 for q in (50, 99)
             ]
+    print_table(LATENCY_HEADERS, rows)
     print_comparisons(comparisons)
