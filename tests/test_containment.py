@@ -145,6 +145,18 @@ def test_kill_9_of_berthd_ends_every_process_of_the_unit(daemon: Berthd, family:
     assert_all_gone(pids)
 
 
+def test_berthd_shutdown_ends_every_unit_and_its_restart_finds_nothing_left(
+    daemon: Berthd, family: tuple[Path, Path]
+) -> None:
+    pids = start_family(daemon, family, "stubborn")
+    assert daemon.stop(signal.SIGTERM) == 0  # SIGTERM to each unit, SIGKILL after the stop timeout
+    assert_all_gone(pids)
+    daemon.start()
+    wait_for(lambda: report(daemon, "fam") and report(daemon, "fam")[0]["state"] == "RUNNING")
+    assert alive(pids) == []
+    assert daemon.call("ps:stop fam").ok
+
+
 def test_ps_stop_ends_the_whole_unit_even_what_ignores_sigterm(
     daemon: Berthd, family: tuple[Path, Path]
 ) -> None:
