@@ -20,6 +20,7 @@ from tests import test_sources
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import berthd_zombies, create, report, wait_for
 from tests.test_sources import git, make_tar
+from tests.users import NEEDS_ROOT, system_users
 
 # The program and everything it starts record their pids, one a line: two plain children, two
 # grandchildren whose parent left at once (orphans), two that called setsid and each has a child of its
@@ -84,17 +85,22 @@ def shim(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def daemon(start_berthd: Callable[..., Berthd], tmp_path: Path, shim: str) -> Berthd:
+def start_with(shim: str, start_berthd: Callable[..., Berthd], tmp_path: Path, **options: object) -> Berthd:
+    """A berthd using the C shim, or the Python one (no C compiler on its PATH)."""
     env: dict[str, str] = {}
     if shim == "Python":
         no_compiler = tmp_path / "no-cc-bin"  # git only, for git:sync
-        no_compiler.mkdir()
+        no_compiler.mkdir(exist_ok=True)
         (no_compiler / "git").symlink_to(str(shutil.which("git")))
         env["PATH"] = str(no_compiler)
-    started = start_berthd(extra_args=["--stop-timeout", "1"], env=env)
-    wait_for(lambda: f"through the {shim} shim" in started.log() or shim == "C", timeout=10)
+    started = start_berthd(extra_args=["--stop-timeout", "1"], env=env, **options)
+    wait_for(lambda: shim == "C" or f"through the {shim} shim" in started.log(), timeout=10)
     return started
+
+
+@pytest.fixture
+def daemon(start_berthd: Callable[..., Berthd], tmp_path: Path, shim: str) -> Berthd:
+    return start_with(shim, start_berthd, tmp_path)
 
 
 @pytest.fixture
@@ -262,3 +268,26 @@ def test_the_program_has_only_its_three_streams_and_leads_its_session(daemon: Be
     shim = psutil.Process(pid).parent()
     assert shim is not None and daemon.proc is not None and shim.ppid() == daemon.proc.pid
     assert daemon.call("ps:stop plain").ok
+
+
+@NEEDS_ROOT
+def test_a_user_process_cannot_kill_its_shim_and_its_unit_still_ends(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, shim: str
+) -> None:
+    daemon = start_with(shim, start_berthd, reachable_tmp, root=reachable_tmp)
+    with system_users("bunit", extra_group=True) as (user,):
+        naps = [f"{1000 + len(shim)}.{digit}" for digit in (7, 8)]  # no other test sleeps so long
+        # absolute paths: the Python shim's berthd has a PATH of git alone, which its children inherit
+        body = (
+            'kill -KILL $PPID 2>/dev/null; echo "kill $? $(/usr/bin/id -u) $(/usr/bin/id -G)"; '
+            f"/usr/bin/setsid /bin/sleep {naps[0]} & exec /bin/sleep {naps[1]}"
+        )
+        create(daemon, "walled", "/bin/sh", "--user", user.name, "--", "-c", body)
+        answer = daemon.call("run walled --timeout 2")
+        assert answer.data["timed_out"] is True  # the shim lived on, and ended the unit at the timeout
+        line = (Path(answer.data["output_dir"]) / "stdout.txt").read_text().split()
+        assert line[:3] == ["kill", "1", str(user.uid)]
+        assert sorted(map(int, line[3:])) == sorted({user.gid, user.extra_gid or user.gid})
+        sleepers = [["/bin/sleep", nap] for nap in naps]
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] in sleepers]
+        assert alive(left) == []
