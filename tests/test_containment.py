@@ -291,3 +291,15 @@ def test_a_user_process_cannot_kill_its_shim_and_its_unit_still_ends(
         sleepers = [["/bin/sleep", nap] for nap in naps]
         left = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] in sleepers]
         assert alive(left) == []
+
+
+def test_a_shim_killed_from_outside_still_takes_the_programs_group(daemon: Berthd) -> None:
+    create(daemon, "orphaned", "/bin/sh", "--restart-policy", "no", "--", "-c", "/bin/sleep 1000.4 & wait")
+    assert daemon.call("ps:start orphaned").ok
+    wait_for(lambda: report(daemon, "orphaned")[0]["state"] == "RUNNING")
+    pid = int(str(report(daemon, "orphaned")[0]["pid"]))
+    wait_for(lambda: len(psutil.Process(pid).children()) == 1)
+    sleeper = psutil.Process(pid).children()[0].pid
+    shim = psutil.Process(pid).ppid()
+    os.kill(shim, signal.SIGKILL)  # root's kill -9: the one way past the shim
+    assert_all_gone([pid, sleeper], daemon)  # the program by its death signal, the rest by berthd

@@ -46,14 +46,13 @@ def _state_and_group(pid: int) -> tuple[str, int] | None:
 
 class Reaper:
     def __init__(self) -> None:
-        self.groups: set[int] = set()  # process groups berthd created (their leaders' pids)
+        self.groups: set[int] = set()  # the programs' process groups (their leaders' pids)
 
     def sweep(self) -> int:
-        """Reap the zombies in our groups other than the leaders; how many were reaped."""
+        """Reap the zombies in our groups, leaders included (a program's waiter is its shim, which is
+        in a session of its own: never reaped here); how many were reaped."""
         reaped = 0
         for pid in _children():
-            if pid in self.groups:
-                continue
             info = _state_and_group(pid)
             if info and info[0] == "Z" and info[1] in self.groups:
                 try:

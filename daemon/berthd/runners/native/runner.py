@@ -151,12 +151,14 @@ class NativeRunner(Runner):
             raise RunnerError(f"process {handle.ref} is not known to this berthd")
         if running.exit is None:
             returncode = await running.child.wait()
-            # The shim ends its unit before it exits; should it have been killed, what is left of the
-            # program's group ends with it.
-            running.child.kill_shim()
-            with trio.move_on_after(KILL_WAIT):
-                while self._reaper.group_alive(running.child.pid):
-                    await trio.sleep(GROUP_POLL)
+            if returncode == -signal.SIGKILL:
+                # The shim ends its unit before it exits, as the program did; one killed from outside
+                # (as SIGKILLed as a program it mirrors) could not, so what is left of the program's
+                # group ends now. Not after other ends: the pids are free, and could be reused.
+                running.child.kill_shim()
+                with trio.move_on_after(KILL_WAIT):
+                    while self._reaper.group_alive(running.child.pid):
+                        await trio.sleep(GROUP_POLL)
             with trio.move_on_after(PIPE_DRAIN_TIMEOUT):
                 await running.output_done.wait()
             await running.child.aclose()
