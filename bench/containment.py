@@ -15,35 +15,22 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
+from bench import report
+from bench.oneshot import BLOCKS, RUNS, SERIES_TIME_LIMIT, TRUE
 from bench.processes import BenchError, Session
-from bench.report import (
-    LATENCY_HEADERS,
-    NO_GOAL,
-    Comparison,
-    Goal,
-    latency_row,
-    percentile,
-    print_comparisons,
-    print_table,
-    print_title,
-)
+from bench.timing import interleaved
 from berthd.runners.native.spawn import UNIT_KILL, Child, Shim, Spawner, SpawnRequest, c_shim, python_shim
 
-TRUE = "/bin/true"
 SLEEP = ["/bin/sleep", "1000"]
-WARMUP = 10
-RUNS = 200
-BLOCKS = 10
-SERIES_TIME_LIMIT = 30.0
+WARMUP = 10  # the series are those of the `run` benchmark otherwise
 ENV = {"PATH": "/usr/bin:/bin"}
 
-WITHIN_2X = Goal("unit within 2x of a bare Popen", lambda ratio: ratio <= 2.0)
+WITHIN_2X = report.Goal("unit within 2x of a bare Popen", lambda ratio: ratio <= 2.0)
 
 Call = Callable[[], Awaitable[None]]
 
@@ -94,24 +81,20 @@ def unit_run(spawner: Spawner, nursery: trio.Nursery) -> Call:
 
 
 async def series(calls: list[Call], cleanup: Callable[[], Awaitable[None]]) -> list[list[float]]:
-    """As bench.timing.interleaved, for async calls; `cleanup` (untimed) after each block."""
-    samples: list[list[float]] = [[] for _ in calls]
+    """bench.timing.interleaved on a worker thread, each call (and `cleanup`, after each block) run
+    back in trio: the hop is in every figure alike."""
     for call in calls:
         for _ in range(WARMUP):
             await call()
     await cleanup()
-    block = max(1, RUNS // BLOCKS)
-    deadline = time.perf_counter() + SERIES_TIME_LIMIT
-    while min(map(len, samples)) < RUNS and time.perf_counter() < deadline:
-        for call, timings in zip(calls, samples, strict=True):
-            for _ in range(min(block, RUNS - len(timings))):
-                began = time.perf_counter()
-                await call()
-                timings.append(time.perf_counter() - began)
-            await cleanup()
-    for timings in samples:
-        timings.sort()
-    return samples
+
+    def in_trio(call: Call) -> Callable[[], None]:
+        return functools.partial(trio.from_thread.run, call)
+
+    timed = [in_trio(call) for call in calls]
+    return await trio.to_thread.run_sync(
+        functools.partial(interleaved, timed, RUNS, BLOCKS, SERIES_TIME_LIMIT, in_trio(cleanup))
+    )
 
 
 def _given(shim: Shim) -> Shim:
@@ -151,7 +134,7 @@ async def measure(shim: Shim) -> dict[str, tuple[list[float], list[float]]]:
 
 
 def run(session: Session, profile_to: Path | None = None) -> None:
-    print_title(
+    report.print_title(
         "spawn cost of a contained process (ms), in the bench's own process",
         f"{WARMUP} warm-up calls each, then {RUNS} timed, alternating in {BLOCKS} blocks; "
         f"start: until {' '.join(SLEEP)} was exec'd; run: {TRUE} to its exit and reap.",
@@ -160,17 +143,17 @@ def run(session: Session, profile_to: Path | None = None) -> None:
     for shim in (shim for shim in (c_shim(), python_shim()) if shim is not None):
         for kind, (bare, unit) in trio.run(measure, shim).items():
             rows += [
-                latency_row(f"{kind}: bare Popen", bare, RUNS),
-                latency_row(f"{kind}: {shim.kind} shim", unit, RUNS),
+                report.latency_row(f"{kind}: bare Popen", bare, RUNS),
+                report.latency_row(f"{kind}: {shim.kind} shim", unit, RUNS),
             ]
-            goal = WITHIN_2X if shim.kind == "C" else NO_GOAL
+            goal = WITHIN_2X if shim.kind == "C" else report.NO_GOAL
             comparisons += [
-                Comparison(
+                report.Comparison(
                     f"{kind}: {shim.kind} shim p{q} / bare p{q}",
-                    percentile(unit, q) / percentile(bare, q),
+                    report.percentile(unit, q) / report.percentile(bare, q),
                     goal,
                 )
                 for q in (50, 99)
             ]
-    print_table(LATENCY_HEADERS, rows)
-    print_comparisons(comparisons)
+    report.print_table(report.LATENCY_HEADERS, rows)
+    report.print_comparisons(comparisons)
