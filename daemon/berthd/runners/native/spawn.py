@@ -296,12 +296,14 @@ static void start_program(char **argv, sigset_t *original, pid_t shim) {
         const char *path = getenv("PATH");
         if (path == NULL) path = "/bin:/usr/bin";
         char candidate[PATH_MAX];
+        size_t name_length = strlen(name);
         for (const char *dir = path;; dir = strchr(dir, ':') + 1) {
-            size_t length = strcspn(dir, ":");
-            int written = length ? snprintf(candidate, sizeof candidate, "%.*s/%s", (int)length, dir, name)
-                                 : snprintf(candidate, sizeof candidate, "%s", name);
-            if (written > 0 && (size_t)written < sizeof candidate) {
-                execv(candidate, argv + 10);
+            size_t length = strcspn(dir, ":"); /* an empty entry is the current folder */
+            if (length + 1 + name_length < sizeof candidate) {
+                memcpy(candidate, dir, length);
+                candidate[length] = '/';
+                memcpy(candidate + length + 1, name, name_length + 1);
+                execv(length ? candidate : name, argv + 10);
                 if (errno != ENOENT && errno != ENOTDIR && error == 0) error = errno; /* as Popen */
             }
             if (dir[length] == '\0') break;
@@ -326,7 +328,9 @@ int main(int argc, char **argv) {
     close(atoi(argv[3]));
     fcntl(error_fd, F_SETFD, FD_CLOEXEC);
     pid_t shim = getpid();
-    program = fork();
+    /* vfork: the shim waits while its child switches user and execs (no call there touches the heap
+       or returns), so STARTED and the exec reach berthd together, in one wake-up of its spawner */
+    program = vfork();
     if (program < 0) {
         report(FAILED_EXEC, errno);
         _exit(127);
