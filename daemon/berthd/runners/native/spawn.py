@@ -12,10 +12,11 @@ The shim stays root while the program runs as its user: the app cannot signal or
 Handles name the program's pid (ps:report shows it); the program leads a session of its own, as before.
 
 The shim is in C (UNIT_SHIM_SOURCE), compiled by berthd at start into a sealed memfd: a static binary
-of 0.7 MB resident a unit, and one fork more than the exec helper it replaces (`python -m bench
-containment`: a start 1.3 ms p50 against 0.5 ms for a bare Popen). Without a C compiler it is shim.py,
-run by this interpreter: some 22 ms a start more (interpreter start-up before the program's exec) and
-10 MB resident (5 MB proportional) a unit.
+whose pages all units share (55 KiB proportional a unit with 200 running), and one vfork more than the
+exec helper it replaces (`python -m bench containment`: a start about 1.3 ms p50 against 0.5 ms for a
+bare Popen; 200 supervised starts 1.36 s against 1.18 s before units, `bench supervision`). Without a
+C compiler it is shim.py, run by this interpreter: some 22-45 ms a start more (interpreter start-up
+before the program's exec) and 10 MB resident (5 MB proportional) a unit.
 
 The death signal is tied to the *thread* that forks, so all forks happen on one spawner thread that
 lives as long as berthd; trio's worker threads come and go and would kill units when they retire.
