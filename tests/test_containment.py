@@ -303,3 +303,16 @@ def test_a_shim_killed_from_outside_still_takes_the_programs_group(daemon: Berth
     shim = psutil.Process(pid).ppid()
     os.kill(shim, signal.SIGKILL)  # root's kill -9: the one way past the shim
     assert_all_gone([pid, sleeper], daemon)  # the program by its death signal, the rest by berthd
+
+
+def test_the_program_gets_exactly_the_environment_berthd_gives_it(daemon: Berthd) -> None:
+    """The Python shim's own environment gains LC_CTYPE at its start (PEP 538): the program's must not."""
+    create(daemon, "env", "/usr/bin/env", "--", "-0")
+    answer = daemon.call("run env")
+    assert answer.data["exit_code"] == 0
+    names = {
+        entry.partition("=")[0]
+        for entry in (Path(answer.data["output_dir"]) / "stdout.txt").read_text().split("\0")
+    }
+    assert ("LC_CTYPE" in names) == ("LC_CTYPE" in os.environ)
+    assert "BERTH_JOB_ID" in names
