@@ -316,3 +316,39 @@ def test_the_program_gets_exactly_the_environment_berthd_gives_it(daemon: Berthd
     }
     assert ("LC_CTYPE" in names) == ("LC_CTYPE" in os.environ)
     assert "BERTH_JOB_ID" in names
+
+
+HOPPER = r"""
+import os, sys, time
+# forks and leaves, again and again, so its pid keeps changing: a walk of the tree must catch it;
+# every 100 hops it writes where it is
+trail, ends_at, hops = sys.argv[1], time.time() + 20, 0
+while time.time() < ends_at:
+    if os.fork():
+        os._exit(0)
+    hops += 1
+    if hops % 100 == 0:
+        with open(trail + ".new", "w") as f:
+            f.write(f"{os.getpid()} {hops}")
+        os.replace(trail + ".new", trail)
+"""
+
+
+def test_a_process_that_keeps_forking_away_is_still_caught(daemon: Berthd, tmp_path: Path) -> None:
+    hopper = tmp_path / "hopper.py"
+    hopper.write_text(f"#!{sys.executable}\n{HOPPER}")
+    hopper.chmod(0o755)
+    trail = tmp_path / "trail"
+    create(daemon, "hop", "/bin/sh", "--", "-c", f"{hopper} {trail} & /bin/sleep 1000")
+    assert daemon.call("ps:start hop").ok
+    wait_for(trail.exists)
+    first = trail.read_text()
+    wait_for(lambda: trail.read_text() != first)  # hopping
+    started = time.monotonic()
+    assert daemon.call("ps:stop hop").ok
+    assert time.monotonic() - started < 1 + GONE_WITHIN
+    last = trail.read_text()
+    time.sleep(0.5)  # a hopper alive would have moved on by hundreds of hops
+    assert trail.read_text() == last
+    assert alive([int(last.split()[0])]) == []
+    wait_for(lambda: not berthd_zombies(daemon), timeout=GONE_WITHIN)
