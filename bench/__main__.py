@@ -16,6 +16,7 @@ from types import FrameType
 
 from bench import (
     capabilities,
+    containment,
     docker,
     gitsync,
     latency,
@@ -33,6 +34,7 @@ from bench.processes import STOP_TIMEOUT, BenchError, ServerProcess, Session
 # The native runner's: each starts a berthd of its own, with the options it needs.
 NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
     "run": oneshot.run,
+    "containment": containment.run,
     "log-capture": logcapture.run,
     "supervision": supervision.run,
     "uploads": uploads.run,

@@ -5,7 +5,8 @@ start and stop. Timed: start all 200 until every one is RUNNING (berthd: `ps:sta
 polled; supervisord: `startAllProcesses`, then `getAllProcessInfo`), and stop all 200 (berthd:
 `ps:stop`, which answers once all are stopped; supervisord: `stopAllProcesses`). On the last cycle,
 with the 200 running: the status of all (berthd: `ps:report`; supervisord: `getAllProcessInfo`;
-p50/p99, the calls alternating in blocks), and each daemon's RSS and USS, against those idle.
+p50/p99, the calls alternating in blocks), and each daemon's RSS and USS, against those idle, and what
+the unit shims berthd puts above each process weigh (their PSS, summed).
 
 berthd scales a process type to at most 100 (`ps:scale`), so its 200 are two apps of 100;
 supervisord's are one program with numprocs=200. supervisord starts its 200 first and stops them
@@ -64,19 +65,27 @@ ALL_INFO = "supervisor.getAllProcessInfo"
 class Footprint:
     rss: int
     uss: int
-    processes: int  # live children, zombies left out
+    processes: int  # live descendants, zombies left out
+    programs: int  # of those, the supervised SLEEPs (not berthd's unit shims)
+    helpers_pss: int  # the proportional size of the others (berthd's shims), summed
 
 
 def footprint(server: ServerProcess) -> Footprint:
     process = psutil.Process(server.pid)
     info = process.memory_full_info()
-    live = 0
+    live = programs = helpers_pss = 0
     for child in process.children(recursive=True):
         try:
-            live += child.status() != psutil.STATUS_ZOMBIE
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            live += 1
+            if tuple(child.cmdline()) == SLEEP:
+                programs += 1
+            else:
+                helpers_pss += child.memory_full_info().pss
         except psutil.NoSuchProcess:
             continue
-    return Footprint(info.rss, info.uss, live)
+    return Footprint(info.rss, info.uss, live, programs, helpers_pss)
 
 
 def settled_footprint(server: ServerProcess) -> Footprint:
@@ -229,8 +238,8 @@ def measure(session: Session, profile_to: Path | None) -> tuple[Figures, Figures
                 if cycle == CYCLES - 1:
                     ours.loaded, theirs.loaded = settled_footprint(berthd), footprint(supervisord)
                     for figures in (ours.loaded, theirs.loaded):
-                        if figures.processes != PROCESSES:
-                            raise BenchError(f"{figures.processes} processes running, not {PROCESSES}")
+                        if figures.programs != PROCESSES:
+                            raise BenchError(f"{figures.programs} processes running, not {PROCESSES}")
                     ours.status, theirs.status = status_latency(conn, rpc)
                 theirs.stops.append(stop_supervisord_processes(rpc))
                 ours.stops.append(stop_berthd_processes(conn))
@@ -270,11 +279,13 @@ def print_figures(berthd: Figures, supervisord: Figures) -> None:
         ],
     )
     print_table(
-        ["daemon", "RSS idle", f"RSS with {PROCESSES}", "KiB a process", "USS idle", f"USS with {PROCESSES}"],
+        ["daemon", "RSS idle", f"RSS with {PROCESSES}", "KiB a process", "USS idle", f"USS with {PROCESSES}",
+         "shims' PSS, KiB a process"],
         [
             [name, mib(figures.idle.rss), mib(figures.with_all.rss),
              f"{(figures.with_all.rss - figures.idle.rss) / PROCESSES / 1024:.0f}",
-             mib(figures.idle.uss), mib(figures.with_all.uss)]
+             mib(figures.idle.uss), mib(figures.with_all.uss),
+             f"{figures.with_all.helpers_pss / PROCESSES / 1024:.0f}"]
             for name, figures in (("berthd", berthd), ("supervisord", supervisord))
         ],
     )  # fmt: skip

@@ -8,9 +8,14 @@ from collections.abc import Callable, Sequence
 
 
 def interleaved(
-    calls: Sequence[Callable[[], object]], count: int, blocks: int, time_limit: float
+    calls: Sequence[Callable[[], object]],
+    count: int,
+    blocks: int,
+    time_limit: float,
+    after_block: Callable[[], object] | None = None,
 ) -> list[list[float]]:
-    """Up to `count` timed calls of each, alternating in `blocks` blocks; seconds, each list sorted."""
+    """Up to `count` timed calls of each, alternating in `blocks` blocks; seconds, each list sorted.
+    `after_block`, untimed, after each block (to end what the calls started)."""
     samples: list[list[float]] = [[] for _ in calls]
     block = max(1, count // blocks)
     deadline = time.perf_counter() + time_limit
@@ -20,6 +25,8 @@ def interleaved(
                 started = time.perf_counter()
                 call()
                 timings.append(time.perf_counter() - started)
+            if after_block is not None:
+                after_block()
     for timings in samples:
         timings.sort()
     return samples

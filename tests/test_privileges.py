@@ -77,7 +77,7 @@ def test_a_user_process_starts_in_a_folder_it_may_enter(
     assert (Path(answer.data["output_dir"]) / "stdout.txt").read_text() == f"{folder} {user.uid}\n"
 
 
-def test_without_the_exec_helper_the_folder_is_entered_as_the_user_too(
+def test_through_the_python_shim_the_folder_is_entered_as_the_user_too(
     start_berthd: Callable[..., Berthd], reachable_tmp: Path, user: User
 ) -> None:
     no_compiler = reachable_tmp / "empty-bin"
@@ -93,7 +93,7 @@ def test_without_the_exec_helper_the_folder_is_entered_as_the_user_too(
     show_where(daemon, "polite", user, str(folder))
     answer = daemon.call("run polite")
     assert (Path(answer.data["output_dir"]) / "stdout.txt").read_text() == f"{folder} {user.uid}\n"
-    assert "processes are started with preexec_fn" in daemon.log()
+    assert "processes are started through the Python shim" in daemon.log()
 
 
 BUILD = """#!/bin/sh

@@ -188,8 +188,8 @@ class SupervisedProcess:
                     return
                 if not self.policy.restarts_after(status or ExitStatus(1), self.failures):
                     given_up = self.policy.kind == "on-failure" and failed
+                    await self.ended()  # recorded before it shows: a berthd killed now keeps it ended
                     self._enter(State.FAILED if given_up or status is None else State.EXITED, why)
-                    await self.ended()
                     return
                 delay = self.backoff.delay(self.attempt, self.rng)
                 self.attempt += 1

@@ -1,8 +1,10 @@
 """Orphans of berthd's process groups come back to berthd (a child subreaper) and are reaped here.
 
-Without this, a grandchild that outlives its parent is re-parented to PID 1, which on some hosts
-(containers, microVMs) never reaps it. berthd only reaps zombies in the process groups it created, and
-never their leaders (each leader has its own waiter), so other libraries' children are left alone.
+Each unit's shim is a subreaper itself, so the orphans of a unit go to its shim, which reaps them; one
+reaches berthd only when its shim was killed from outside (root's `kill -9`). Without this, such an
+orphan would be re-parented to PID 1, which on some hosts (containers, microVMs) never reaps it.
+berthd only reaps zombies in the process groups its programs lead, and never the shims (each has its
+own waiter), so other libraries' children are left alone.
 """
 
 from __future__ import annotations
@@ -44,14 +46,13 @@ def _state_and_group(pid: int) -> tuple[str, int] | None:
 
 class Reaper:
     def __init__(self) -> None:
-        self.groups: set[int] = set()  # process groups berthd created (their leaders' pids)
+        self.groups: set[int] = set()  # the programs' process groups (their leaders' pids)
 
     def sweep(self) -> int:
-        """Reap the zombies in our groups other than the leaders; how many were reaped."""
+        """Reap the zombies in our groups, leaders included (a program's waiter is its shim, which is
+        in a session of its own: never reaped here); how many were reaped."""
         reaped = 0
         for pid in _children():
-            if pid in self.groups:
-                continue
             info = _state_and_group(pid)
             if info and info[0] == "Z" and info[1] in self.groups:
                 try:

@@ -1,4 +1,4 @@
-"""Native processes: each in its own session and process group, output through pipes, never a shell."""
+"""Native processes: each in a unit of its own (see spawn.py), output through pipes, never a shell."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from berthd.apps.launch import (
     resolve_identity,
     working_directory,
 )
+from berthd.log import LOG
 from berthd.runners import (
     ExitStatus,
     Features,
@@ -30,7 +31,7 @@ from berthd.runners import (
     Target,
 )
 from berthd.runners.native.reaper import Reaper, become_subreaper
-from berthd.runners.native.spawn import Child, Spawner, SpawnError, SpawnRequest, check_identity
+from berthd.runners.native.spawn import UNIT_KILL, Child, Spawner, SpawnError, SpawnRequest, check_identity
 
 PIPE_READ = 65536
 GROUP_POLL = 0.05
@@ -107,7 +108,10 @@ class NativeRunner(Runner):
         self._nursery.start_soon(self._pump_output, running, output)
         create_time = _create_time(child.pid)
         return Handle(
-            runner=self.name, ref=str(child.pid), started_at=time.time(), detail={"ctime": create_time}
+            runner=self.name,
+            ref=str(child.pid),
+            started_at=time.time(),
+            detail={"ctime": create_time, "shim": str(child.shim)},
         )
 
     def stdin_of(self, handle: Handle) -> trio.lowlevel.FdStream | None:
@@ -147,8 +151,14 @@ class NativeRunner(Runner):
             raise RunnerError(f"process {handle.ref} is not known to this berthd")
         if running.exit is None:
             returncode = await running.child.wait()
-            # Whatever the leader left behind in its group ends with it.
-            await self._end_group(running.child, signal.SIGKILL, 0)
+            if returncode == -signal.SIGKILL:
+                # The shim ends its unit before it exits, as the program did; one killed from outside
+                # (as SIGKILLed as a program it mirrors) could not, so what is left of the program's
+                # group ends now. Not after other ends: the pids are free, and could be reused.
+                running.child.kill_shim()
+                with trio.move_on_after(KILL_WAIT):
+                    while self._reaper.group_alive(running.child.pid):
+                        await trio.sleep(GROUP_POLL)
             with trio.move_on_after(PIPE_DRAIN_TIMEOUT):
                 await running.output_done.wait()
             await running.child.aclose()
@@ -158,30 +168,28 @@ class NativeRunner(Runner):
         return running.exit
 
     async def stop(self, handle: Handle, timeout: float, signum: int = signal.SIGTERM) -> ExitStatus | None:
-        """`signum` to the whole group; SIGKILL to the group once `timeout` has passed."""
+        """`signum` to every process of the unit; all of it killed once `timeout` has passed."""
         running = self._running.get(handle.ref)
         if running is None:
             return None
-        await self._end_group(running.child, signum, timeout)
+        await self._end_unit(running.child, signum, timeout)
         return await self.wait(handle)
 
-    async def _end_group(self, child: Child, signum: int, timeout: float) -> None:
-        """`signum` to the group, SIGKILL to it once `timeout` has passed (at most KILL_WAIT more)."""
-        if not child.signal_group(signum):
-            return
+    async def _end_unit(self, child: Child, signum: int, timeout: float) -> None:
+        """`signum` to the unit, UNIT_KILL (SIGKILL to all of it) once `timeout` has passed; should the
+        shim not be gone KILL_WAIT later, SIGKILL to it."""
         if signum != signal.SIGKILL:
-            with trio.move_on_after(timeout):
-                await self._group_ended(child)
+            if not child.signal_unit(signum):
                 return
-        child.signal_group(signal.SIGKILL)
+            with trio.move_on_after(timeout):
+                await child.wait()
+                return
+        child.signal_unit(UNIT_KILL)
         with trio.move_on_after(KILL_WAIT):
-            await self._group_ended(child)
-
-    async def _group_ended(self, child: Child) -> None:
-        """The leader's exit is awaited on its pidfd; only then is the rest of the group looked at."""
-        await child.wait()
-        while self._reaper.group_alive(child.pid):
-            await trio.sleep(GROUP_POLL)
+            await child.wait()
+            return
+        LOG.warning("the shim of process %s did not end its unit: killing it", child.pid)
+        child.kill_shim()
 
     async def destroy(self, handle: Handle) -> None:
         await self.stop(handle, 0, signal.SIGKILL)
