@@ -214,7 +214,7 @@ async def execute(
             except RunnerError as exc:
                 outcome.error = str(exc)
                 if "No such file" in outcome.error:
-                    outcome.status, outcome.error = ExitStatus(127), None
+                    outcome.status = ExitStatus(127)  # as a shell says it; the cause stays in `error`
             else:
                 if spec.stdin:
                     nursery.start_soon(_feed_stdin, runner.stdin_of(handle), (stdin or "").encode())
@@ -250,7 +250,8 @@ def _how_it_ended(job: JobRecord) -> str:
     if job.timed_out:
         return f"{TIMED_OUT} after {job.duration_s} s"
     if job.error:
-        return f"Process could not start: {job.error}"
+        not_found = " (exit code 127: executable not found)" if job.exit_code == 127 else ""
+        return f"Process could not start: {job.error}{not_found}"
     if job.exit_code == 127:
         return "Process exited with code 127: executable not found"
     if job.signal is not None:

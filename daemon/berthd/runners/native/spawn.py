@@ -29,6 +29,7 @@ never starts in a folder only root may enter.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import grp
 import os
@@ -497,7 +498,7 @@ class Spawner:
         await done.wait()
         result = outcome[0]
         if isinstance(result, BaseException):
-            if isinstance(result, FileNotFoundError | PermissionError | NotADirectoryError):
+            if isinstance(result, OSError):  # ENOENT, EACCES, ENOEXEC, a bad cwd...: the request's fault
                 raise SpawnError(_describe_os_error(request, result)) from None
             raise result
         return _adopt(*result)
@@ -507,7 +508,12 @@ def _describe_os_error(request: SpawnRequest, exc: OSError) -> str:
     if exc.filename == request.cwd and request.cwd:
         who = f" as {request.identity.user}" if request.identity else ""
         return f"cannot enter working directory {request.cwd}{who}: {exc.strerror}"
-    return f"cannot start {request.argv[0]}: {exc.strerror}"
+    hint = ""
+    if exc.errno == errno.ENOEXEC:
+        hint = " (a script needs a #! line naming its interpreter)"
+    elif exc.errno == errno.ENOENT and os.path.exists(request.argv[0]):
+        hint = " (its #! line names an interpreter that is not there)"
+    return f"cannot start {request.argv[0]}: {exc.strerror or exc}{hint}"
 
 
 def _popen(request: SpawnRequest, shim: Shim) -> tuple[subprocess.Popen[bytes], int]:
