@@ -325,10 +325,13 @@ def _sweep_parts(folder: Path, known: set[str]) -> None:
 async def expire_uploads(services: Services, interval: float = 60.0) -> None:
     """Forever: drop sessions older than the TTL, and part files no session owns."""
     while True:
-        cutoff = time.time() - services.config.upload_ttl
-        for session in await services.store.uploads_older_than(cutoff):
-            LOG.info("upload %s expired", session)
-            await _drop(services, session)
-        known = set(await services.store.all_upload_ids())
-        await trio.to_thread.run_sync(_sweep_parts, uploads_dir(services), known)
+        # under the command lock, as upload:begin and upload:chunk are: a session begun between reading
+        # the known ids and sweeping would otherwise lose its part file
+        async with services.lock.held():
+            cutoff = time.time() - services.config.upload_ttl
+            for session in await services.store.uploads_older_than(cutoff):
+                LOG.info("upload %s expired", session)
+                await _drop(services, session)
+            known = set(await services.store.all_upload_ids())
+            await trio.to_thread.run_sync(_sweep_parts, uploads_dir(services), known)
         await trio.sleep(min(interval, services.config.upload_ttl))
