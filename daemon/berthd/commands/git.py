@@ -31,7 +31,8 @@ from berthd.commands.sources import (
 from berthd.errors import invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
-from berthd.server.params import AppName, without_credentials
+from berthd.server.params import AppName
+from berthd.server.redaction import without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
 from berthd.sources import git as gitsrc

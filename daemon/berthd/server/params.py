@@ -19,7 +19,6 @@ import msgspec
 
 from berthd.errors import CommandError
 from berthd.server.redaction import NO_SECRETS, Scrubber, secret_values, shown
-from berthd.server.redaction import without_credentials as without_credentials  # sources import it here
 
 PAIR_METAVAR = "KEY=VALUE"
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from berthd.server.params import without_credentials
+from berthd.server.redaction import without_credentials
 from berthd.sources.extract import ArchiveError as ArchiveError
 from berthd.sources.extract import unpack as unpack
 from berthd.store.trees import remove_or_log

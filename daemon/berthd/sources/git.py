@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from berthd.server.params import without_credentials
+from berthd.server.redaction import without_credentials
 
 ALLOWED_PROTOCOLS = "http:https:ssh:git:file"
 SCHEMES = ("http", "https", "ssh", "git", "file")
