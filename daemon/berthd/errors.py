@@ -28,3 +28,8 @@ def conflict(message: str) -> CommandError:
 def daemon_unavailable(daemon: str, why: str) -> CommandError:
     """The one error for a deploy daemon whose engine cannot be reached, with the daemon's name."""
     return CommandError("unavailable", f"deploy daemon {daemon} is unavailable: {why}", {"daemon": daemon})
+
+
+def forbidden(message: str, data: Any = None) -> CommandError:
+    """The caller may not do this (the access rules say so); never says whether an app exists."""
+    return CommandError("forbidden", message, data)

@@ -29,7 +29,7 @@ from berth.messages import Event, Response, encode_line
 from berthd.log import LOG
 from berthd.server.context import Services
 from berthd.server.dispatch import dispatch
-from berthd.server.peercred import Peer, peer_of
+from berthd.server.peercred import Peer, PeerNames, peer_of
 
 # accept() failures that mean "out of resources for now": wait a little and go on (as trio does).
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -161,6 +161,7 @@ class Server:
         self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         self.connections: set[Connection] = set()
         self.per_uid: Counter[int] = Counter()
+        self.names = PeerNames()
         self.draining = False
         self._accept_scope = trio.CancelScope()
         self.idle = trio.Event()
@@ -183,7 +184,7 @@ class Server:
             await self.listener.aclose()
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
-        peer = peer_of(stream.socket)  # type: ignore[arg-type]
+        peer = await self.names.identify(peer_of(stream.socket))  # type: ignore[arg-type]
         async with stream:
             refusal = self._refusal(peer)
             if refusal is not None:

@@ -48,12 +48,9 @@ class Caller:
 
     @classmethod
     def of(cls, peer: Peer) -> Caller:
-        """The peer's uid and gid (SO_PEERCRED), and the groups its user belongs to."""
-        try:
-            groups = tuple(os.getgrouplist(pwd.getpwuid(peer.uid).pw_name, peer.gid))
-        except KeyError:
-            groups = (peer.gid,)
-        return cls(peer.uid, peer.gid, groups)
+        """The peer's uid and gid (SO_PEERCRED), and the groups its user belongs to (as the server
+        read them when the client connected)."""
+        return cls(peer.uid, peer.gid, peer.groups or (peer.gid,))
 
     @property
     def is_root(self) -> bool:
