@@ -16,6 +16,8 @@ import msgspec
 from berth.framing import TooLong
 from berth.messages import QueuedEvent, Response, encode_line
 from berth.request import Request, RequestError, parse_request
+from berthd.access import enforce as access
+from berthd.access.rules import CallerView
 from berthd.errors import CommandError
 from berthd.log import COMMAND_LOG, LOG
 from berthd.server.context import Context, Emit, Services
@@ -66,6 +68,7 @@ class Outcome:
     output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
     scrubber: Scrubber = NO_SECRETS
+    rule: str | None = None  # the access rule that decided, when rules are set
 
 
 async def _run(
@@ -85,8 +88,17 @@ async def _run(
     except CommandError as exc:
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
-    ctx = Context(services, peer, emit, client_gone=client_gone)
     outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
+    rules = services.rules  # one set of rules for the whole request, even if a reload comes meanwhile
+    touches = bound.params.touches()
+    decision = None
+    if rules.active and not peer.is_root:
+        decision = rules.decide(peer, access.request_of(command, touches, peer))
+        outcome.rule = decision.rule.label if decision.rule else None
+        if not decision.allowed:
+            outcome.response = _failed(access.refusal(rules, peer, command, touches.app, decision))
+            return outcome
+    ctx = Context(services, peer, emit, client_gone=client_gone, access=CallerView(rules, peer, decision))
 
     async def queued(position: int) -> None:
         if command.streaming:
@@ -103,10 +115,12 @@ async def _run(
 
             ctx.unlock = unlock
             try:
+                await access.check_app_owner(ctx, command, touches)
                 result = await command.handler(ctx, bound.params)
             finally:
                 ctx.release_lock()
         else:
+            await access.check_app_owner(ctx, command, touches)
             result = await command.handler(ctx, bound.params)
     except CommandError as exc:
         outcome.response = _failed(exc)
