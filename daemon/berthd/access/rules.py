@@ -32,7 +32,7 @@ from berthd.server.peercred import Peer
 PLACEHOLDERS = re.compile(r"\{([^{}]*)\}")
 KNOWN_PLACEHOLDERS = frozenset({"user", "uid"})
 EVERYONE = "*"
-RULE_HEADER = re.compile(r"^\s*\[\[\s*(?:access\s*\.\s*)?rule\s*\]\]", re.MULTILINE)
+RULE_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(?:access[ \t]*\.[ \t]*)?rule[ \t]*\]\]", re.MULTILINE)
 BOUND_KEPT = 4096  # callers whose own view of the rules is kept compiled
 MAX_RULES_FILE = 4 * 1024 * 1024
 
