@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -100,7 +102,9 @@ def test_a_caller_may_do_what_its_rule_allows_and_nothing_else(
     assert made["ok"], made
     assert pinged["output"] == "pong"
     assert (theirs["ok"], theirs["error"]) == (False, "forbidden"), theirs
-    assert "berthd.toml" in theirs["output"] and theirs["data"]["rules"].endswith("berthd.toml")  # the rule set
+    assert "berthd.toml" in theirs["output"] and theirs["data"]["rules"].endswith(
+        "berthd.toml"
+    )  # the rule set
     assert (unlisted["ok"], unlisted["error"]) == (False, "forbidden"), unlisted
     assert daemon.call("apps:list").data[0]["name"] == f"{alice.name}-web"  # root sees all, and only it
     assert [a["name"] for a in daemon.call("apps:list").data] == [f"{alice.name}-web"]
@@ -213,6 +217,19 @@ def test_files_the_caller_cannot_read_are_refused(
     answer = one(daemon, alice, f"git:from-archive {alice.name}-peek file://{private}")
     assert answer["error"] == "invalid_argument" and "may not read that file" in answer["output"], answer
     assert one(daemon, alice, "apps:list")["data"] == []
+    tool = tmp_path / "tool"  # an executable in root's own folder
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    answers = ask(
+        daemon, alice, *(f"apps:from-local {alice.name}-{n} {p}" for n, p in
+                         (("a", tool), ("b", tmp_path / "missing"), ("c", "/etc/shadow"), ("d", "/nonexistent")))
+    )  # fmt: skip
+    texts = [
+        a["output"].replace(str(p), "P")
+        for a, p in zip(answers, (tool, tmp_path / "missing", "/etc/shadow", "/nonexistent"), strict=True)
+    ]
+    assert texts == ["invalid executable 'P': there is no such file, or you may not run it"] * 4, answers
+    assert one(daemon, alice, f"apps:from-local {alice.name}-e /bin/true")["ok"]  # one anyone may run
 
 
 def test_whoami_and_access_check_describe_the_caller(daemon: Berthd, people: tuple[User, User, User]) -> None:
@@ -291,3 +308,97 @@ def test_rules_that_others_may_change_or_that_do_not_parse_keep_berthd_from_star
     ):
         start_berthd("nomatch", extra_args=["--config", str(config)])
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
+
+
+def _socat_mounts() -> tuple[dict[str, dict[str, str]], str]:
+    """socat and the libraries it loads, mounted where it finds them (the test image has busybox only);
+    and the folders they are in, for the loader."""
+    socat = shutil.which("socat")
+    assert socat is not None
+    listed = subprocess.run(["ldd", socat], capture_output=True, text=True, check=True).stdout
+    paths = [socat, *re.findall(r"(/\S+) \(0x", listed)]
+    mounts = {os.path.realpath(p): {"bind": p, "mode": "ro"} for p in paths}
+    for path in paths:  # a library listed by its real name, mounted at the name the loader asks for too
+        mounts.setdefault(path, {"bind": path, "mode": "ro"})
+    folders = sorted({os.path.dirname(p) for p in paths})
+    return {src: spec for src, spec in mounts.items()}, ":".join(folders)
+
+
+def test_a_container_with_the_socket_mounted_is_limited_by_its_uid_rule(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    from tests.docker_engine import BUSYBOX_IMAGE
+
+    uid = 4242  # a container's user: no account on this host
+    config = tmp_path / "container.toml"
+    config.write_text(
+        f'[[access.rule]]\nname = "ci container"\nuids = [{uid}]\n'
+        'commands = ["whoami", "apps:create", "apps:list", "apps:destroy"]\napps = ["ci-*"]\n'
+    )
+    daemon = start_berthd(root=reachable_tmp, extra_args=["--config", str(config), "--socket-mode", "0666"])
+    assert daemon.call("apps:create prod-db").ok
+    mounts, library_path = _socat_mounts()
+    mounts[str(daemon.socket.parent)] = {"bind": "/run/berthd", "mode": "rw"}
+    script = (
+        'printf "whoami\\napps:create ci-web\\napps:create prod-web\\napps:list\\napps:destroy prod-db --force\\n"'
+        " | socat -t 10 - UNIX-CONNECT:/run/berthd/berthd.sock"
+    )
+    output = docker_client.containers.run(
+        BUSYBOX_IMAGE, ["sh", "-c", script], user=f"{uid}:{uid}", network_mode="none", volumes=mounts,
+        environment={"LD_LIBRARY_PATH": library_path}, remove=True, stdout=True, stderr=True,
+    )  # fmt: skip
+    me, made, theirs, listed, destroyed = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert (me["data"]["uid"], me["data"]["user"], me["data"]["access"]) == (
+        uid,
+        None,
+        "limited by the access rules",
+    )
+    assert made["ok"], made
+    assert theirs["error"] == "forbidden", theirs
+    assert [a["name"] for a in listed["data"]] == ["ci-web"]
+    assert destroyed == {"ok": False, "output": "App prod-db does not exist", "error": "not_found"}
+    assert {a["name"] for a in daemon.call("apps:list").data} == {"ci-web", "prod-db"}
+
+
+def _indented_block_after(text: str, heading: str) -> str:
+    """The first indented (code) block after `heading`, unindented."""
+    after = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("    "))
+    block = []
+    for line in after[start:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip() + "\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "heading"), [("README.md", "### Who may do what"), ("docs/access.md", "## Access rules")]
+)
+def test_the_rules_the_documents_show_load_as_written(
+    start_berthd: Callable[..., Berthd], tmp_path: Path, document: str, heading: str
+) -> None:
+    from tests.daemon_proc import ROOT
+
+    config = tmp_path / "documented.toml"
+    config.write_text(_indented_block_after((ROOT / document).read_text(), heading))
+    daemon = start_berthd(extra_args=["--config", str(config)])
+    shown = daemon.call("access:rules")
+    assert shown.ok and len(shown.data) == 1, shown
+    assert shown.data[0]["commands"][0] == "apps:*" and shown.data[0]["run_as_other"] is False
+
+
+def test_without_rules_a_new_app_runs_as_its_maker_and_anyone_may_do_anything(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, people: tuple[User, User, User]
+) -> None:
+    alice, _, _ = people
+    daemon = start_berthd("open", root=reachable_tmp, extra_args=["--socket-mode", "0666"])
+    made, ran, me = ask(daemon, alice, "apps:from-local mine /bin/sh -- -c 'id -u'", "run mine", "whoami")
+    assert made["ok"] and ran["ok"], (made, ran)
+    assert (Path(ran["data"]["output_dir"]) / "stdout.txt").read_text().strip() == str(alice.uid)
+    assert me["data"]["access"] == "unlimited: no access rules are set"
+    as_root, ran_as_root = ask(
+        daemon, alice, "apps:from-local theirs /bin/sh --user root -- -c 'id -u'", "run theirs"
+    )  # what the socket's mode lets through is root: the reason for rules
+    assert as_root["ok"] and ran_as_root["ok"], (as_root, ran_as_root)
+    assert (Path(ran_as_root["data"]["output_dir"]) / "stdout.txt").read_text().strip() == "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import msgspec
@@ -9,13 +10,14 @@ import trio
 
 from berthd.access.enforce import caller_account
 from berthd.apps.launch import check_cwd_allowed, process_types
-from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
+from berthd.apps.settings import SETTING_KEYS, apply_setting, check_executable, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
 from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches
 from berthd.server.registry import REGISTRY, Result
+from berthd.sources.caller import Caller, NotReadable, check_executable_as
 from berthd.store import trees
 from berthd.store.records import AppRecord, AppSettings
 
@@ -73,6 +75,17 @@ async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
     if record is not None:
         return record, False
     return await ctx.store.create_app(name, settings_for(ctx, None)), True
+
+
+async def check_local_executable(ctx: Context, path: str) -> str:
+    """An executable on this host that the caller itself could run (judged with its rights first, so
+    that a caller learns nothing of paths it may not reach), and berthd too."""
+    if os.path.isabs(path) and not ctx.peer.is_root:
+        try:
+            await ctx.services.deploy_work(ctx.peer.uid, check_executable_as, Caller.of(ctx.peer), path)
+        except NotReadable as exc:
+            raise invalid_argument(str(exc)) from None
+    return await trio.to_thread.run_sync(check_executable, path)
 
 
 def settings_for(ctx: Context, existing: AppRecord | None) -> AppSettings:
@@ -172,6 +185,8 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     record = await load_app(ctx, params.app)
     if params.key not in SETTING_KEYS and not params.key.startswith("require."):
         raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
+    if params.key == "executable" and params.value:
+        await check_local_executable(ctx, params.value)
     settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
     if params.key == "cwd" and settings.cwd:
         app_dir = ctx.services.app_dir(params.app)

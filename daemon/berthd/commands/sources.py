@@ -20,14 +20,13 @@ import trio
 from berthd.apps.launch import check_cwd_allowed, sanitise_args
 from berthd.apps.settings import (
     check_cwd,
-    check_executable,
     check_mount,
     check_restart_policy,
     check_timeout,
     check_user,
     parse_pairs,
 )
-from berthd.commands.apps import app_for_source, settings_for
+from berthd.commands.apps import app_for_source, check_local_executable, settings_for
 from berthd.errors import CommandError
 from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
@@ -262,7 +261,7 @@ class FromLocalParams(SourceOptions, kw_only=True):
     runs_code=True,
 )
 async def from_local(ctx: Context, params: FromLocalParams) -> Result:
-    executable = await trio.to_thread.run_sync(check_executable, params.executable)
+    executable = await check_local_executable(ctx, params.executable)
     existing = await ctx.store.get_app(params.app)
     base = settings_for(ctx, existing)
     settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)

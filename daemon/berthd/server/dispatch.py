@@ -90,9 +90,10 @@ async def _run(
     shown = " ".join([command.name, *bound.redacted])
     outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
     rules = services.rules  # one set of rules for the whole request, even if a reload comes meanwhile
-    touches = bound.params.touches()
+    touches = None  # what the rules judged, when they had to
     decision = None
     if rules.active and not peer.is_root:
+        touches = bound.params.touches()
         decision = rules.decide(peer, access.request_of(command, touches, peer))
         outcome.rule = decision.rule.label if decision.rule else None
         if not decision.allowed:
@@ -115,12 +116,14 @@ async def _run(
 
             ctx.unlock = unlock
             try:
-                await access.check_app_owner(ctx, command, touches)
+                if touches is not None:  # under the lock: the app cannot change before the handler runs
+                    await access.check_app_owner(ctx, command, touches)
                 result = await command.handler(ctx, bound.params)
             finally:
                 ctx.release_lock()
         else:
-            await access.check_app_owner(ctx, command, touches)
+            if touches is not None:
+                await access.check_app_owner(ctx, command, touches)
             result = await command.handler(ctx, bound.params)
     except CommandError as exc:
         outcome.response = _failed(exc)
