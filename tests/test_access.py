@@ -310,18 +310,17 @@ def test_rules_that_others_may_change_or_that_do_not_parse_keep_berthd_from_star
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
 
 
-def _socat_mounts() -> tuple[dict[str, dict[str, str]], str]:
-    """socat and the libraries it loads, mounted where it finds them (the test image has busybox only);
-    and the folders they are in, for the loader."""
+def _socat_mounts() -> tuple[list[Any], str]:
+    """socat and the libraries it loads, each bind-mounted read-only at the path the loader asks for
+    (the test image has busybox only); and their folders, for the loader."""
+    from docker.types import Mount
+
     socat = shutil.which("socat")
     assert socat is not None
     listed = subprocess.run(["ldd", socat], capture_output=True, text=True, check=True).stdout
-    paths = [socat, *re.findall(r"(/\S+) \(0x", listed)]
-    mounts = {os.path.realpath(p): {"bind": p, "mode": "ro"} for p in paths}
-    for path in paths:  # a library listed by its real name, mounted at the name the loader asks for too
-        mounts.setdefault(path, {"bind": path, "mode": "ro"})
-    folders = sorted({os.path.dirname(p) for p in paths})
-    return {src: spec for src, spec in mounts.items()}, ":".join(folders)
+    paths = sorted({socat, *re.findall(r"(/\S+) \(0x", listed)})
+    mounts = [Mount(p, os.path.realpath(p), type="bind", read_only=True) for p in paths]
+    return mounts, ":".join(sorted({os.path.dirname(p) for p in paths}))
 
 
 def test_a_container_with_the_socket_mounted_is_limited_by_its_uid_rule(
@@ -337,14 +336,16 @@ def test_a_container_with_the_socket_mounted_is_limited_by_its_uid_rule(
     )
     daemon = start_berthd(root=reachable_tmp, extra_args=["--config", str(config), "--socket-mode", "0666"])
     assert daemon.call("apps:create prod-db").ok
+    from docker.types import Mount
+
     mounts, library_path = _socat_mounts()
-    mounts[str(daemon.socket.parent)] = {"bind": "/run/berthd", "mode": "rw"}
+    mounts.append(Mount("/run/berthd", str(daemon.socket.parent), type="bind"))
     script = (
         'printf "whoami\\napps:create ci-web\\napps:create prod-web\\napps:list\\napps:destroy prod-db --force\\n"'
         " | socat -t 10 - UNIX-CONNECT:/run/berthd/berthd.sock"
     )
     output = docker_client.containers.run(
-        BUSYBOX_IMAGE, ["sh", "-c", script], user=f"{uid}:{uid}", network_mode="none", volumes=mounts,
+        BUSYBOX_IMAGE, ["sh", "-c", script], user=f"{uid}:{uid}", network_mode="none", mounts=mounts,
         environment={"LD_LIBRARY_PATH": library_path}, remove=True, stdout=True, stderr=True,
     )  # fmt: skip
     me, made, theirs, listed, destroyed = [json.loads(line) for line in output.splitlines() if line.strip()]
