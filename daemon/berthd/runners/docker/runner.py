@@ -343,14 +343,19 @@ def _set_restart_policy(client: Any, container_id: str, policy: str) -> None:
         container.update(restart_policy=_policy_config(policy))
 
 
+def _on_engine(client: Any, image: str) -> bool:
+    try:
+        client.images.get(image)
+    except _docker().errors.ImageNotFound:
+        return False
+    return True
+
+
 def _check_image(client: Any, image: str) -> None:
     """On the engine already, or in its registry (what a pull would fetch, asked without pulling)."""
     docker = _docker()
-    try:
-        client.images.get(image)
+    if _on_engine(client, image):
         return
-    except docker.errors.ImageNotFound:
-        pass
     try:
         client.api.inspect_distribution(image)
     except docker.errors.APIError as exc:
@@ -360,11 +365,8 @@ def _check_image(client: Any, image: str) -> None:
 
 def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
     docker = _docker()
-    try:
-        client.images.get(image)
+    if _on_engine(client, image):
         return
-    except docker.errors.ImageNotFound:
-        pass
     repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
     try:
         for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
