@@ -98,5 +98,5 @@ async def _choose_daemon(ctx: Context, app: str, settings: AppSettings) -> tuple
             f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
         )
     if not ctx.caller.may_use_daemon(found.name):  # the default one (a named one was judged already)
-        raise forbidden(f"Forbidden: the access rules do not let you use deploy daemon {found.name}")
+        raise forbidden("Forbidden: the access rules do not let you use the default deploy daemon")
     return found, None
