@@ -24,11 +24,11 @@ import pytest
 
 from tests.daemon_proc import ROOT, Berthd
 from tests.test_sources import PROCFILE, git, make_tar
+from tests.users import run_suffix
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make users and call as them")
 
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")  # each pytest-xdist worker makes its own users
-ALICE, BOB = f"berth-alice-{WORKER}", f"berth-bob-{WORKER}"
+ALICE, BOB = f"berth-alice-{run_suffix()}", f"berth-bob-{run_suffix()}"  # this run's own users
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import subprocess
@@ -30,9 +31,15 @@ class User:
         )  # fmt: skip
 
 
+def run_suffix() -> str:
+    """A suffix of this test process's own: neither two xdist workers nor two test runs at once on one
+    machine (CI and a developer's) ever add or remove the same user."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    return f"{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}{hashlib.sha256(run.encode()).hexdigest()[:4]}"
+
+
 def _names(stem: str) -> str:
-    # one set of users per xdist worker: two workers never add or remove the same user
-    return f"{stem}{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}"[:32]
+    return f"{stem}{run_suffix()}"[:32]
 
 
 @contextmanager
