@@ -11,6 +11,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -223,7 +224,8 @@ def test_an_internal_error_logs_its_traceback_without_the_request_secrets() -> N
 
     try:
         line = b"test:boom http://alice:URLPASS9@h/x --password OPTPASS9"
-        answer = trio.run(dispatch, None, line, Peer(1, 0, 0), emit)
+        no_audit = SimpleNamespace(audit=None)  # the one service the dispatcher itself uses
+        answer = trio.run(dispatch, no_audit, line, Peer(1, 0, 0), emit)
     finally:
         LOG.removeHandler(handler)
         REGISTRY._names.pop("test:boom")
