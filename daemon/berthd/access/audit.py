@@ -64,6 +64,8 @@ def open_audit_file(path: str) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise AuditLogError(f"the audit log {path} is a symbolic link: refused") from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader, a socket
+            raise AuditLogError(f"the audit log {path} is refused: it is not a regular file") from None
         raise AuditLogError(f"cannot open the audit log {path}: {exc.strerror}") from None
     info = os.fstat(fd)
     why = None
