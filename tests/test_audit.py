@@ -188,7 +188,7 @@ def test_a_file_at_the_audit_path_that_is_not_berthds_own_is_refused(
     victim = tmp_path / "victim"
     victim.write_text("a file berthd must not append to\n")
 
-    def plant(name: str, make: Callable[[Path], None]) -> Path:
+    def plant(name: str, make: Callable[[Path], object]) -> Path:
         (tmp_path / name / "data").mkdir(parents=True, mode=0o700)
         path = tmp_path / name / "data" / "audit.log"
         make(path)
@@ -242,7 +242,7 @@ def test_audit_tail_shows_the_last_lines_across_rotated_files(start_berthd: Call
 
 
 def follow_events(conn: RawConnection, count: int) -> list[dict[str, Any]]:
-    events = []
+    events: list[dict[str, Any]] = []
     while len(events) < count:
         message = conn.read_message()
         assert "ok" not in message, message
