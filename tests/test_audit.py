@@ -15,6 +15,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -382,3 +383,25 @@ def test_a_full_disk_costs_audit_lines_never_commands(
         if daemon is not None:
             daemon.stop()  # it holds the file open: first, so that the tmpfs can go
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_follower_that_reads_nothing_is_let_go_without_an_internal_error(
+    start_berthd: Callable[..., Berthd],
+) -> None:
+    daemon = start_berthd(extra_args=["--idle-timeout", "1"])
+    with RawConnection(daemon.socket) as follower:
+        follower.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        follower.send(b"audit:tail --num 0 --follow\n")
+        time.sleep(0.5)
+        with RawConnection(daemon.socket) as other:
+            other.send(b"version\n" * 3000)  # far more audit events than the follower's socket holds
+            for _ in range(3000):
+                assert other.read_message()["ok"]
+        deadline = time.monotonic() + 15
+        while not any(e["command"] == "audit:tail" for e in entries(audit_file(daemon))):
+            assert time.monotonic() < deadline, "the follower was not let go"
+            time.sleep(0.2)
+    (ended,) = [e for e in entries(audit_file(daemon)) if e["command"] == "audit:tail"]
+    assert ended["result"] == "ok", ended
+    assert "Traceback" not in daemon.log()
+    assert daemon.call("ping").ok

@@ -121,8 +121,7 @@ class AuditLog:
             return
         if self.lost:
             LOG.warning("the audit log %s is written again; %d lines were lost", self.path, self.lost)
-            self._callers: dict[Peer, msgspec.Raw] = {}
-        self.lost = 0
+            self.lost = 0
         if self._changed is not None:
             self._changed.set()
             self._changed = None

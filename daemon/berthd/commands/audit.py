@@ -14,7 +14,6 @@ import msgspec
 import trio
 
 from berth.messages import AuditEvent
-from berthd.access.audit import AuditLog
 from berthd.commands.logs import until_client_leaves
 from berthd.errors import CommandError, forbidden
 from berthd.server.context import Context
@@ -59,7 +58,10 @@ async def audit_tail(ctx: Context, params: AuditTailParams) -> Result:
     audit = ctx.services.audit
     if audit is None:
         raise CommandError("unavailable", "there is no audit log: berthd runs with --audit-log off")
-    fd, end = audit.open_current()
+    try:
+        fd, end = audit.open_current()
+    except OSError as exc:  # removed or replaced by hand
+        raise CommandError("unavailable", f"cannot read the audit log {audit.path}: {exc.strerror}") from None
     try:
         entries = _parsed(await trio.to_thread.run_sync(audit.tail, params.num, fd, end))
     except BaseException:
@@ -68,22 +70,27 @@ async def audit_tail(ctx: Context, params: AuditTailParams) -> Result:
     if not params.follow:
         os.close(fd)
         return Result("\n".join(text for text, _ in entries), [entry for _, entry in entries])
-    for _, entry in entries:
-        await ctx.emit(AuditEvent(entry))
-    await _follow(ctx, audit, fd, end)
-    return Result("end of the audit log (berthd is stopping)" if audit.stopping else "end of the audit log")
-
-
-async def _follow(ctx: Context, audit: AuditLog, fd: int, position: int) -> None:
-    async def deliver(lines: list[bytes]) -> None:
-        for _, entry in _parsed(lines):
-            await ctx.emit(AuditEvent(entry))
-
     async with trio.open_nursery() as nursery:
 
+        async def deliver(lines: list[bytes]) -> None:
+            for _, entry in _parsed(lines):
+                try:
+                    await ctx.emit(AuditEvent(entry))
+                except Exception:  # noqa: BLE001 - as the server says a client left; commands know no sockets
+                    if not ctx.client_gone():
+                        raise
+                    nursery.cancel_scope.cancel()
+                    return
+
         async def follow() -> None:
-            await audit.follow(fd, position, deliver)
+            try:
+                await deliver([text.encode() for text, _ in entries])
+            except BaseException:
+                os.close(fd)  # else audit.follow closes it, whatever becomes of it
+                raise
+            await audit.follow(fd, end, deliver)
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(follow)
         nursery.start_soon(until_client_leaves, ctx, nursery.cancel_scope)
+    return Result("end of the audit log (berthd is stopping)" if audit.stopping else "end of the audit log")
