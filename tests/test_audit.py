@@ -405,3 +405,44 @@ def test_a_follower_that_reads_nothing_is_let_go_without_an_internal_error(
     assert ended["result"] == "ok", ended
     assert "Traceback" not in daemon.log()
     assert daemon.call("ping").ok
+
+
+@NEEDS_ROOT
+def test_a_line_the_access_rules_decided_names_the_rule(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, tmp_path: Path
+) -> None:
+    with system_users("audr") as (user,):
+        config = tmp_path / "rules.toml"
+        config.write_text(f"""
+[[access.rule]]
+name = "no destroying"
+users = ["{user.name}"]
+commands = ["apps:destroy"]
+deny = true
+
+[[access.rule]]
+name = "pinging"
+users = ["{user.name}"]
+commands = ["ping"]
+""")
+        config.chmod(0o644)
+        daemon = start_berthd(
+            root=reachable_tmp, extra_args=["--config", str(config), "--socket-mode", "0666"]
+        )
+        assert call_as(user, daemon, "ping", [])["ok"]
+        assert call_as(user, daemon, "apps:destroy", ["someapp", "--force"])["error"] == "forbidden"
+        assert call_as(user, daemon, "version", [])["error"] == "forbidden"  # no rule allows it
+        assert daemon.call("version").ok  # root: no rule judges it
+        logged = [(e["command"], e["args"], e["result"], e.get("rule")) for e in entries(audit_file(daemon))]
+        assert logged == [
+            ("ping", [], "ok", f"rule 2 'pinging' (line 8 of {config})"),
+            (
+                "apps:destroy",
+                ["--force", "someapp"],
+                "forbidden",
+                f"rule 1 'no destroying' (line 2 of {config})",
+            ),
+            ("version", [], "forbidden", None),
+            ("version", [], "ok", None),
+        ]
+        assert all("rule" not in e for e in entries(audit_file(daemon))[2:])  # no rule: no key, not null

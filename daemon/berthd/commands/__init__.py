@@ -1,6 +1,7 @@
 """The commands, grouped by topic. Importing this package fills the registry."""
 
 from berthd.commands import (
+    access,
     apps,
     audit,
     config,
@@ -17,6 +18,7 @@ from berthd.commands import (
 )
 
 __all__ = [
+    "access",
     "apps",
     "audit",
     "config",
