@@ -446,3 +446,14 @@ commands = ["ping"]
             ("version", [], "ok", None),
         ]
         assert all("rule" not in e for e in entries(audit_file(daemon))[2:])  # no rule: no key, not null
+
+
+def test_the_documented_line_has_the_fields_of_a_real_one(start_berthd: Callable[..., Berthd]) -> None:
+    text = (ROOT / "docs" / "access.md").read_text().split("## The audit log", 1)[1]
+    documented = json.loads(next(line for line in text.splitlines() if line.startswith("    {"))[4:])
+    daemon = start_berthd()
+    assert daemon.call("ping").ok
+    (real,) = entries(audit_file(daemon))
+    assert set(documented) == {*real, "rule"}  # root's command: no rule judged it
+    assert set(documented["caller"]) == set(real["caller"])
+    assert TIME.match(documented["time"])
