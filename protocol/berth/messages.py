@@ -23,6 +23,7 @@ ERROR_CODES = frozenset(
         "invalid_request",
         "unavailable",
         "internal",
+        "forbidden",
     }
 )
 
