@@ -457,3 +457,24 @@ def test_the_documented_line_has_the_fields_of_a_real_one(start_berthd: Callable
     assert set(documented) == {*real, "rule"}  # root's command: no rule judged it
     assert set(documented["caller"]) == set(real["caller"])
     assert TIME.match(documented["time"])
+
+
+def test_a_follower_behind_by_several_rotations_reads_every_file_still_kept(
+    start_berthd: Callable[..., Berthd],
+) -> None:
+    daemon = start_berthd(extra_args=["--audit-log-max-bytes", str(SMALL_FILE), "--audit-log-backups", "4"])
+    with RawConnection(daemon.socket, timeout=30) as follower:
+        follower.send(b"audit:tail --num 0 --follow\n")
+        time.sleep(0.5)
+        with RawConnection(daemon.socket) as other:  # while the follower reads nothing: it falls behind
+            other.send(b"".join(f"apps:info b{index}\n".encode() for index in range(1500)))
+            for _ in range(1500):
+                assert other.read_message()["error"] == "not_found"
+        kept = [entry["args"][0] for entry in all_entries(audit_file(daemon), 4)]
+        assert len(kept) > 10 and kept[-1] == "b1499"
+        received: list[str] = []
+        while not received or received[-1] != "b1499":
+            received += [entry["args"][0] for entry in follow_events(follower, 1)]
+    numbers = [int(name[1:]) for name in received]
+    assert numbers == sorted(set(numbers))  # in order, none twice
+    assert set(kept) <= set(received), sorted(set(kept) - set(received))

@@ -15,7 +15,8 @@ to a worker thread. A write that fails (a full disk) is reported once in berthd'
 command, and once more when writing works again, with the count of lines lost.
 
 Followers (`audit:tail --follow`) read the file at their own pace, are woken by each line, follow it
-across rotations, and all end when berthd shuts down.
+across rotations (one that fell behind reads each rotated file still kept, in order), and all end when
+berthd shuts down.
 """
 
 from __future__ import annotations
@@ -156,12 +157,6 @@ class AuditLog:
         partial = b""
         try:
             while not self.stopping:
-                if fd < 0:
-                    try:
-                        fd, position, partial = os.open(self.path, _READ_FLAGS), 0, b""
-                    except FileNotFoundError:  # between a rotation's rename and its fresh file
-                        await self._next_line()
-                        continue
                 data = os.pread(fd, READ_BLOCK, position)
                 if data:
                     position += len(data)
@@ -171,20 +166,30 @@ class AuditLog:
                     if cut >= 0:
                         await deliver(data[:cut].split(b"\n"))
                     continue
-                if self._rotated_away(fd):  # read to its end: on with the new file
-                    os.close(fd)
-                    fd = -1
+                following = self._written_after(os.fstat(fd).st_ino)
+                if following is None:
+                    await self._next_line()
                     continue
-                await self._next_line()
+                os.close(fd)
+                fd = -1  # (rotation runs on this thread too: what was just found is still there)
+                fd, position, partial = os.open(following, _READ_FLAGS), 0, b""
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    def _rotated_away(self, fd: int) -> bool:
-        try:
-            return os.stat(self.path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return True
+    def _written_after(self, inode: int) -> Path | None:
+        """The file whose lines come after those of the file `inode` once it was rotated: the next newer
+        one, or the oldest one kept when it was rotated away altogether (lines between are lost). None
+        while it is the newest."""
+        kept: list[Path] = []  # newest first
+        for path in self.files_newest_first():
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino == inode:
+                    return kept[-1] if kept else None
+            except FileNotFoundError:
+                continue
+            kept.append(path)
+        return kept[-1] if kept else None
 
     async def _next_line(self) -> None:
         if self._changed is None:
