@@ -13,16 +13,18 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -478,3 +480,25 @@ def test_a_follower_behind_by_several_rotations_reads_every_file_still_kept(
     numbers = [int(name[1:]) for name in received]
     assert numbers == sorted(set(numbers))  # in order, none twice
     assert set(kept) <= set(received), sorted(set(kept) - set(received))
+
+
+def line_within(stream: IO[bytes], seconds: float) -> bytes:
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no line within {seconds} s"
+    return stream.readline()
+
+
+def test_berth_prints_each_followed_line_as_the_file_holds_it(start_berthd: Callable[..., Berthd]) -> None:
+    daemon = start_berthd()
+    assert daemon.call("ping").ok
+    berth = Path(sys.executable).with_name("berth")
+    command = [str(berth), "--socket", str(daemon.socket), "audit:tail", "--num", "1", "--follow"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as client:
+        try:
+            assert client.stdout is not None
+            first = line_within(client.stdout, 20)
+            assert daemon.call("version").ok
+            second = line_within(client.stdout, 20)
+        finally:
+            client.terminate()
+    assert [first, second] == audit_file(daemon).read_bytes().splitlines(keepends=True)
