@@ -79,7 +79,10 @@ def run(selected: Sequence[str], session: Session, profile: Path | None) -> None
         if "latency" in selected:
             latency.run(session, berthd, echo)
         if "throughput" in selected:
-            throughput.run(berthd, echo)
+            unaudited = session.start_berthd(options=["--audit-log", "off"])
+            unaudited.wait_ready()
+            throughput.run(berthd, echo, unaudited)
+            session.stop(unaudited)
     if "memory" in selected:
         memory.run(session, loaded)
     if "capabilities" in selected:

@@ -1,7 +1,8 @@
 """Throughput with 64 clients at once, each on its own connection, each waiting for an answer before
 its next request: `ping` (the server's own cost), then `apps:create`/`apps:destroy --force` pairs
 (state changes: the command lock and a SQLite commit each). The bare trio echo server, given the same
-lines, is the baseline.
+lines, is the baseline. Then the cost of the audit log: `ping` on that berthd (audit log on, the
+default) and on one started with `--audit-log off`, in turns, the best series of each.
 
 The clients are trio tasks in the benchmark's process; the servers are their own processes.
 """
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import trio
 
 from bench.clients import OK_PREFIX, PING, LineStream
@@ -23,6 +25,8 @@ CLIENTS = 64
 PINGS_PER_CLIENT = 200
 APP_PAIRS_PER_CLIENT = 10  # 20 commands a client, 1,280 in all: each waits for the one lock
 SERIES_TIME_LIMIT = 30.0  # past it the clients stop and the figures cover what was done
+# ping series on each of the two berthds, in turns: the machine's noise is larger than the cost
+AUDIT_ROUNDS = 5
 
 
 def ping_script(client: int) -> list[bytes]:
@@ -114,7 +118,7 @@ def first_of(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return first_of(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def run(berthd: ServerProcess, echo: ServerProcess) -> None:
+def run(berthd: ServerProcess, echo: ServerProcess, unaudited: ServerProcess | None = None) -> None:
     print_title(
         f"throughput ({CLIENTS} concurrent clients, one connection each; commands per second)",
         f"ping: {PINGS_PER_CLIENT} a client; apps: {APP_PAIRS_PER_CLIENT} create+destroy pairs a client "
@@ -140,5 +144,41 @@ def run(berthd: ServerProcess, echo: ServerProcess) -> None:
                 NO_GOAL,
             )
             for workload in WORKLOADS
+        ]
+    )
+    if unaudited is not None:
+        compare_audit(berthd, unaudited)
+
+
+def compare_audit(audited: ServerProcess, unaudited: ServerProcess) -> None:
+    """Rates swing with what else the machine runs; the server's own CPU time a command swings less."""
+    unaudited.label = "berthd --audit-log off"
+    print_title(
+        f"the audit log's cost: ping, {CLIENTS} clients, audit log on (the default) and off",
+        f"best of {AUDIT_ROUNDS} series each, in turns; CPU: the server process's user+system time a command.",
+    )
+    best: dict[str, Outcome] = {}
+    cpu: dict[str, float] = {}
+    for _ in range(AUDIT_ROUNDS):
+        for server in (audited, unaudited):
+            process = psutil.Process(server.pid)
+            before = process.cpu_times()
+            outcome = measure(server, "ping")
+            after = process.cpu_times()
+            used = (after.user - before.user + after.system - before.system) / len(outcome.latencies)
+            cpu[server.label] = min(cpu.get(server.label, used), used)
+            if server.label not in best or outcome.rate > best[server.label].rate:
+                best[server.label] = outcome
+    print_table(
+        ["workload", "server", "clients", "commands", "errors", "seconds", "cmds/s", "p50", "p99", "CPU/cmd"],
+        [[*outcome.row(), f"{cpu[label] * 1e6:.1f} us"] for label, outcome in best.items()],
+    )
+    on, off = best[audited.label], best[unaudited.label]
+    print_comparisons(
+        [
+            Comparison("ping cmds/s, audit log on / off", on.rate / off.rate, NO_GOAL),
+            Comparison(
+                "server CPU a ping, audit log on / off", cpu[audited.label] / cpu[unaudited.label], NO_GOAL
+            ),
         ]
     )

@@ -225,7 +225,7 @@ def test_an_internal_error_logs_its_traceback_without_the_request_secrets() -> N
 
     try:
         line = b"test:boom http://alice:URLPASS9@h/x --password OPTPASS9"
-        services: Any = types.SimpleNamespace(rules=RuleSet())  # all this command reaches
+        services: Any = types.SimpleNamespace(rules=RuleSet(), audit=None)  # all this command reaches
         answer = trio.run(dispatch, services, line, Peer(1, 0, 0), emit)
     finally:
         LOG.removeHandler(handler)

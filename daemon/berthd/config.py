@@ -33,6 +33,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_file_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
     log_file_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    audit_log: str | None = None  # None: DATA_DIR/audit.log; AUDIT_OFF: no audit log
+    audit_log_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
+    audit_log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
     data_dir: str | None = None
     sync: Literal["full", "normal"] = "full"
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
@@ -104,8 +107,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             xdg = str(Path.home() / ".local" / "share")
         return Path(os.path.abspath(xdg)) / "berthd"
 
+    def audit_path(self) -> Path | None:
+        """Where the audit log goes, or None when it is off."""
+        if self.audit_log == AUDIT_OFF:
+            return None
+        return Path(self.audit_log) if self.audit_log else self.data_path() / "audit.log"
 
-PATH_SETTINGS = ("socket", "log_file", "data_dir")  # one path each
+
+AUDIT_OFF = "off"  # `--audit-log off`: no audit log (a file called off is `./off`)
+PATH_SETTINGS = ("socket", "log_file", "data_dir", "audit_log")  # one path each
+OFF_SWITCHES = {"audit_log": AUDIT_OFF}  # path settings with a word that is no path
 # what berthd sets up once, at start: a new value is reported on SIGHUP, and taken at the next start
 RESTART_ONLY = frozenset(
     {
@@ -117,6 +128,9 @@ RESTART_ONLY = frozenset(
         "log_file",
         "log_file_max_bytes",
         "log_file_backups",
+        "audit_log",
+        "audit_log_max_bytes",
+        "audit_log_backups",
         "child_env",
         "pass_env",
         "cwd_roots",
@@ -140,6 +154,9 @@ ENVIRONMENT = {
     "BERTHD_LOG_FILE_MAX_BYTES": "log_file_max_bytes",
     "BERTHD_LOG_FILE_BACKUPS": "log_file_backups",
     "BERTHD_LOG_LEVEL": "log_level",
+    "BERTHD_AUDIT_LOG": "audit_log",
+    "BERTHD_AUDIT_LOG_MAX_BYTES": "audit_log_max_bytes",
+    "BERTHD_AUDIT_LOG_BACKUPS": "audit_log_backups",
     "BERTHD_DATA_DIR": "data_dir",
     "BERTHD_SYNC": "sync",
     "BERTHD_SHUTDOWN_GRACE": "shutdown_grace",
@@ -213,7 +230,7 @@ def _absolute_paths(values: dict[str, Any], start: str) -> dict[str, Any]:
     for the type check to judge."""
     absolute = dict(values)
     for key in PATH_SETTINGS:
-        if isinstance(values.get(key), str) and values[key]:
+        if isinstance(values.get(key), str) and values[key] and values[key] != OFF_SWITCHES.get(key):
             absolute[key] = os.path.normpath(os.path.join(start, values[key]))
     for key in PATH_LIST_SETTINGS:
         if isinstance(values.get(key), list):

@@ -8,17 +8,20 @@ and password removed.
 The file is opened once, by the sink, with its mode (0640) from the first instant and close-on-exec, and
 rotated by size: FILE becomes FILE.1 (FILE.1 becomes FILE.2 ...), and a new FILE is opened and `dup2`ed
 onto the same descriptor number. A writer on another thread (logging from a worker thread) writes either
-to the old file or to the new one, never to a closed descriptor, so writing needs no lock.
+to the old file or to the new one, never to a closed descriptor, so writing needs no lock. That rotation
+is `RotatingFile`'s, which the audit log (berthd.access.audit) uses too.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from berthd.server.redaction import without_credentials
@@ -31,66 +34,73 @@ LOG_FILE_MODE = 0o640
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
-NO_FILE_ROOM = 1 << 62  # stderr alone is never rotated
 
 
 def open_log_file(path: str) -> int:
-    """FILE for appending. A new one is 0640 (created no wider: the umask may only take away, and berthd's
-    own umask, 077 once it runs, is put back to 0640 at once); one left wider by an older berthd is narrowed."""
+    """FILE for appending, 0640 (see `open_appending`)."""
+    return open_appending(path, LOG_FILE_MODE)
+
+
+def open_appending(path: str, mode: int, flags: int = 0) -> int:
+    """A file for appending, with `flags` besides. A new one has `mode` (created no wider: the umask may
+    only take away, and berthd's own umask, 077 once it runs, is put back to `mode` at once); one left
+    wider by an older berthd is narrowed."""
     try:
-        fd = os.open(path, _OPEN_FLAGS | os.O_EXCL, LOG_FILE_MODE)
-        os.fchmod(fd, LOG_FILE_MODE)
+        fd = os.open(path, _OPEN_FLAGS | flags | os.O_EXCL, mode)
+        os.fchmod(fd, mode)
     except FileExistsError:
-        fd = os.open(path, _OPEN_FLAGS, LOG_FILE_MODE)
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & ~LOG_FILE_MODE:
-            os.fchmod(fd, mode & LOG_FILE_MODE)
+        fd = os.open(path, _OPEN_FLAGS | flags, mode)
+        now = stat.S_IMODE(os.fstat(fd).st_mode)
+        if now & ~mode:
+            os.fchmod(fd, now & mode)
     return fd
 
 
-class LogSink:
-    """stderr and the log file: whole lines, one `write(2)` each, the file rotated by size."""
+def _to_stderr(message: str) -> None:
+    os.write(sys.stderr.fileno(), f"{message}\n".encode(errors="replace"))
 
-    def __init__(self) -> None:
-        self._fds: list[int] = [sys.stderr.fileno()]
-        self._path: str | None = None
-        self._fd = -1
-        self._room = NO_FILE_ROOM  # bytes until the file is rotated
-        self._max_bytes = DEFAULT_MAX_BYTES
-        self._backups = DEFAULT_BACKUPS
+
+class RotatingFile:
+    """A file of whole lines, appended to with one `write(2)` each and rotated by size: FILE becomes
+    FILE.1 (FILE.1 becomes FILE.2 ...), and a fresh FILE, from `opener`, is `dup2`ed onto the same
+    descriptor number. A line is written whole or not at all: what a short write (a full disk) left of
+    it is taken back, and the write fails."""
+
+    def __init__(
+        self,
+        path: str,
+        opener: Callable[[str], int],
+        max_bytes: int,
+        backups: int,
+        report: Callable[[str], None] = _to_stderr,
+    ) -> None:
+        self.path = path
+        self._opener, self._report = opener, report
+        self.fd = opener(path)
+        self._max_bytes, self._backups = max_bytes, backups
+        self._room = max_bytes - os.fstat(self.fd).st_size  # bytes until the file is rotated
         self._rotating = threading.Lock()
 
-    def configure(self, log_file: str | None, max_bytes: int, backups: int) -> None:
-        self.close()
-        self._max_bytes, self._backups = max_bytes, backups
-        if log_file:
-            self._path = log_file
-            self._fd = open_log_file(log_file)
-            self._room = max_bytes - os.fstat(self._fd).st_size
-            self._fds.append(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fds, self._path, self._fd, self._room = [sys.stderr.fileno()], None, -1, NO_FILE_ROOM
+    def files_newest_first(self) -> list[str]:
+        return [self.path, *(f"{self.path}.{index}" for index in range(1, self._backups + 1))]
 
     def write(self, line: bytes) -> None:
-        for fd in self._fds:
-            try:  # noqa: SIM105 - the hot path; suppress() costs a context manager per write
-                os.write(fd, line)
-            except OSError:
-                pass  # a full disk or a closed stderr must not take a command down with it
+        """Raises OSError when the line could not be written (whole)."""
+        written = os.write(self.fd, line)
+        if written < len(line):
+            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
+            raise OSError(errno.ENOSPC, f"{len(line) - written} bytes of a line not written", self.path)
         # one subtraction a line; a count lost between threads only moves the next rotation a little
-        self._room -= len(line)
+        self._room -= written
         if self._room <= 0:
             self._rotate()
 
     def _rotate(self) -> None:
-        if self._path is None or not self._rotating.acquire(blocking=False):
+        if not self._rotating.acquire(blocking=False):
             return  # another thread is rotating: this line went to the old file
         try:
             self._room = self._max_bytes  # also when rotating fails: try again later, not at each line
-            path = self._path
+            path = self.path
             for index in range(self._backups - 1, 0, -1):
                 if os.path.lexists(f"{path}.{index}"):
                     os.replace(f"{path}.{index}", f"{path}.{index + 1}")
@@ -98,16 +108,48 @@ class LogSink:
                 os.replace(path, f"{path}.1")
             else:
                 os.unlink(path)
-            fresh = open_log_file(path)
+            fresh = self._opener(path)
             try:
-                os.dup2(fresh, self._fd, inheritable=False)
+                os.dup2(fresh, self.fd, inheritable=False)
             finally:
                 os.close(fresh)
         except OSError as exc:
-            message = f"cannot rotate the log file {self._path}: {exc}; writing on\n"
-            os.write(sys.stderr.fileno(), message.encode(errors="replace"))
+            self._report(f"cannot rotate {self.path}: {exc}; writing on")
         finally:
             self._rotating.release()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class LogSink:
+    """stderr and the log file: whole lines, one `write(2)` each, the file rotated by size."""
+
+    def __init__(self) -> None:
+        self._stderr = sys.stderr.fileno()
+        self._file: RotatingFile | None = None
+
+    def configure(self, log_file: str | None, max_bytes: int, backups: int) -> None:
+        self.close()
+        if log_file:
+            self._file = RotatingFile(log_file, open_log_file, max_bytes, backups)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._stderr, self._file = sys.stderr.fileno(), None
+
+    def write(self, line: bytes) -> None:
+        # a full disk or a closed stderr must not take a command down with it
+        try:  # noqa: SIM105 - the hot path; suppress() costs a context manager per write
+            os.write(self._stderr, line)
+        except OSError:
+            pass
+        if self._file is not None:
+            try:  # noqa: SIM105
+                self._file.write(line)
+            except OSError:
+                pass
 
 
 SINK = LogSink()

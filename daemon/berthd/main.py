@@ -14,6 +14,7 @@ import msgspec
 import trio
 
 from berthd import __version__
+from berthd.access.audit import AuditLog, AuditLogError
 from berthd.access.rules import RulesError, RuleSet, load_rules
 from berthd.apps import launch
 from berthd.commands.sources import sweep_interrupted_deploys
@@ -63,6 +64,15 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--log-file-backups", type=int, metavar="N", help="rotated --log-file copies kept (default 5)"
+    )
+    parser.add_argument(
+        "--audit-log", metavar="PATH|off", help="the audit log (default DATA_DIR/audit.log); off: none"
+    )
+    parser.add_argument(
+        "--audit-log-max-bytes", type=int, metavar="BYTES", help="rotate the audit log at this size (10 MiB)"
+    )
+    parser.add_argument(
+        "--audit-log-backups", type=int, metavar="N", help="rotated audit logs kept (default 5)"
     )
     parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
@@ -173,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RulesError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    except (ListenerError, OSError) as exc:
+    except (ListenerError, AuditLogError, OSError) as exc:
         LOG.error("%s", exc)
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -244,6 +254,7 @@ def _late_signal(signum: int, frame: object) -> None:
 async def _stop_on_signal(
     signals: AsyncIterator[int],
     server: Server,
+    audit: AuditLog | None,
     processes: ProcessManager,
     scope: trio.CancelScope,
     grace: float,
@@ -253,6 +264,8 @@ async def _stop_on_signal(
         LOG.info("received %s: finishing the commands in progress", signal.Signals(signum).name)
         sd_notify("STOPPING=1")
         server.shutdown()
+        if audit is not None:
+            audit.stop_following()
         break
     with trio.move_on_after(grace):
         async with trio.open_nursery() as nursery:
@@ -268,6 +281,11 @@ async def _stop_on_signal(
     # every process group gets SIGTERM, then SIGKILL after the stop timeout
     await processes.shutdown()
     scope.cancel()
+
+
+def open_audit_log(config: Config) -> AuditLog | None:
+    path = config.audit_path()
+    return None if path is None else AuditLog(path, config.audit_log_max_bytes, config.audit_log_backups)
 
 
 @dataclass(frozen=True)
@@ -316,6 +334,7 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         data_dir = config.data_path()
         await trio.to_thread.run_sync(modes.prepare_data_dir, data_dir)
+        audit = await trio.to_thread.run_sync(open_audit_log, config)  # refused: berthd does not start
         store = await Store.open(data_dir, config.sync.upper())
         await store.interrupt_running_jobs()
         await absolute_stored_paths(store)
@@ -324,7 +343,7 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
             capabilities = CapabilityCache(
                 data_dir, engine=_default_engine_version(processes, default_docker_url())
             )
-            services = Services(config, store, data_dir, processes, capabilities, rules=rules)
+            services = Services(config, store, data_dir, processes, capabilities, audit, rules=rules)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
             await sweep_interrupted_deploys(store, services.app_dir)
@@ -351,6 +370,7 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
                         _stop_on_signal,
                         signals,
                         server,
+                        audit,
                         processes,
                         nursery.cancel_scope,
                         config.shutdown_grace,
@@ -360,5 +380,7 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
                 capabilities.wait_idle(PROBE_GRACE)
         finally:
             store.close()
+            if audit is not None:
+                audit.close()
     LOG.info("berthd stopped")
     return 0

@@ -34,6 +34,8 @@ def _print_event(event: dict[str, Any]) -> None:
         print(f"-----> queued at position {event.get('position')}", file=sys.stderr, flush=True)
     elif kind == "state":
         print(f"-----> {event.get('process')}: {event.get('state')}", file=sys.stderr, flush=True)
+    elif kind == "audit":  # the line as the audit log holds it
+        print(msgspec.json.encode(event.get("entry")).decode(), flush=True)
 
 
 def _upload(socket: str | None, args: list[str]) -> int:

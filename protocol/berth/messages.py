@@ -23,6 +23,7 @@ ERROR_CODES = frozenset(
         "invalid_request",
         "unavailable",
         "internal",
+        "forbidden",
     }
 )
 
@@ -64,7 +65,13 @@ class QueuedEvent(msgspec.Struct, tag_field="event", tag="queued"):
     position: int
 
 
-Event = LogEvent | ProgressEvent | QueuedEvent
+class AuditEvent(msgspec.Struct, tag_field="event", tag="audit"):
+    """One new line of the audit log (`audit:tail --follow`), as the object it holds."""
+
+    entry: dict[str, Any]
+
+
+Event = LogEvent | ProgressEvent | QueuedEvent | AuditEvent
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)

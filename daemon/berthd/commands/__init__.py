@@ -3,6 +3,7 @@
 from berthd.commands import (
     access,
     apps,
+    audit,
     config,
     core,
     daemons,
@@ -19,6 +20,7 @@ from berthd.commands import (
 __all__ = [
     "access",
     "apps",
+    "audit",
     "config",
     "core",
     "daemons",

@@ -85,7 +85,7 @@ async def logs(ctx: Context, params: LogsParams) -> Result:
     async with trio.open_nursery() as nursery:
         for name, log in sources:
             nursery.start_soon(_follow_one, ctx, params.app, name, log)
-        nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
+        nursery.start_soon(until_client_leaves, ctx, nursery.cancel_scope)
     return Result("end of logs")
 
 
@@ -119,7 +119,8 @@ def _shown(line: LogLine) -> str:
     return f"{line.timestamp} {line.process} {line.stream}: {line.text}{more}"
 
 
-async def _until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
+async def until_client_leaves(ctx: Context, scope: trio.CancelScope) -> None:
+    """Cancels `scope` once the client has closed its connection (a follower's end)."""
     while not ctx.client_gone():
         await trio.sleep(0.5)
     scope.cancel()
@@ -161,5 +162,5 @@ async def _engine_logs(ctx: Context, runner: Runner, target: Target, params: Log
 
         nursery.start_soon(follow)
         nursery.start_soon(backlog.deliver, ctx.emit)
-        nursery.start_soon(_until_client_leaves, ctx, nursery.cancel_scope)
+        nursery.start_soon(until_client_leaves, ctx, nursery.cancel_scope)
     return Result("end of logs")

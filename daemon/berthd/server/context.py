@@ -11,6 +11,7 @@ from typing import TypeVar, TypeVarTuple, Unpack
 import trio
 
 from berth.messages import Event
+from berthd.access.audit import AuditLog
 from berthd.access.rules import CallerView, RuleSet
 from berthd.config import Config
 from berthd.host.capabilities import CapabilityCache
@@ -36,6 +37,7 @@ class Services:
     data_dir: Path
     processes: ProcessManager
     capabilities: CapabilityCache
+    audit: AuditLog | None = None  # None: --audit-log off
     lock: CommandLock = field(default_factory=CommandLock)
     started_at: float = field(default_factory=time.time)
     source_locks: dict[str, trio.Lock] = field(default_factory=dict)

@@ -9,7 +9,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -41,12 +41,14 @@ async def dispatch(
     if isinstance(raw, TooLong):
         response = Response(False, f"Line too long: the limit is {raw.limit} bytes", error="line_too_long")
         _log(peer, "<line too long>", response, started)
+        _audit(services, peer, "<line too long>", "<not shown>", response, started)
         return response
     try:
         request = parse_request(raw)
     except RequestError as exc:
         response = Response(False, f"Invalid request: {exc}", error="invalid_request")
         _log(peer, f"<invalid request, {len(raw)} bytes>", response, started)
+        _audit(services, peer, "<invalid request>", f"<{len(raw)} bytes, not shown>", response, started)
         return response
     if request is None:
         return None
@@ -58,6 +60,7 @@ async def dispatch(
         response = Response(False, scrub.text(response.output), scrub.data(response.data), response.error)
     response.id = request.id
     _log(peer, outcome.shown, response, started, outcome.output_size_only, outcome.held, outcome.scrubber)
+    _audit(services, peer, outcome.command, outcome.arguments, response, started, outcome.rule)
     return response
 
 
@@ -65,6 +68,8 @@ async def dispatch(
 class Outcome:
     response: Response
     shown: str
+    command: str = field(kw_only=True)  # for the audit log: the registry's name, or what the line asked for
+    arguments: list[str] | str = field(kw_only=True)  # redacted; a string says why they are not shown
     output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
     scrubber: Scrubber = NO_SECRETS
@@ -79,16 +84,31 @@ async def _run(
     if command is None:
         topic = registry.topic_help_name(request.cmd)
         if topic is not None and not request.tokens and not request.named:
-            return Outcome(_ok(registry.topic_help(topic)), request.cmd)
+            return Outcome(_ok(registry.topic_help(topic)), request.cmd, command=request.cmd, arguments=[])
         return Outcome(
-            Response(False, INVALID_COMMAND, error="invalid_command"), f"{request.cmd[:80]!r} (unknown)"
+            Response(False, INVALID_COMMAND, error="invalid_command"),
+            f"{request.cmd[:80]!r} (unknown)",
+            command=without_credentials(request.cmd[:80]),
+            arguments="<unknown command: not shown>",
         )
     try:
         bound = _bind(command, request)
     except CommandError as exc:
-        return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
+        return Outcome(
+            _failed(exc),
+            f"{command.name} <arguments not understood>",
+            command=command.name,
+            arguments="<not understood: not shown>",
+        )
     shown = " ".join([command.name, *bound.redacted])
-    outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
+    outcome = Outcome(
+        Response(False, ""),
+        shown,
+        command.output_size_only,
+        scrubber=bound.scrubber,
+        command=command.name,
+        arguments=bound.redacted,
+    )
     rules = services.rules  # one set of rules for the whole request, even if a reload comes meanwhile
     touches = None  # what the rules judged, when they had to
     decision = None
@@ -195,3 +215,18 @@ def _log(
         answer = scrubber.text(answer)  # the answer only: the caller, the timing and the lock span are ours
     line = f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}"
     COMMAND_LOG.write(without_credentials(line) if "@" in line else line)
+
+
+def _audit(
+    services: Services,
+    peer: Peer,
+    command: str,
+    arguments: list[str] | str,
+    response: Response,
+    started: float,
+    rule: str | None = None,
+) -> None:
+    """The command's line in the audit log; `rule`: the access rule that decided, if one did."""
+    if services.audit is not None:
+        result = "ok" if response.ok else response.error or "failed"
+        services.audit.record(peer, command, arguments, result, (time.perf_counter() - started) * 1000, rule)

@@ -243,25 +243,29 @@ def _tail_of_file(path: Path, count: int) -> list[bytes]:
     except FileNotFoundError:
         return []
     try:
-        end = os.fstat(fd).st_size
-        position = end
-        chunks: list[bytes] = []
-        newlines = 0
-        while position > 0 and newlines <= count:
-            size = min(READ_BLOCK, position)
-            position -= size
-            chunk = os.pread(fd, size, position)
-            chunks.insert(0, chunk)
-            newlines += chunk.count(b"\n")
-        data = b"".join(chunks)
+        return tail_of_descriptor(fd, os.fstat(fd).st_size, count)
     finally:
         os.close(fd)
+
+
+def tail_of_descriptor(fd: int, end: int, count: int) -> list[bytes]:
+    """The last `count` lines of an open file that end by `end`, read in blocks backwards from there."""
+    position = end
+    chunks: list[bytes] = []
+    newlines = 0
+    while position > 0 and newlines <= count:
+        size = min(READ_BLOCK, position)
+        position -= size
+        chunk = os.pread(fd, size, position)
+        chunks.insert(0, chunk)
+        newlines += chunk.count(b"\n")
+    data = b"".join(chunks)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if position > 0:
         lines = lines[1:]  # the first piece may be the end of a longer line
-    return lines[-count:]
+    return lines[-count:] if count > 0 else []
 
 
 @dataclass
