@@ -327,7 +327,17 @@ def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
     assert "local: not enough memory available" in refused.output
     assert "gpu: not enough memory available" in refused.output
     assert (
-        engine.call(["git:from-image", "amd", BUSYBOX_IMAGE, "--require", "gpu_vendor=amd"]).error
+        engine.call(
+            [
+                "git:from-image",
+                "amd",
+                BUSYBOX_IMAGE,
+                "--require",
+                "requires_gpu=true",
+                "--require",
+                "gpu_vendor=amd",
+            ]
+        ).error
         == "incompatible"
     )
 
