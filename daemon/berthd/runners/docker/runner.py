@@ -11,6 +11,7 @@ that is down or refuses becomes `unavailable` with the daemon's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
 import time
@@ -361,10 +362,27 @@ def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
         raise RunnerError(f"cannot pull {image}: {exc.explanation or exc}") from None
 
 
+SPEC_LABEL = "berthd.spec"
+
+
+def spec_digest(request: ContainerRequest) -> str:
+    """What the container was made from (image, environment, command, mounts ...), as a digest kept in
+    a label: a stopped container made from another request (the app's config changed) is made anew.
+    Left out: what the engine changes in place (the restart policy) and what is not the container's."""
+    made_of = msgspec.structs.replace(request, restart_policy="", labels={}, health_timeout=0.0)
+    return hashlib.sha256(msgspec.json.encode(made_of)).hexdigest()
+
+
 def _ensure_running(client: Any, request: ContainerRequest, progress: Progress | None) -> str:
-    """The app's container, running: the existing one when there is one, never a second."""
+    """The app's container, running: the existing one when there is one, never a second. One that is
+    not running and was made from another request is replaced (its volume kept); one that runs is
+    taken as it is (a restarted berthd finds it so: nothing changed the app while berthd was away)."""
     docker = _docker()
     container = _find(client, request.name)
+    stale = container is not None and container.labels.get(SPEC_LABEL) != spec_digest(request)
+    if stale and container.status not in ("running", "restarting"):
+        container.remove(force=True)
+        container = None
     if container is None:
         _ensure_image(client, request.image, progress)
         container = _create(client, request)
@@ -409,7 +427,7 @@ def _create(client: Any, request: ContainerRequest) -> Any:
         "volumes": {request.volume: {"bind": request.volume_target, "mode": "rw"}},
         "network_mode": request.network_mode,
         "restart_policy": _policy_config(request.restart_policy),
-        "labels": request.labels,
+        "labels": {**request.labels, SPEC_LABEL: spec_digest(request)},
         "detach": True,
     }
     if request.command:
