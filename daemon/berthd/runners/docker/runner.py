@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import trio
 
+from berthd.apps.launch import make_mounts, mount_variables, resolve_identity
 from berthd.deploy.exapp import (
     ContainerRequest,
     app_host,
@@ -122,9 +123,15 @@ class DockerRunner(Runner):
         record, daemon = target.app, _daemon_of(target)
         secret, port = await self.host.store.exapp_identity(record.name, lambda taken: free_port(taken))
         config = await self.host.store.get_config(record.name)
+        # the mounts: folders of this host (checked against berthd's mount roots at each start, as for
+        # native processes: nothing else is ever bound), at the path the user gave in the container
+        app_dir, identity = self.host.app_dir(record.name), resolve_identity(record.settings.user)
+        mounts = await trio.to_thread.run_sync(make_mounts, record.settings, app_dir, identity)
+        config = {**config, **mount_variables([(mount, mount.path) for mount, _ in mounts])}
         request = msgspec.structs.replace(
             container_request(record, daemon, secret, port, config),
             restart_policy=engine_restart_policy(record.settings.restart_policy),
+            binds={folder: mount.path for mount, folder in mounts},
         )
         options: dict[str, Any] = {"container": msgspec.to_builtins(request)}
         if record.source.detail.get("heartbeat") == "true":
@@ -424,7 +431,10 @@ def _create(client: Any, request: ContainerRequest) -> Any:
         "name": request.name,
         "hostname": request.hostname,
         "environment": request.env,
-        "volumes": {request.volume: {"bind": request.volume_target, "mode": "rw"}},
+        "volumes": {
+            request.volume: {"bind": request.volume_target, "mode": "rw"},
+            **{folder: {"bind": target, "mode": "rw"} for folder, target in request.binds.items()},
+        },
         "network_mode": request.network_mode,
         "restart_policy": _policy_config(request.restart_policy),
         "labels": {**request.labels, SPEC_LABEL: spec_digest(request)},
