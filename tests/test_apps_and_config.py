@@ -144,9 +144,9 @@ def test_config_set_get_show_unset(berthd: Berthd) -> None:
     assert berthd.call("config:get env B").output == "two words"
     assert berthd.call("config:get env C").output == "x=y"
     assert berthd.call("config:show env").data == {"A": "1", "B": "two words", "C": "x=y"}
-    assert berthd.call("config:show env").output == "A=1\nB=two words\nC=x=y"
+    assert berthd.call("config:show env").output == "A=1\nB='two words'\nC=x=y"
     unset = berthd.call("config:unset env A Z")
-    assert unset.ok and unset.data == {"removed": ["A"], "not_set": ["Z"]}
+    assert unset.ok and unset.data == {"removed": ["A"], "not_set": ["Z"], "restarted": []}
     assert berthd.call("config:get env A").error == "not_found"
     assert berthd.call("config:set env 1BAD=x").error == "invalid_argument"
     assert berthd.call("config:set env NOVALUE").error == "invalid_argument"

@@ -169,20 +169,22 @@ def test_a_restarted_berthd_reattaches_and_makes_no_second_container(
     assert [c.id for c in matching] == [container]
 
 
+def with_health_check(client: docker.DockerClient, image: str, test: list[str], retries: int) -> None:
+    """`image`: the test image with a HEALTHCHECK committed on it, run every 200 ms."""
+    base = client.containers.create(BUSYBOX_IMAGE, ["true"])
+    repository, _, tag = image.rpartition(":")
+    health = {"Test": test, "Interval": 200_000_000, "Retries": retries}
+    try:
+        client.api.commit(base.id, repository=repository, tag=tag, conf={"Healthcheck": health})
+    finally:
+        base.remove(force=True)
+
+
 def test_a_failing_health_check_removes_the_container(
     engine: Berthd, docker_client: docker.DockerClient
 ) -> None:
-    # an image whose health check always fails, fast: the test image with a HEALTHCHECK committed on it
-    base = docker_client.containers.create(BUSYBOX_IMAGE, ["true"])
-    try:
-        docker_client.api.commit(
-            base.id,
-            repository="berth-test/unhealthy",
-            tag="1",
-            conf={"Healthcheck": {"Test": ["CMD", "false"], "Interval": 200_000_000, "Retries": 1}},
-        )
-    finally:
-        base.remove(force=True)
+    # an image whose health check always fails, fast
+    with_health_check(docker_client, "berth-test/unhealthy:1", ["CMD", "false"], retries=1)
     assert engine.call(["git:from-image", "sick", "berth-test/unhealthy:1", "--", "sleep", "1000"]).ok
     started = engine.call("ps:start sick")
     wait_for(lambda: engine.call("ps:report sick").data[0]["state"] in ("BACKOFF", "FAILED"), timeout=30)
@@ -332,7 +334,17 @@ def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(
     assert "local: not enough memory available" in refused.output
     assert "gpu: not enough memory available" in refused.output
     assert (
-        engine.call(["git:from-image", "amd", BUSYBOX_IMAGE, "--require", "gpu_vendor=amd"]).error
+        engine.call(
+            [
+                "git:from-image",
+                "amd",
+                BUSYBOX_IMAGE,
+                "--require",
+                "requires_gpu=true",
+                "--require",
+                "gpu_vendor=amd",
+            ]
+        ).error
         == "incompatible"
     )
 

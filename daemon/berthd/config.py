@@ -59,6 +59,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass_env: list[str] = msgspec.field(default_factory=list)
     # folders outside an app's own where its --cwd may point
     cwd_roots: list[str] = msgspec.field(default_factory=list)
+    # folders where a --mount may be the path it names (none: every mount is under the app's folder)
+    mount_roots: list[str] = msgspec.field(default_factory=list)
     # who may do what (see berthd.access.rules); read from the TOML file only
     access: AccessSpec = msgspec.field(default_factory=AccessSpec)
 
@@ -134,11 +136,12 @@ RESTART_ONLY = frozenset(
         "child_env",
         "pass_env",
         "cwd_roots",
+        "mount_roots",
     }
 )
-PATH_LIST_SETTINGS = ("cwd_roots",)
+PATH_LIST_SETTINGS = ("cwd_roots", "mount_roots")
 # list settings given as one environment variable: how its items are separated
-LIST_SEPARATORS = {"pass_env": ",", "cwd_roots": os.pathsep}
+LIST_SEPARATORS = {"pass_env": ",", "cwd_roots": os.pathsep, "mount_roots": os.pathsep}
 
 
 # Environment variables: the two that dokku-daemon users know, and one per other setting.
@@ -176,6 +179,7 @@ ENVIRONMENT = {
     "BERTHD_DOWNLOAD_TIMEOUT": "download_timeout",
     "BERTHD_PASS_ENV": "pass_env",
     "BERTHD_CWD_ROOTS": "cwd_roots",
+    "BERTHD_MOUNT_ROOTS": "mount_roots",
 }
 
 

@@ -143,6 +143,13 @@ def build_parser() -> ArgumentParser:
         metavar="DIR",
         help="a folder outside the apps' own where --cwd may point (repeatable)",
     )
+    parser.add_argument(
+        "--mount-root",
+        action="append",
+        dest="mount_roots",
+        metavar="DIR",
+        help="a folder where a --mount is the path it names, not one under the app's (repeatable)",
+    )
     return parser
 
 
@@ -176,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"Error: cannot open the log file {config.log_file}: {exc.strerror}", file=sys.stderr)
         return 1
-    launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, config.cwd_roots, os.environ))
+    launch.configure(
+        launch.ChildDefaults.of(
+            config.child_env, config.pass_env, config.cwd_roots, os.environ, config.mount_roots
+        )
+    )
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
         return trio.run(serve, config, Settings(config_file, reread))

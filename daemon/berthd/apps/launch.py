@@ -24,6 +24,7 @@ again, links resolved, at every start.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import pwd
 import re
@@ -36,6 +37,7 @@ import msgspec
 
 from berthd.errors import CommandError, invalid_argument
 from berthd.runners.native.spawn import Identity, SpawnError
+from berthd.sources.caller import Caller, run_as
 from berthd.sources.procfile import ProcessType
 from berthd.store import modes
 from berthd.store.records import AppRecord, AppSettings, Mount
@@ -52,10 +54,12 @@ PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index
 @dataclass(frozen=True)
 class ChildDefaults:
     """What berthd's config says of every child: the environment under the app's own (the built-in
-    defaults, `child_env`, the `pass_env` variables as berthd had them at start) and `cwd_roots`."""
+    defaults, `child_env`, the `pass_env` variables as berthd had them at start), `cwd_roots` and
+    `mount_roots`."""
 
     env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG})
     cwd_roots: tuple[str, ...] = ()
+    mount_roots: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -64,12 +68,16 @@ class ChildDefaults:
         pass_env: Sequence[str],
         cwd_roots: Sequence[str],
         environ: Mapping[str, str],
+        mount_roots: Sequence[str] = (),
     ) -> ChildDefaults:
         env = {"PATH": DEFAULT_PATH, "LANG": DEFAULT_LANG, **child_env}
         for name, value in environ.items():
             if not PRIVATE_VARIABLES.match(name) and any(fnmatch.fnmatchcase(name, p) for p in pass_env):
                 env[name] = value
-        return cls(env, tuple(os.path.abspath(root) for root in cwd_roots))
+        absolute = [
+            tuple(os.path.normpath(os.path.abspath(r)) for r in roots) for roots in (cwd_roots, mount_roots)
+        ]
+        return cls(env, absolute[0], absolute[1])
 
 
 # Set once at start (`configure`), before any process is launched; the built-in defaults until then.
@@ -226,24 +234,72 @@ def open_app_folders(record: AppRecord, app_dir: Path, cwd: str, executable: str
                 modes.open_path(app_dir, path, gid)
 
 
-def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
-    """The MOUNT interfaces, as folders under the app's own folder (each its user's own, the folders
-    above it berthd's and open to the app's group), and the variables naming them. The folders are
-    made and handed over through directory descriptors (`modes.make_mount`), never by a path a link
-    could redirect."""
-    env: dict[str, str] = {}
-    inputs: list[str] = []
-    outputs: list[str] = []
-    gid = modes.app_group(record.settings.user)
+def place_mount(mount: Mount) -> Mount:
+    """Where a mount's folder is on this host. With berthd's `mount_roots`, the path itself, which must
+    lie inside one of them (refused otherwise, the roots named); without, a folder under the app's own."""
+    if not _defaults.mount_roots:
+        return Mount(mount.path, mount.function)
+    if _mount_root_of(mount.path) is None:
+        raise invalid_argument(
+            f"invalid mount {mount.path}: not inside a mount root; berthd's mount roots (--mount-root): "
+            + ", ".join(_defaults.mount_roots)
+        )
+    return Mount(mount.path, mount.function, folder=mount.path)
+
+
+def _mount_root_of(path: str) -> str | None:
+    return next((root for root in _defaults.mount_roots if path.startswith(root.rstrip("/") + "/")), None)
+
+
+def mount_folder(mount: Mount, app_dir: Path) -> str:
+    """The folder on this host a mount is: its own path in a mount root, else under the app's folder."""
+    return mount.folder or str(app_dir.joinpath("mounts", *mount_parts(mount)))
+
+
+def make_mounts(settings: AppSettings, app_dir: Path, identity: Identity | None) -> list[tuple[Mount, str]]:
+    """The MOUNT interfaces made where missing, each with its folder. Under the app's folder: each its
+    user's own, the folders above it berthd's and open to the app's group (`modes.make_mount`). In a
+    mount root (still one of berthd's): made by the app's user itself, with its rights
+    (`modes.make_folders_below`). Both through directory descriptors, never by a path a link could
+    redirect."""
+    made: list[tuple[Mount, str]] = []
+    gid = modes.app_group(settings.user)
     owner = (identity.uid, identity.gid) if identity is not None else (os.geteuid(), gid)
-    for mount in record.settings.mounts:
-        parts = mount_parts(mount)
-        try:
-            modes.make_mount(app_dir, parts, gid, *owner)
-        except modes.NotAFolder as exc:
-            raise CommandError("invalid_argument", f"mount {mount.path}: {exc}") from None
-        folder = str(app_dir.joinpath("mounts", *parts))
-        (inputs if mount.function == "INPUT" else outputs).append(folder)
+    if any(mount.folder is None for mount in settings.mounts) and not app_dir.exists():
+        modes.open_folder(app_dir, gid)  # a new app: as its first start would make it
+    for mount in settings.mounts:
+        if mount.folder is None:
+            try:
+                modes.make_mount(app_dir, mount_parts(mount), gid, *owner)
+            except modes.NotAFolder as exc:
+                raise CommandError("invalid_argument", f"mount {mount.path}: {exc}") from None
+        else:
+            root = _mount_root_of(mount.folder)
+            if root is None:
+                raise invalid_argument(
+                    f"mount {mount.path}: no longer inside one of berthd's mount roots ("
+                    + (", ".join(_defaults.mount_roots) or "none")
+                    + "): set the app's mounts again"
+                )
+            parts = tuple(Path(mount.folder).relative_to(root).parts)
+            user = (
+                Caller(identity.uid, identity.gid, identity.groups)
+                if identity
+                else Caller(os.geteuid(), gid, ())
+            )
+            why = run_as(user, functools.partial(modes.make_folders_below, root, parts))
+            if why:
+                raise invalid_argument(f"mount {mount.path}: {why}")
+        made.append((mount, mount_folder(mount, app_dir)))
+    return made
+
+
+def mount_variables(mounts: Sequence[tuple[Mount, str]]) -> dict[str, str]:
+    """The variables naming the mounts' folders, as the process sees them."""
+    env: dict[str, str] = {}
+    inputs = [folder for mount, folder in mounts if mount.function == "INPUT"]
+    outputs = [folder for mount, folder in mounts if mount.function == "OUTPUT"]
+    for mount, folder in mounts:
         env[f"BERTH_MOUNT_{_variable_part(mount.path)}"] = folder
     if inputs:
         env["BERTH_INPUT_DIR"] = inputs[0]
@@ -252,6 +308,11 @@ def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | Non
         env["BERTH_OUTPUT_DIR"] = outputs[0]
         env["BERTH_OUTPUT_DIRS"] = os.pathsep.join(outputs)
     return env
+
+
+def mount_directories(record: AppRecord, app_dir: Path, identity: Identity | None) -> dict[str, str]:
+    """The mounts made (`make_mounts`) and the variables naming their folders on this host."""
+    return mount_variables(make_mounts(record.settings, app_dir, identity))
 
 
 def mount_parts(mount: Mount) -> tuple[str, ...]:

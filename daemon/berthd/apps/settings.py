@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from berthd.apps.launch import place_mount
 from berthd.errors import invalid_argument
 from berthd.host.requirements import parse_requirement
 from berthd.store.records import AppSettings, Mount
@@ -119,7 +120,7 @@ def check_mount(value: str) -> Mount:
         raise invalid_argument(f"invalid mount {value!r}: the path must be absolute")
     if os.path.normpath(path) in ("/", "//"):
         raise invalid_argument(f"invalid mount {value!r}: give a folder, not /")
-    return Mount(os.path.normpath(path), "INPUT" if function == "INPUT" else "OUTPUT")
+    return place_mount(Mount(os.path.normpath(path), "INPUT" if function == "INPUT" else "OUTPUT"))
 
 
 def _args(settings: AppSettings, value: str) -> AppSettings:

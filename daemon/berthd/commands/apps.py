@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
 
@@ -9,7 +10,7 @@ import msgspec
 import trio
 
 from berthd.access.enforce import caller_account
-from berthd.apps.launch import check_cwd_allowed, process_types
+from berthd.apps.launch import check_cwd_allowed, make_mounts, mount_folder, process_types, resolve_identity
 from berthd.apps.settings import SETTING_KEYS, apply_setting, check_executable, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
@@ -17,7 +18,7 @@ from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches
 from berthd.server.registry import REGISTRY, Result
-from berthd.sources.caller import Caller, NotReadable, check_executable_as
+from berthd.sources.caller import Caller, NotReadable, check_executable_as, reach_folder, run_as
 from berthd.store import trees
 from berthd.store.records import AppRecord, AppSettings
 
@@ -88,6 +89,23 @@ async def check_local_executable(ctx: Context, path: str) -> str:
     return await trio.to_thread.run_sync(check_executable, path)
 
 
+async def make_app_mounts(ctx: Context, app: str, settings: AppSettings) -> None:
+    """The app's mounts made when they are defined, not at its first start, as its user (see
+    `berthd.apps.launch.make_mounts`). A caller other than root must reach a mount root's path with its
+    own rights: berthd makes nothing for it where it could not go itself."""
+    caller = Caller.of(ctx.peer)
+    for mount in settings.mounts:
+        if mount.folder is not None and not caller.is_root:
+            reach = functools.partial(reach_folder, mount.folder)
+            why = await ctx.services.deploy_work(ctx.peer.uid, run_as, caller, reach)
+            if why:
+                raise invalid_argument(f"invalid mount {mount.path}: {why}")
+    if settings.mounts:
+        app_dir = ctx.services.app_dir(app)
+        identity = resolve_identity(settings.user)
+        await trio.to_thread.run_sync(make_mounts, settings, app_dir, identity)
+
+
 def settings_for(ctx: Context, existing: AppRecord | None) -> AppSettings:
     """The app's settings; a new app's run as the caller who makes it (root's, as berthd)."""
     if existing is not None:
@@ -143,6 +161,15 @@ async def info(ctx: Context, params: AppParams) -> Result:
         "source_detail": record.source.detail,
         "settings": msgspec.to_builtins(record.settings),
         "config_keys": config_keys,
+        # each mount with the folder it is on this host (its own path in a mount root, else the app's)
+        "mounts": [
+            {
+                "path": m.path,
+                "function": m.function,
+                "folder": mount_folder(m, ctx.services.app_dir(record.name)),
+            }
+            for m in record.settings.mounts
+        ],
         "processes": ctx.processes.report(params.app),
     }
     rows = [
@@ -153,6 +180,7 @@ async def info(ctx: Context, params: AppParams) -> Result:
         ("Runner", runner),
         ("Daemon", record.settings.daemon or "-"),
         *[(f"Setting {k}", v) for k, v in describe_settings(record.settings) if v],
+        *[(f"Mount {m['path']}", f"{m['folder']} ({m['function']})") for m in data["mounts"]],
         ("Config keys", ", ".join(config_keys) or "-"),
         ("Processes", ", ".join(f"{p['process']} {p['state']}" for p in data["processes"]) or "none"),
     ]
@@ -199,6 +227,8 @@ async def set_(ctx: Context, params: SetParams) -> Result:
         )
     if params.key.startswith("require.") and not through_daemon(record.source.kind):
         await ensure_compatible(ctx.services.capabilities, params.app, settings.requirements)
+    if params.key == "mount":
+        await make_app_mounts(ctx, params.app, settings)
     await ctx.store.save_settings(params.app, settings)
     shown = dict(describe_settings(settings)).get(params.key, params.value)
     if params.value == "":

@@ -114,6 +114,16 @@ async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
     return Result(f"{verb} {app}... done\n{_table(rows)}", rows)
 
 
+async def restart_for_config(ctx: Context, app: str) -> list[str]:
+    """After a change of the app's config (under the lock): its running processes restarted to take
+    it, as ps:restart restarts them; the lock let go while they start. The names of those restarted."""
+    names = await ctx.processes.restart_for_config(app)
+    if names:
+        ctx.release_lock()
+        await _settled(ctx, app)
+    return names
+
+
 @REGISTRY.command(
     "ps:start",
     summary="start the app's processes (and keep them running)",

@@ -27,7 +27,13 @@ from berthd.apps.settings import (
     check_user,
     parse_pairs,
 )
-from berthd.commands.apps import app_for_source, check_local_executable, erase_app, settings_for
+from berthd.commands.apps import (
+    app_for_source,
+    check_local_executable,
+    erase_app,
+    make_app_mounts,
+    settings_for,
+)
 from berthd.errors import CommandError
 from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
@@ -229,6 +235,7 @@ async def go_live(
     desired, _ = await ctx.store.get_runtime(app)
     runs = start or desired == RUNNING
     detail = {**source.detail, "status": "running" if runs else "ready"}
+    await make_app_mounts(ctx, app, settings)
     await ctx.store.save_source(app, AppSource(source.kind, detail), settings)
     if env:
         await ctx.store.set_config(app, env)

@@ -29,6 +29,7 @@ class ContainerRequest(msgspec.Struct, frozen=True, kw_only=True):
     env: list[str]  # "KEY=VALUE", in order
     volume: str
     volume_target: str
+    binds: dict[str, str] = msgspec.field(default_factory=dict)  # host folder: path in the container
     network_mode: str
     restart_policy: str = "unless-stopped"
     gpu: str = "cpu"  # cpu, cuda, rocm

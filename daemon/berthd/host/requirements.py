@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 PLATFORMS = ("linux", "darwin", "windows")
 ARCHITECTURES = ("amd64", "arm64", "386", "arm")
-GPU_VENDORS = ("nvidia", "amd", "intel")
+GPU_VENDORS = ("nvidia", "amd", "intel", "any")
 TRUE_WORDS = ("true", "yes", "1", "on")
 FALSE_WORDS = ("false", "no", "0", "off")
 
@@ -113,13 +113,12 @@ def unmet(requirements: dict[str, str], host: Capabilities, where: str = "host")
             unit = "" if key == "min_cpu_cores" else " MB"
             has = "unknown" if figure is None else f"{figure}{unit}"
             problems.append(f"not enough {label}: needs {requirements[key]}{unit}, {where} has {has}")
-    gpus = [gpu for gpu in host.gpus if not gpu.mig_enabled]
-    vendor = requirements.get("gpu_vendor")
-    if vendor:
-        gpus = [gpu for gpu in gpus if gpu.vendor == vendor]
-    needs_gpu = requirements.get("requires_gpu") == "true" or vendor or "min_gpu_memory_mb" in requirements
-    if needs_gpu and not gpus:
-        kind = f"{vendor} GPU" if vendor else "GPU"
+    if not needs_gpu(requirements):
+        return problems  # the vendor and GPU memory say which GPU would do, not that one is needed
+    vendor = requirements.get("gpu_vendor", "any")
+    gpus = [gpu for gpu in host.gpus if not gpu.mig_enabled and vendor in ("any", gpu.vendor)]
+    if not gpus:
+        kind = "GPU" if vendor == "any" else f"{vendor} GPU"
         problems.append(f"no {kind}: needs one, {where} has {len(host.gpus) or 'none'}")
     elif "min_gpu_memory_mb" in requirements:
         wanted = int(requirements["min_gpu_memory_mb"])
@@ -129,6 +128,14 @@ def unmet(requirements: dict[str, str], host: Capabilities, where: str = "host")
                 f"not enough GPU memory: needs one GPU with {wanted} MB, {where}'s largest has {largest} MB"
             )
     return problems
+
+
+def needs_gpu(requirements: dict[str, str]) -> bool:
+    """The seed's `requires_gpu` decides; left out, GPU memory asked for means a GPU is needed."""
+    said = requirements.get("requires_gpu")
+    if said is not None:
+        return said == "true"
+    return int(requirements.get("min_gpu_memory_mb", "0")) > 0
 
 
 def incompatible(app: str, problems: list[str]) -> CommandError:

@@ -26,12 +26,15 @@ import shutil
 import signal
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from berthd.server.peercred import Peer
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # a FIFO must not block the open
 OPEN_TIMEOUT = 10.0
+R = TypeVar("R")
 MAX_FD = 1 << 20  # above any descriptor berthd can have (closerange uses close_range(2))
 
 
@@ -108,45 +111,116 @@ def check_executable_as(caller: Caller, path: str) -> None:
 
 def _open_in_child(caller: Caller, path: str, flags: int = OPEN_FLAGS) -> int:
     """The descriptor the child opened as the caller, or -1 when it could not."""
+
+    def child(theirs: socket.socket) -> None:
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            theirs.sendall(b"-")
+        else:
+            socket.send_fds(theirs, [b"+"], [fd])
+
+    def receive(ours: socket.socket) -> tuple[bytes, list[int]]:
+        message, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        return message, fds
+
+    nothing: tuple[bytes, list[int]] = (b"", [])
+    message, fds = _forked(caller, child, receive, nothing)
+    if message == b"+" and len(fds) == 1:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    return -1
+
+
+def _forked(
+    caller: Caller,
+    child: Callable[[socket.socket], None],
+    receive: Callable[[socket.socket], R],
+    timed_out: R,
+) -> R:
+    """`child` run in a child forked without an exec, as the caller (`_become`), with one end of a
+    socketpair; `receive` reads the other end here (`timed_out` after OPEN_TIMEOUT, the child killed)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
         pid = os.fork()
         if pid == 0:  # the child: nothing here may take a lock another thread of berthd could hold
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-                # none of berthd's descriptors (database, logs, another deploy's archive) and not its
-                # working directory: /proc/self/fd/N and /proc/self/cwd would open them for the caller
-                keep = theirs.fileno()
-                os.closerange(0, keep)
-                os.closerange(keep + 1, MAX_FD)
-                os.chdir("/")
-                os.setgroups(list(caller.groups))
-                os.setresgid(caller.gid, caller.gid, caller.gid)
-                os.setresuid(caller.uid, caller.uid, caller.uid)
-                try:
-                    fd = os.open(path, flags)
-                except OSError:
-                    theirs.sendall(b"-")
-                else:
-                    socket.send_fds(theirs, [b"+"], [fd])
+                _become(caller, theirs.fileno())
+                child(theirs)
                 code = 0
             finally:
                 os._exit(code)
         theirs.close()
         try:
             ours.settimeout(OPEN_TIMEOUT)
-            message, fds, _, _ = socket.recv_fds(ours, 1, 1)
+            return receive(ours)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
-            message, fds = b"", []
+            return timed_out
         finally:
             os.waitpid(pid, 0)
-    if message == b"+" and len(fds) == 1:
-        return fds[0]
-    for fd in fds:
+
+
+def _become(caller: Caller, keep: int) -> None:
+    """In a child forked without an exec: the caller's credentials, and nothing of berthd's but `keep`.
+    Not berthd's descriptors (database, logs, another deploy's archive) nor its working directory:
+    /proc/self/fd/N and /proc/self/cwd would open them for the caller."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    os.closerange(0, keep)
+    os.closerange(keep + 1, MAX_FD)
+    os.chdir("/")
+    os.setgroups(list(caller.groups))
+    os.setresgid(caller.gid, caller.gid, caller.gid)
+    os.setresuid(caller.uid, caller.uid, caller.uid)
+
+
+MAX_ANSWER = 4096
+
+
+def run_as(caller: Caller, work: Callable[[], str]) -> str:
+    """`work` done with the caller's rights (for root, or a caller who is berthd, here): its answer, ""
+    for done, else why not. A child forked without an exec, as for `open_file`: what `work` does must
+    be system calls only, nothing that could take a lock another thread of berthd holds."""
+    if caller.is_root or caller.uid == os.geteuid():
+        return work()
+
+    def receive(ours: socket.socket) -> bytes:
+        answer = b""
+        while chunk := ours.recv(MAX_ANSWER):
+            answer += chunk
+        return answer
+
+    answer = _forked(
+        caller,
+        lambda theirs: theirs.sendall(work().encode("utf-8", "replace")[:MAX_ANSWER] or b"\0"),
+        receive,
+        b"timed out",
+    )
+    if not answer:
+        return "failed"  # the child died before it could say
+    return "" if answer == b"\0" else answer.decode("utf-8", "replace")
+
+
+def reach_folder(path: str) -> str:
+    """Every existing folder of absolute `path` entered in turn, links followed as a program would
+    follow them: "" when what exists of it can be reached (the rest may be made), else why not. For
+    `run_as`: it judges with the rights of whoever runs it."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            try:
+                child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                return ""
+            except OSError as exc:
+                return f"{path}: there is no such folder, or you may not reach it ({exc.strerror})"
+            os.close(fd)
+            fd = child
+        return ""
+    finally:
         os.close(fd)
-    return -1
 
 
 def upload_pack(caller: Caller) -> str | None:

@@ -54,6 +54,7 @@ class Store:
         self._conn = conn
         self.path = path
         self._limiter = trio.CapacityLimiter(1)
+        self._config_changes: dict[str, int] = {}  # per app, since berthd started: see config_generation
 
     @classmethod
     def open_sync(cls, data_dir: Path, synchronous: str = "FULL") -> Store:
@@ -171,6 +172,7 @@ class Store:
                 " ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
                 [(name, key, value) for key, value in values.items()],
             )
+        self._config_changed(name)
 
     @threaded
     def unset_config(self, name: str, keys: list[str]) -> list[str]:
@@ -179,7 +181,17 @@ class Store:
             for key in keys:
                 if conn.execute("DELETE FROM app_config WHERE app = ? AND key = ?", (name, key)).rowcount:
                     removed.append(key)
+        self._config_changed(name)
         return removed
+
+    def _config_changed(self, name: str) -> None:
+        self._config_changes[name] = self._config_changes.get(name, 0) + 1
+
+    def config_generation(self, name: str) -> int:
+        """How many times the app's config changed since berthd started, counted as each change is
+        committed: a process whose start began at one count and ended at another may have read the
+        config before the change (see `berthd.supervision.supervisor`)."""
+        return self._config_changes.get(name, 0)
 
     @threaded
     def get_config(self, name: str) -> dict[str, str]:

@@ -162,6 +162,37 @@ def make_mount(app_dir: Path, parts: tuple[str, ...], gid: int, uid: int, owner_
         os.close(fd)
 
 
+def make_folders_below(root: str, parts: tuple[str, ...]) -> str:
+    """`root/PARTS...` made where missing (0700 under berthd's umask), with the rights of whoever runs
+    this (`berthd.sources.caller.run_as`: the app's user), so they are that user's and only made where
+    that user may make them; nothing is chowned. Each step is opened beneath the one before with
+    O_NOFOLLOW: a link planted anywhere below `root` makes it refuse, never followed. "" when made,
+    else why not."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot enter the mount root {root}: {exc.strerror}"
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, PRIVATE_DIR_MODE, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                return f"cannot make {part}: {exc.strerror}"
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    return f"{part} is not a folder (a link or a file): refused"
+                return f"cannot enter {part}: {exc.strerror}"
+            os.close(fd)
+            fd = child
+        return ""
+    finally:
+        os.close(fd)
+
+
 def _open_folder_at(dir_fd: int | None, name: str) -> int:
     try:
         return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)

@@ -7,9 +7,12 @@ from typing import Literal
 import msgspec
 
 
-class Mount(msgspec.Struct, frozen=True):
+class Mount(msgspec.Struct, frozen=True, omit_defaults=True):
     path: str
     function: Literal["INPUT", "OUTPUT"]
+    # the folder on this host when it is the path itself, in one of berthd's mount roots; None: a folder
+    # under the app's own (`berthd.apps.launch.mount_folder`)
+    folder: str | None = None
 
 
 class AppSettings(msgspec.Struct, omit_defaults=True):

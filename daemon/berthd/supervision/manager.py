@@ -202,6 +202,21 @@ class ProcessManager:
             await self.start_app(app, resume=True)
         return scale
 
+    async def restart_for_config(self, app: str) -> list[str]:
+        """The app's config changed: the processes that run with the old one are restarted (as
+        ps:restart does, one stop and start each), and so are those an engine would restart with it.
+        The others take the new config when they start: those starting now (`SupervisedProcess._launch`),
+        those waiting to restart; stopped and ended ones stay so. The names of those restarted."""
+        stale = [
+            p
+            for p in self.processes_of(app)
+            if p.state == State.RUNNING or (p.state == State.BACKOFF and p.runner.features.engine_restarts)
+        ]
+        await self._stop_processes(app, stale, forget=False)
+        for process in stale:
+            await self._supervise(app, process.name)
+        return [p.name for p in stale]
+
     async def restart_policy_changed(self, app: str, policy: RestartPolicy) -> None:
         for process in self.processes_of(app):
             process.policy = policy
@@ -256,6 +271,7 @@ class ProcessManager:
             save_handle=save_handle,
             ended=ended,
             stop_timeout=self.config.stop_timeout,
+            config_generation=lambda: self.store.config_generation(app),
         )
         self.processes[(app, name)] = process
         await self._nursery.start(process.supervise)

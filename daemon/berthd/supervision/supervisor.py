@@ -92,6 +92,7 @@ class Backoff:
 
 
 SpecBuilder = Callable[[], Awaitable[ProcessSpec]]
+Generation = Callable[[], int]  # the app's config generation (`berthd.store.Store.config_generation`)
 HandleSaver = Callable[[Handle | None], Awaitable[None]]
 Ended = Callable[[], Awaitable[None]]
 
@@ -107,6 +108,7 @@ class SupervisedProcess:
     save_handle: HandleSaver
     ended: Ended  # told when the policy lets the process stay ended: it stays so across restarts
     stop_timeout: float = 10.0
+    config_generation: Generation = lambda: 0
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -151,8 +153,7 @@ class SupervisedProcess:
             while self._wanted:
                 self._enter(State.STARTING)
                 try:
-                    spec = await self.build_spec()
-                    self.handle = await self.runner.start(spec, self.log.write)
+                    self.handle = await self._launch()
                 except (RunnerError, ValueError, CommandError) as exc:
                     # an engine away is a failed start like any other: retried after the backoff
                     self.last_error = exc.message if isinstance(exc, CommandError) else str(exc)
@@ -216,6 +217,24 @@ class SupervisedProcess:
             self.log.note(f"FAILED: {self.last_error}")
         finally:
             self._finished.set()
+
+    async def _launch(self) -> Handle:
+        """The process started with the app's config as it is when the start ends. The config is read
+        when the spec is built, and the runner may take long to start (a container waits to be
+        healthy): a change committed meanwhile would be missed, so one seen after the start ends the
+        process started with the old config and starts it again at once with the new one."""
+        while True:
+            generation = self.config_generation()
+            spec = await self.build_spec()
+            if self.config_generation() != generation:
+                continue  # changed while the spec was built: built again, before anything started
+            handle = await self.runner.start(spec, self.log.write)
+            if self.config_generation() == generation or not self._wanted:
+                return handle
+            self.log.note("the config changed while it started: starting it again with the new one")
+            with trio.CancelScope(shield=True):
+                if await self.runner.stop(handle, self.stop_timeout, signal.SIGTERM) is None:
+                    await self.runner.wait(handle)
 
     async def _wait_or_stop(self) -> ExitStatus:
         assert self.handle is not None

@@ -11,6 +11,7 @@ that is down or refuses becomes `unavailable` with the daemon's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 import trio
 
+from berthd.apps.launch import make_mounts, mount_variables, resolve_identity
 from berthd.deploy.exapp import (
     ContainerRequest,
     app_host,
@@ -121,9 +123,15 @@ class DockerRunner(Runner):
         record, daemon = target.app, _daemon_of(target)
         secret, port = await self.host.store.exapp_identity(record.name, lambda taken: free_port(taken))
         config = await self.host.store.get_config(record.name)
+        # the mounts: folders of this host (checked against berthd's mount roots at each start, as for
+        # native processes: nothing else is ever bound), at the path the user gave in the container
+        app_dir, identity = self.host.app_dir(record.name), resolve_identity(record.settings.user)
+        mounts = await trio.to_thread.run_sync(make_mounts, record.settings, app_dir, identity)
+        config = {**config, **mount_variables([(mount, mount.path) for mount, _ in mounts])}
         request = msgspec.structs.replace(
             container_request(record, daemon, secret, port, config),
             restart_policy=engine_restart_policy(record.settings.restart_policy),
+            binds={folder: mount.path for mount, folder in mounts},
         )
         options: dict[str, Any] = {"container": msgspec.to_builtins(request)}
         if record.source.detail.get("heartbeat") == "true":
@@ -381,10 +389,27 @@ def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
         raise RunnerError(f"cannot pull {image}: {exc.explanation or exc}") from None
 
 
+SPEC_LABEL = "berthd.spec"
+
+
+def spec_digest(request: ContainerRequest) -> str:
+    """What the container was made from (image, environment, command, mounts ...), as a digest kept in
+    a label: a stopped container made from another request (the app's config changed) is made anew.
+    Left out: what the engine changes in place (the restart policy) and what is not the container's."""
+    made_of = msgspec.structs.replace(request, restart_policy="", labels={}, health_timeout=0.0)
+    return hashlib.sha256(msgspec.json.encode(made_of)).hexdigest()
+
+
 def _ensure_running(client: Any, request: ContainerRequest, progress: Progress | None) -> str:
-    """The app's container, running: the existing one when there is one, never a second."""
+    """The app's container, running: the existing one when there is one, never a second. One that is
+    not running and was made from another request is replaced (its volume kept); one that runs is
+    taken as it is (a restarted berthd finds it so: nothing changed the app while berthd was away)."""
     docker = _docker()
     container = _find(client, request.name)
+    stale = container is not None and container.labels.get(SPEC_LABEL) != spec_digest(request)
+    if stale and container.status not in ("running", "restarting"):
+        container.remove(force=True)
+        container = None
     if container is None:
         _ensure_image(client, request.image, progress)
         container = _create(client, request)
@@ -426,10 +451,13 @@ def _create(client: Any, request: ContainerRequest) -> Any:
         "name": request.name,
         "hostname": request.hostname,
         "environment": request.env,
-        "volumes": {request.volume: {"bind": request.volume_target, "mode": "rw"}},
+        "volumes": {
+            request.volume: {"bind": request.volume_target, "mode": "rw"},
+            **{folder: {"bind": target, "mode": "rw"} for folder, target in request.binds.items()},
+        },
         "network_mode": request.network_mode,
         "restart_policy": _policy_config(request.restart_policy),
-        "labels": request.labels,
+        "labels": {**request.labels, SPEC_LABEL: spec_digest(request)},
         "detach": True,
     }
     if request.command:
