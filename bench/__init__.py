@@ -8,6 +8,7 @@ clients are the least code that can send a line and read the answer (`clients`).
     throughput  64 concurrent connections: `ping`, and `apps:create`/`apps:destroy`
     startup     process start to accepting connections
     memory      idle RSS after start (and after the load benchmarks)
+    fairness    one uid's `ping` round trips, idle and while another uid floods commands (as root)
 
 and the native runner's, each with a berthd of its own:
 

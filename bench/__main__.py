@@ -18,6 +18,7 @@ from bench import (
     capabilities,
     containment,
     docker,
+    fairness,
     gitsync,
     latency,
     logcapture,
@@ -41,7 +42,7 @@ NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
     "git-sync": gitsync.run,
     "docker": docker.run,
 }
-BENCHMARKS = ("latency", "throughput", "startup", "memory", "capabilities", *NATIVE_RUNNER)
+BENCHMARKS = ("latency", "throughput", "startup", "memory", "capabilities", "fairness", *NATIVE_RUNNER)
 PROFILE_LINES = 25
 
 
@@ -84,6 +85,8 @@ def run(selected: Sequence[str], session: Session, profile: Path | None) -> None
         memory.run(session, loaded)
     if "capabilities" in selected:
         capabilities.run(session)
+    if "fairness" in selected:
+        fairness.run(session)
     if profile is not None and loaded is not None:
         session.stop(loaded[0])  # cProfile writes its file as berthd exits
         print_profile("the loaded berthd", profile)
