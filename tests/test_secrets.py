@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from berthd.access.rules import RuleSet
 from berthd.commands.git import SyncParams
 from berthd.log import LOG, RedactingFormatter
 from berthd.server.context import Context
@@ -223,7 +225,8 @@ def test_an_internal_error_logs_its_traceback_without_the_request_secrets() -> N
 
     try:
         line = b"test:boom http://alice:URLPASS9@h/x --password OPTPASS9"
-        answer = trio.run(dispatch, None, line, Peer(1, 0, 0), emit)
+        services: Any = types.SimpleNamespace(rules=RuleSet())  # all this command reaches
+        answer = trio.run(dispatch, services, line, Peer(1, 0, 0), emit)
     finally:
         LOG.removeHandler(handler)
         REGISTRY._names.pop("test:boom")

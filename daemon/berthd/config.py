@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from berth.paths import default_socket_path
+from berthd.access.rules import AccessSpec, line_of_rule
 
 MIB = 1024 * 1024
 
@@ -57,6 +58,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass_env: list[str] = msgspec.field(default_factory=list)
     # folders outside an app's own where its --cwd may point
     cwd_roots: list[str] = msgspec.field(default_factory=list)
+    # who may do what (see berthd.access.rules); read from the TOML file only
+    access: AccessSpec = msgspec.field(default_factory=AccessSpec)
+
+    def apply_live(self, new: Config) -> list[str]:
+        """Take `new`'s values of the settings that can change while berthd runs (on SIGHUP); the names
+        of those that changed but take a restart."""
+        later = []
+        for name in self.__struct_fields__:
+            old_value, new_value = getattr(self, name), getattr(new, name)
+            if old_value == new_value:
+                continue
+            if name in RESTART_ONLY:
+                later.append(name)
+            else:
+                setattr(self, name, new_value)
+        return later
 
     @property
     def per_uid_clients(self) -> int:
@@ -91,6 +108,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 PATH_SETTINGS = ("socket", "log_file", "data_dir")  # one path each
+# what berthd sets up once, at start: a new value is reported on SIGHUP, and taken at the next start
+RESTART_ONLY = frozenset(
+    {
+        "socket",
+        "socket_mode",
+        "socket_group",
+        "data_dir",
+        "sync",
+        "log_file",
+        "log_file_max_bytes",
+        "log_file_backups",
+        "child_env",
+        "pass_env",
+        "cwd_roots",
+    }
+)
 PATH_LIST_SETTINGS = ("cwd_roots",)
 # list settings given as one environment variable: how its items are separated
 LIST_SEPARATORS = {"pass_env": ",", "cwd_roots": os.pathsep}
@@ -144,14 +177,20 @@ def load_config(
     by default the current folder)."""
     start = os.path.abspath(cwd or os.getcwd())
     values: dict[str, Any] = {}
+    text = ""
     if config_file:
         try:
-            from_file = msgspec.toml.decode(Path(start, config_file).read_bytes())
+            text = Path(start, config_file).read_text()
+            from_file = msgspec.toml.decode(text)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_file}: {exc}") from None
-        values.update(_absolute_paths(from_file, os.path.dirname(os.path.join(start, config_file))))
+        folder = os.path.dirname(os.path.join(start, config_file))
+        values.update(_absolute_paths(from_file, folder))
+        access = from_file.get("access")
+        if isinstance(access, dict) and isinstance(access.get("file"), str):
+            values["access"] = {**access, "file": os.path.normpath(os.path.join(folder, access["file"]))}
     from_environment: dict[str, Any] = {}
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
@@ -164,7 +203,10 @@ def load_config(
         config = msgspec.convert(values, Config, strict=False)
         config.socket_mode_bits  # noqa: B018 - validates the octal mode
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc)) from None
+        message = str(exc)
+        if config_file and "access" in message:
+            message = f"config file {config_file}: {line_of_rule(text, message)}"
+        raise ConfigError(message) from None
     except ValueError:
         raise ConfigError(f"socket mode {values.get('socket_mode')!r} is not an octal mode") from None
     return config

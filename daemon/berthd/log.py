@@ -172,3 +172,10 @@ def setup_logging(
     root.addHandler(handler)
     root.propagate = False
     COMMAND_LOG.enabled = root.isEnabledFor(logging.INFO)
+
+
+def set_log_level(level: str) -> None:
+    """A new level while berthd runs (SIGHUP)."""
+    root = logging.getLogger("berthd")
+    root.setLevel(level.upper())
+    COMMAND_LOG.enabled = root.isEnabledFor(logging.INFO)

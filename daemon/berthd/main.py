@@ -7,18 +7,20 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 import msgspec
 import trio
 
 from berthd import __version__
+from berthd.access.rules import RulesError, RuleSet, load_rules
 from berthd.apps import launch
 from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
 from berthd.host.capabilities import CapabilityCache, default_docker_url, docker_version_from
-from berthd.log import LOG, setup_logging
+from berthd.log import LOG, set_log_level, setup_logging
 from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
@@ -158,8 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     if args.child_env is not None:
         flags["child_env"] = dict(args.child_env)
+    config_file = args.config or os.environ.get("BERTHD_CONFIG")
+    if config_file:
+        config_file = os.path.abspath(config_file)  # read again from here on SIGHUP
+
+    def reread() -> Config:
+        return load_config(config_file, os.environ, flags)
+
     try:
-        config = load_config(args.config or os.environ.get("BERTHD_CONFIG"), os.environ, flags)
+        config = reread()
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -172,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     launch.configure(launch.ChildDefaults.of(config.child_env, config.pass_env, config.cwd_roots, os.environ))
     os.umask(modes.PRIVATE_UMASK)  # what berthd makes is its own until it gives it to an app
     try:
-        return trio.run(serve, config)
+        return trio.run(serve, config, Settings(config_file, reread))
+    except RulesError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     except (ListenerError, OSError) as exc:
         LOG.error("%s", exc)
         print(f"Error: {exc}", file=sys.stderr)
@@ -270,8 +282,43 @@ async def _stop_on_signal(
     scope.cancel()
 
 
-async def serve(config: Config) -> int:
+@dataclass(frozen=True)
+class Settings:
+    """Where the config came from, to read it again on SIGHUP."""
+
+    config_file: str | None
+    reread: Callable[[], Config]
+
+    def rules(self, config: Config) -> RuleSet:
+        from berthd.server.registry import REGISTRY
+
+        return load_rules(config.access, self.config_file, [(c.name, *c.aliases) for c in REGISTRY])
+
+
+async def _reload_on_sighup(services: Services, settings: Settings) -> None:
+    """SIGHUP: the rules and the settings that can change live, read again; connections stay open. A
+    config that does not load changes nothing."""
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            try:
+                new = await trio.to_thread.run_sync(settings.reread)
+                rules = await trio.to_thread.run_sync(settings.rules, new)
+            except (ConfigError, RulesError) as exc:
+                LOG.error("SIGHUP: the config was not reloaded, the previous one stays: %s", exc)
+                continue
+            later = services.config.apply_live(new)
+            services.rules = rules
+            set_log_level(services.config.log_level)
+            LOG.info("SIGHUP: config reloaded (%d access rules)", len(rules.rules))
+            if later:
+                LOG.warning("SIGHUP: %s change only when berthd restarts", ", ".join(sorted(later)))
+
+
+async def serve(config: Config, settings: Settings | None = None) -> int:
     import berthd.commands  # noqa: F401 - fills the registry
+
+    settings = settings or Settings(None, lambda: config)
+    rules = settings.rules(config)
 
     # A signal after shutdown began (when the receiver below is gone) must not kill berthd mid-cleanup.
     # A handler, not SIG_IGN: handlers fall back to the default in children at exec, SIG_IGN would not.
@@ -289,7 +336,7 @@ async def serve(config: Config) -> int:
             capabilities = CapabilityCache(
                 data_dir, engine=_default_engine_version(processes, default_docker_url())
             )
-            services = Services(config, store, data_dir, processes, capabilities)
+            services = Services(config, store, data_dir, processes, capabilities, rules=rules)
             # everything berthd does before it serves is done before the socket exists
             await sweep_orphaned_app_dirs(services)
             await sweep_interrupted_deploys(store, services.app_dir)
@@ -303,6 +350,7 @@ async def serve(config: Config) -> int:
                     nursery.start_soon(capabilities.run)
                     nursery.start_soon(expire_uploads, services)
                     nursery.start_soon(prune_jobs_forever, processes)
+                    nursery.start_soon(_reload_on_sighup, services, settings)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",

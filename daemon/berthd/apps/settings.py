@@ -57,8 +57,12 @@ def check_user(spec: str) -> str:
         raise invalid_argument(f"invalid user {spec!r}: expected USER or USER:GROUP (names or ids)")
     user, _, group = spec.partition(":")
     name = _name_of(user, lambda n: pwd.getpwnam(n).pw_name, lambda i: pwd.getpwuid(i).pw_name)
+    if name is None and user.isdigit() and group.isdigit():
+        return f"{int(user)}:{int(group)}"  # ids the host has no account for (a container's user)
     if name is None:
-        raise invalid_argument(f"invalid user {spec!r}: no user {user!r} on this host")
+        raise invalid_argument(
+            f"invalid user {spec!r}: no user {user!r} on this host (ids without an account: UID:GID)"
+        )
     if not group:
         return name
     group_name = _name_of(group, lambda n: grp.getgrnam(n).gr_name, lambda i: grp.getgrgid(i).gr_name)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import msgspec
 import trio
 
+from berthd.access.enforce import caller_account
 from berthd.apps.launch import check_cwd_allowed, process_types
-from berthd.apps.settings import SETTING_KEYS, apply_setting, describe_settings
+from berthd.apps.settings import SETTING_KEYS, apply_setting, check_executable, describe_settings
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
 from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AppName, NoParams, Params
+from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches
 from berthd.server.registry import REGISTRY, Result
+from berthd.sources.caller import Caller, NotReadable, check_executable_as
 from berthd.store import trees
-from berthd.store.records import AppRecord
+from berthd.store.records import AppRecord, AppSettings
 
 SHOWN_SOURCE_DETAIL = (
     "repository",
@@ -50,6 +53,14 @@ class SetParams(Params):
     value: str
     positional = ("app", "key", "value")
 
+    def touches(self) -> Touches:
+        # `user` names the account the app will run as (empty: berthd's own), `daemon` its deploy daemon
+        if self.key == "user":
+            return Touches(self.app, user=self.value)
+        if self.key == "daemon" and self.value not in ("", AUTO_DAEMON):
+            return Touches(self.app, daemons=(self.value,))
+        return Touches(self.app)
+
 
 async def load_app(ctx: Context, name: str) -> AppRecord:
     record = await ctx.store.get_app(name)
@@ -63,7 +74,25 @@ async def app_for_source(ctx: Context, name: str) -> tuple[AppRecord, bool]:
     record = await ctx.store.get_app(name)
     if record is not None:
         return record, False
-    return await ctx.store.create_app(name), True
+    return await ctx.store.create_app(name, settings_for(ctx, None)), True
+
+
+async def check_local_executable(ctx: Context, path: str) -> str:
+    """An executable on this host that the caller itself could run (judged with its rights first, so
+    that a caller learns nothing of paths it may not reach), and berthd too."""
+    if os.path.isabs(path) and not ctx.peer.is_root:
+        try:
+            await ctx.services.deploy_work(ctx.peer.uid, check_executable_as, Caller.of(ctx.peer), path)
+        except NotReadable as exc:
+            raise invalid_argument(str(exc)) from None
+    return await trio.to_thread.run_sync(check_executable, path)
+
+
+def settings_for(ctx: Context, existing: AppRecord | None) -> AppSettings:
+    """The app's settings; a new app's run as the caller who makes it (root's, as berthd)."""
+    if existing is not None:
+        return existing.settings
+    return AppSettings(user=caller_account(ctx.peer))
 
 
 async def runner_names(ctx: Context, records: list[AppRecord]) -> dict[str, str]:
@@ -91,15 +120,15 @@ def app_summary(record: AppRecord, runner: str) -> dict[str, object]:
     }
 
 
-@REGISTRY.command("apps:create", summary="create an empty app", mutating=True)
+@REGISTRY.command("apps:create", summary="create an empty app", mutating=True, creates_app=True)
 async def create(ctx: Context, params: AppParams) -> Result:
-    await ctx.store.create_app(params.app)
+    await ctx.store.create_app(params.app, settings_for(ctx, None))
     return Result(f"Creating {params.app}... done")
 
 
 @REGISTRY.command("apps:list", summary="the apps, one a line", mutating=False)
 async def list_(ctx: Context, params: NoParams) -> Result:
-    records = await ctx.store.list_apps()
+    records = [r for r in await ctx.store.list_apps() if ctx.caller.may_see(r.name)]
     runners = await runner_names(ctx, records)
     return Result("\n".join(r.name for r in records), [app_summary(r, runners[r.name]) for r in records])
 
@@ -147,12 +176,17 @@ async def destroy(ctx: Context, params: DestroyParams) -> Result:
 
 
 @REGISTRY.command(
-    "apps:set", summary="change one setting of an app (an empty VALUE unsets it)", mutating=True
+    "apps:set",
+    summary="change one setting of an app (an empty VALUE unsets it)",
+    mutating=True,
+    runs_code=True,
 )
 async def set_(ctx: Context, params: SetParams) -> Result:
     record = await load_app(ctx, params.app)
     if params.key not in SETTING_KEYS and not params.key.startswith("require."):
         raise invalid_argument(f"unknown setting {params.key!r}; known: {', '.join(SETTING_KEYS)}")
+    if params.key == "executable" and params.value:
+        await check_local_executable(ctx, params.value)
     settings = await trio.to_thread.run_sync(apply_setting, record.settings, params.key, params.value)
     if params.key == "cwd" and settings.cwd:
         app_dir = ctx.services.app_dir(params.app)

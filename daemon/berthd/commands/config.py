@@ -42,7 +42,7 @@ class ShowParams(Params):
     positional = ("app",)
 
 
-@REGISTRY.command("config:set", summary="set environment variables of an app", mutating=True)
+@REGISTRY.command("config:set", summary="set environment variables of an app", mutating=True, runs_code=True)
 async def set_(ctx: Context, params: SetParams) -> Result:
     values = parse_pairs(params.pairs)
     await load_app(ctx, params.app)
@@ -50,7 +50,9 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     return Result(f"Setting config vars of {params.app}: {', '.join(values)}", {"keys": list(values)})
 
 
-@REGISTRY.command("config:unset", summary="remove environment variables of an app", mutating=True)
+@REGISTRY.command(
+    "config:unset", summary="remove environment variables of an app", mutating=True, runs_code=True
+)
 async def unset(ctx: Context, params: UnsetParams) -> Result:
     keys = [check_variable_name(k) for k in params.keys]
     await load_app(ctx, params.app)

@@ -25,16 +25,19 @@ class UnregisterParams(Params):
     force: bool = False
     positional = ("daemon_config_name",)
     metavars = {"daemon_config_name": "DAEMON-CONFIG-NAME"}
+    daemon_fields = ("daemon_config_name",)
 
 
 class NameParams(Params):
     name: str
     positional = ("name",)
+    daemon_fields = ("name",)
 
 
 class DefaultParams(Params):
     name: str | None = None
     positional = ("name",)
+    daemon_fields = ("name",)
 
 
 async def load_daemon(ctx: Context, name: str) -> DaemonRecord:
@@ -90,7 +93,7 @@ async def unregister(ctx: Context, params: UnregisterParams) -> Result:
     mutating=False,
 )
 async def list_(ctx: Context, params: NoParams) -> Result:
-    records = await ctx.store.list_daemons()
+    records = [r for r in await ctx.store.list_daemons() if ctx.caller.may_use_daemon(r.name)]
     return Result(render_table(records), [public_view(r) for r in records])
 
 

@@ -61,6 +61,8 @@ class FromArchiveParams(SourceOptions, kw_only=True):
     summary="deploy a .tar.gz/.tgz/.tar/.zip with a Procfile (http, https, file)",
     mutating=True,
     streaming=True,
+    creates_app=True,
+    runs_code=True,
 )
 async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
     try:
@@ -199,6 +201,8 @@ class SyncParams(SourceOptions, kw_only=True):
     summary="clone or update a git repository, check out REF, build, use PATH as the executable",
     mutating=True,
     streaming=True,
+    creates_app=True,
+    runs_code=True,
 )
 async def sync(ctx: Context, params: SyncParams) -> Result:
     try:

@@ -7,14 +7,14 @@ from typing import Any
 
 import msgspec
 
-from berthd.commands.apps import app_for_source
+from berthd.commands.apps import app_for_source, settings_for
 from berthd.commands.sources import SourceOptions, apply_options
 from berthd.deploy.placement import place
-from berthd.errors import invalid_argument, not_found
+from berthd.errors import forbidden, invalid_argument, not_found
 from berthd.server.context import Context
 from berthd.server.params import AppName
 from berthd.server.registry import REGISTRY, Result
-from berthd.store.records import AppSettings, AppSource, DaemonRecord
+from berthd.store.records import AppSource, DaemonRecord
 
 IMAGE = re.compile(
     # a registry host is only a first part with a dot or a port, or localhost (Docker's own rule)
@@ -32,18 +32,24 @@ class FromImageParams(SourceOptions, kw_only=True):
 
 
 @REGISTRY.command(
-    "git:from-image", summary="a Docker image, deployed through the app's daemon", mutating=True
+    "git:from-image",
+    summary="a Docker image, deployed through the app's daemon",
+    mutating=True,
+    creates_app=True,
+    runs_code=True,
 )
 async def from_image(ctx: Context, params: FromImageParams) -> Result:
     if len(params.image) > 255 or not IMAGE.match(params.image):
         raise invalid_argument(f"invalid image reference {params.image!r}")
     existing = await ctx.store.get_app(params.app)
-    settings, env = apply_options(existing.settings if existing else AppSettings(), params)
+    settings, env = apply_options(settings_for(ctx, existing), params)
     name = None if settings.daemon == "auto" else settings.daemon
     placement = None
     if settings.requirements and name is None:
         daemons = [
-            d for d in await ctx.store.list_daemons() if ctx.processes.daemon_runner(d).features.fingerprint
+            d
+            for d in await ctx.store.list_daemons()
+            if ctx.processes.daemon_runner(d).features.fingerprint and ctx.caller.may_use_daemon(d.name)
         ]
 
         async def fingerprint(daemon: DaemonRecord) -> dict[str, Any]:
@@ -57,6 +63,8 @@ async def from_image(ctx: Context, params: FromImageParams) -> Result:
                 f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
             )
         daemon = found
+        if not ctx.caller.may_use_daemon(daemon.name):  # the default one (a named one was judged already)
+            raise forbidden(f"Forbidden: the access rules do not let you use deploy daemon {daemon.name}")
     record, created = await app_for_source(ctx, params.app)
     detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
     if placement:

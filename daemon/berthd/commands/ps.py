@@ -115,7 +115,11 @@ async def _start(ctx: Context, app: str, verb: str, stop_first: bool) -> Result:
 
 
 @REGISTRY.command(
-    "ps:start", summary="start the app's processes (and keep them running)", mutating=True, streaming=True
+    "ps:start",
+    summary="start the app's processes (and keep them running)",
+    mutating=True,
+    streaming=True,
+    runs_code=True,
 )
 async def start(ctx: Context, params: AppParams) -> Result:
     return await _start(ctx, params.app, "Starting", stop_first=False)
@@ -128,12 +132,12 @@ async def stop(ctx: Context, params: AppParams) -> Result:
     return Result(f"Stopping {params.app}... done", ctx.processes.report(params.app))
 
 
-@REGISTRY.command("ps:restart", summary="stop, then start the app's processes", mutating=True)
+@REGISTRY.command("ps:restart", summary="stop, then start the app's processes", mutating=True, runs_code=True)
 async def restart(ctx: Context, params: AppParams) -> Result:
     return await _start(ctx, params.app, "Restarting", stop_first=True)
 
 
-@REGISTRY.command("ps:scale", summary="how many processes of each type", mutating=True)
+@REGISTRY.command("ps:scale", summary="how many processes of each type", mutating=True, runs_code=True)
 async def scale(ctx: Context, params: ScaleParams) -> Result:
     counts: dict[str, int] = {}
     for pair in params.counts:
@@ -171,6 +175,6 @@ async def report(ctx: Context, params: ReportParams) -> Result:
         await load_app(ctx, params.app)
         apps = [params.app]
     else:
-        apps = [r.name for r in await ctx.store.list_apps()]
+        apps = [r.name for r in await ctx.store.list_apps() if ctx.caller.may_see(r.name)]
     rows = [row for app in apps for row in await ctx.processes.report_detailed(app)]
     return Result(_table(rows), rows)

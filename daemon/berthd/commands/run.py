@@ -44,7 +44,9 @@ def job_data(job: JobRecord) -> dict[str, object]:
     return dict(data)
 
 
-@REGISTRY.command("run", summary="run the app once; streams its output", mutating=False, streaming=True)
+@REGISTRY.command(
+    "run", summary="run the app once; streams its output", mutating=False, streaming=True, runs_code=True
+)
 async def run(ctx: Context, params: RunParams) -> Result:
     record = await load_app(ctx, params.app)
     await check_host_meets(ctx, params.app, record.settings, record.source.kind)
@@ -73,7 +75,7 @@ async def run(ctx: Context, params: RunParams) -> Result:
 async def jobs_list(ctx: Context, params: JobsParams) -> Result:
     if params.app is not None:
         await load_app(ctx, params.app)
-    jobs = await ctx.store.list_jobs(params.app)
+    jobs = [j for j in await ctx.store.list_jobs(params.app) if ctx.caller.may_see(j.app)]
     lines = [f"{j.id}  {j.app}  {j.state}  exit={j.exit_code}  {j.duration_s}s" for j in jobs]
     return Result("\n".join(lines), [job_data(j) for j in jobs])
 
@@ -81,6 +83,6 @@ async def jobs_list(ctx: Context, params: JobsParams) -> Result:
 @REGISTRY.command("jobs:info", summary="one past run", mutating=False)
 async def jobs_info(ctx: Context, params: JobParams) -> Result:
     job = await ctx.store.get_job(params.job)
-    if job is None:
+    if job is None or not ctx.caller.may_see(job.app):  # another's job: as if there were none
         raise not_found(f"no job {params.job}")
     return Result(f"{job.id}: {describe_job(job)}\noutput: {job.output_dir}", job_data(job))

@@ -20,14 +20,13 @@ import trio
 from berthd.apps.launch import check_cwd_allowed, sanitise_args
 from berthd.apps.settings import (
     check_cwd,
-    check_executable,
     check_mount,
     check_restart_policy,
     check_timeout,
     check_user,
     parse_pairs,
 )
-from berthd.commands.apps import app_for_source
+from berthd.commands.apps import app_for_source, check_local_executable, settings_for
 from berthd.errors import CommandError
 from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
@@ -134,7 +133,7 @@ async def begin_deploy(
     """Options checked, the app made if new and its source marked pending; then the global lock is let go
     (what follows waits on the network or a build)."""
     existing = await ctx.store.get_app(app)
-    settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    settings, env = apply_options(settings_for(ctx, existing), options)
     await check_host_meets(ctx, app, settings, kind)
     await check_cwd_place(ctx, app, settings, existing.source.detail if existing else {})
     record, _ = await app_for_source(ctx, app)
@@ -254,11 +253,17 @@ class FromLocalParams(SourceOptions, kw_only=True):
     positional = ("app", "executable")
 
 
-@REGISTRY.command("apps:from-local", summary="run an executable already on this host", mutating=True)
+@REGISTRY.command(
+    "apps:from-local",
+    summary="run an executable already on this host",
+    mutating=True,
+    creates_app=True,
+    runs_code=True,
+)
 async def from_local(ctx: Context, params: FromLocalParams) -> Result:
-    executable = await trio.to_thread.run_sync(check_executable, params.executable)
+    executable = await check_local_executable(ctx, params.executable)
     existing = await ctx.store.get_app(params.app)
-    base = existing.settings if existing else AppSettings()
+    base = settings_for(ctx, existing)
     settings, env = apply_options(msgspec.structs.replace(base, executable=executable), params)
     await check_host_meets(ctx, params.app, settings, "local")
     await check_cwd_place(ctx, params.app, settings, {})

@@ -27,14 +27,14 @@ from typing import Annotated
 import msgspec
 import trio
 
-from berthd.commands.apps import app_for_source
+from berthd.commands.apps import app_for_source, settings_for
 from berthd.commands.sources import SourceOptions, apply_options, check_cwd_place, check_host_meets, go_live
 from berthd.errors import CommandError, invalid_argument, not_found
 from berthd.log import LOG
 from berthd.server.context import Context, Services
 from berthd.server.params import AppName, Params
 from berthd.server.registry import REGISTRY, Result
-from berthd.store.records import AppSettings, AppSource, UploadRecord
+from berthd.store.records import AppSource, UploadRecord
 
 FILENAME = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
 SESSION = re.compile(r"^up-[A-Za-z0-9_-]{16}$")
@@ -85,13 +85,24 @@ class SessionParams(Params):
 
 async def load_session(ctx: Context, session: str) -> UploadRecord:
     upload = await ctx.store.get_upload(session) if SESSION.match(session) else None
+    caller = ctx.caller
+    if (
+        upload is not None
+        and not caller.unlimited
+        and (upload.uid != ctx.peer.uid or not caller.may_see(upload.app))
+    ):
+        upload = None  # under the access rules, another caller's upload is as if there were none
     if upload is None:
         raise not_found(f"no upload session {session!r} (finished, aborted or expired?)")
     return upload
 
 
 @REGISTRY.command(
-    "upload:begin", summary="start a chunked upload of an executable; data.session_id", mutating=True
+    "upload:begin",
+    summary="start a chunked upload of an executable; data.session_id",
+    mutating=True,
+    creates_app=True,
+    runs_code=True,
 )
 async def begin(ctx: Context, params: BeginParams) -> Result:
     check_filename(params.filename)
@@ -104,7 +115,7 @@ async def begin(ctx: Context, params: BeginParams) -> Result:
     if params.total_chunks > params.total_size:
         raise invalid_argument("more chunks than bytes")
     existing = await ctx.store.get_app(params.app)
-    checked, _ = apply_options(existing.settings if existing else AppSettings(), params)  # refused now
+    checked, _ = apply_options(settings_for(ctx, existing), params)  # refused now
     await check_cwd_place(ctx, params.app, checked, existing.source.detail if existing else {})
     await _check_room(ctx, params.app, params.total_size)
     options = msgspec.json.encode(params)
@@ -277,7 +288,7 @@ async def end(ctx: Context, params: SessionParams) -> Result:
         raise invalid_argument(f"upload rejected, {what}; the session and its data were removed")
     options = msgspec.json.decode(upload.options, type=BeginParams)
     existing = await ctx.store.get_app(upload.app)
-    settings, env = apply_options(existing.settings if existing else AppSettings(), options)
+    settings, env = apply_options(settings_for(ctx, existing), options)
     try:
         await check_host_meets(ctx, upload.app, settings, "upload")
         await check_cwd_place(ctx, upload.app, settings, existing.source.detail if existing else {})

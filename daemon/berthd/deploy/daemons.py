@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -56,6 +56,8 @@ HOST_FORMS = (
 
 class RegisterParams(Params):
     """`daemons:register`: exactly the arguments and options of `occ app_api:daemon:register`."""
+
+    daemon_fields: ClassVar[tuple[str, ...]] = ("name",)
 
     name: str
     display_name: str

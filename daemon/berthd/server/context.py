@@ -11,6 +11,7 @@ from typing import TypeVar, TypeVarTuple, Unpack
 import trio
 
 from berth.messages import Event
+from berthd.access.rules import CallerView, RuleSet
 from berthd.config import Config
 from berthd.host.capabilities import CapabilityCache
 from berthd.server.lock import CommandLock
@@ -40,6 +41,7 @@ class Services:
     source_locks: dict[str, trio.Lock] = field(default_factory=dict)
     deploy_threads: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(DEPLOY_THREADS))
     deploy_shares: dict[int, trio.CapacityLimiter] = field(default_factory=dict)
+    rules: RuleSet = field(default_factory=RuleSet)  # replaced whole when the config is reloaded
 
     def app_dir(self, app: str) -> Path:
         return self.data_dir / "apps" / app
@@ -76,6 +78,13 @@ class Context:
     emit: Emit = _discard
     unlock: Callable[[], None] | None = None  # set while a state-changing command holds the lock
     client_gone: Callable[[], bool] = lambda: False  # noqa: E731 - has the client closed the connection?
+    access: CallerView | None = None  # what the access rules let this caller see and use
+
+    @property
+    def caller(self) -> CallerView:
+        if self.access is None:
+            self.access = CallerView(self.services.rules, self.peer)
+        return self.access
 
     @property
     def store(self) -> Store:

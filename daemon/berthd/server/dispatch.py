@@ -16,6 +16,8 @@ import msgspec
 from berth.framing import TooLong
 from berth.messages import QueuedEvent, Response, encode_line
 from berth.request import Request, RequestError, parse_request
+from berthd.access import enforce as access
+from berthd.access.rules import CallerView
 from berthd.errors import CommandError
 from berthd.log import COMMAND_LOG, LOG
 from berthd.server.context import Context, Emit, Services
@@ -74,6 +76,7 @@ class Outcome:
     output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
     scrubber: Scrubber = NO_SECRETS
+    rule: str | None = None  # the access rule that decided, when rules are set
 
 
 async def _run(
@@ -93,8 +96,18 @@ async def _run(
     except CommandError as exc:
         return Outcome(_failed(exc), f"{command.name} <arguments not understood>")
     shown = " ".join([command.name, *bound.redacted])
-    ctx = Context(services, peer, emit, client_gone=client_gone)
     outcome = Outcome(Response(False, ""), shown, command.output_size_only, scrubber=bound.scrubber)
+    rules = services.rules  # one set of rules for the whole request, even if a reload comes meanwhile
+    touches = None  # what the rules judged, when they had to
+    decision = None
+    if rules.active and not peer.is_root:
+        touches = bound.params.touches()
+        decision = rules.decide(peer, access.request_of(command, touches, peer))
+        outcome.rule = decision.rule.label if decision.rule else None
+        if not decision.allowed:
+            outcome.response = _failed(access.refusal(rules, peer, command, touches.app, decision))
+            return outcome
+    ctx = Context(services, peer, emit, client_gone=client_gone, access=CallerView(rules, peer, decision))
 
     async def queued(position: int) -> None:
         if command.streaming:
@@ -111,10 +124,14 @@ async def _run(
 
             ctx.unlock = unlock
             try:
+                if touches is not None:  # under the lock: the app cannot change before the handler runs
+                    await access.check_app_owner(ctx, command, touches)
                 result = await command.handler(ctx, bound.params)
             finally:
                 ctx.release_lock()
         else:
+            if touches is not None:
+                await access.check_app_owner(ctx, command, touches)
             result = await command.handler(ctx, bound.params)
     except CommandError as exc:
         outcome.response = _failed(exc)

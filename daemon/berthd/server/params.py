@@ -23,11 +23,40 @@ from berthd.server.redaction import NO_SECRETS, Scrubber, secret_values, shown
 PAIR_METAVAR = "KEY=VALUE"
 
 
+@dataclass(frozen=True, slots=True)
+class Touches:
+    """What a request names that the access rules judge: an app, deploy daemons, an account to run as."""
+
+    app: str | None = None
+    daemons: tuple[str, ...] = ()
+    user: str | None = None
+
+
+AUTO_DAEMON = "auto"  # `--daemon auto`: placed by requirements, among the daemons the caller may use
+
+
 class Params(msgspec.Struct, forbid_unknown_fields=True):
     positional: ClassVar[tuple[str, ...]] = ()
     rest: ClassVar[str | None] = None
     secret: ClassVar[frozenset[str]] = frozenset()
     metavars: ClassVar[dict[str, str]] = {}
+    daemon_fields: ClassVar[tuple[str, ...]] = ("daemon",)  # the fields that name a deploy daemon
+    # after this many words, every token (options too) is a word of the last positional field: the
+    # arguments of another command, as `access:check COMMAND ARG ...` takes them
+    verbatim_after: ClassVar[int | None] = None
+
+    def touches(self) -> Touches:
+        """The app (field `app`), deploy daemons (`daemon_fields`) and account (`user`) it names."""
+        app = getattr(self, "app", None)
+        daemons = tuple(
+            value
+            for name in self.daemon_fields
+            if isinstance(value := getattr(self, name, None), str) and value != AUTO_DAEMON
+        )
+        user = getattr(self, "user", None)
+        return Touches(
+            app if isinstance(app, str) else None, daemons, user if isinstance(user, str) else None
+        )
 
 
 class NoParams(Params):
@@ -150,6 +179,9 @@ def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
     rest_spec = next((s for s in specs if s.kind == "rest"), None)
     index = 0
     while index < len(tokens):
+        if cls.verbatim_after is not None and len(words) >= cls.verbatim_after:
+            words.extend(tokens[index:])
+            break
         token = tokens[index]
         index += 1
         if token == "--":

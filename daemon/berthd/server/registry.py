@@ -36,6 +36,8 @@ class Command:
     secret_output: bool = False  # the answer holds secrets (config values)
     app_output: bool = False  # the answer holds an app's own output (its logs)
     aliases: tuple[str, ...] = ()
+    creates_app: bool = False  # makes its app when it does not exist
+    runs_code: bool = False  # runs, builds or changes what an app runs (its code, settings, environment)
 
     @property
     def output_size_only(self) -> bool:
@@ -66,6 +68,8 @@ class Registry:
         secret_output: bool = False,
         app_output: bool = False,
         aliases: tuple[str, ...] = (),
+        creates_app: bool = False,
+        runs_code: bool = False,
     ) -> Callable[[H], H]:
         """Register a handler `async def f(ctx: Context, params: SomeParams) -> Result`."""
 
@@ -75,7 +79,17 @@ class Registry:
             if not (isinstance(params_type, type) and issubclass(params_type, Params)):
                 raise TypeError(f"handler for {name} needs a `params: <Params subclass>` argument")
             cmd = Command(
-                name, handler, params_type, summary, mutating, streaming, secret_output, app_output, aliases
+                name,
+                handler,
+                params_type,
+                summary,
+                mutating,
+                streaming,
+                secret_output,
+                app_output,
+                aliases,
+                creates_app,
+                runs_code,
             )
             for key in (name, *aliases):
                 if key in self._names:

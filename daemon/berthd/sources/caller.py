@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import shlex
 import shutil
 import signal
@@ -84,7 +83,30 @@ def open_file(caller: Caller, path: str, shown: str) -> int:
     return fd
 
 
-def _open_in_child(caller: Caller, path: str) -> int:
+def check_executable_as(caller: Caller, path: str) -> None:
+    """The caller could run the program at `path`: every folder on the way searched, and the file itself
+    a regular file it may execute, judged with the caller's rights (a caller other than root learns
+    nothing about paths it may not reach: one answer for missing and forbidden)."""
+    if caller.is_root:
+        return
+    fd = _open_in_child(caller, path, os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        raise NotReadable(f"invalid executable {path!r}: there is no such file, or you may not run it")
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if info.st_uid == caller.uid:
+        bit = stat.S_IXUSR
+    elif info.st_gid in caller.groups:
+        bit = stat.S_IXGRP
+    else:
+        bit = stat.S_IXOTH
+    if not stat.S_ISREG(info.st_mode) or not info.st_mode & bit:
+        raise NotReadable(f"invalid executable {path!r}: there is no such file, or you may not run it")
+
+
+def _open_in_child(caller: Caller, path: str, flags: int = OPEN_FLAGS) -> int:
     """The descriptor the child opened as the caller, or -1 when it could not."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
@@ -103,7 +125,7 @@ def _open_in_child(caller: Caller, path: str) -> int:
                 os.setresgid(caller.gid, caller.gid, caller.gid)
                 os.setresuid(caller.uid, caller.uid, caller.uid)
                 try:
-                    fd = os.open(path, OPEN_FLAGS)
+                    fd = os.open(path, flags)
                 except OSError:
                     theirs.sendall(b"-")
                 else:

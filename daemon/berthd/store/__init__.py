@@ -116,8 +116,8 @@ class Store:
         )
 
     @threaded
-    def create_app(self, name: str) -> AppRecord:
-        record = AppRecord(name, time.time(), AppSettings(), AppSource())
+    def create_app(self, name: str, settings: AppSettings | None = None) -> AppRecord:
+        record = AppRecord(name, time.time(), settings or AppSettings(), AppSource())
         with self._write() as conn:
             try:
                 conn.execute(

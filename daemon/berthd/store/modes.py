@@ -51,6 +51,8 @@ def app_group(user: str | None) -> int:
         name, _, group = user.partition(":")
         with contextlib.suppress(KeyError):
             return grp.getgrnam(group).gr_gid if group else pwd.getpwnam(name).pw_gid
+        if group.isdigit():  # ids the host has no account for
+            return int(group)
     return os.getegid()
 
 

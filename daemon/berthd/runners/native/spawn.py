@@ -74,6 +74,8 @@ class Identity:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
+            if name.isdigit() and group.isdigit():  # ids with no account: no other groups, no home
+                return cls(name, int(name), int(group), (int(group),), "/")
             raise SpawnError(f"no user {name!r} on this host") from None
         gid = entry.pw_gid
         if group:

@@ -1,0 +1,1 @@
+"""Who may do what: the access rules and the audit log."""
