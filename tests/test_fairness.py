@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from berthd.config import ConfigError, load_config
+from berthd.config import Config, ConfigError, load_config
 from berthd.main import build_parser
 from berthd.server.fairness import CommandRates
 from tests.daemon_proc import Berthd
@@ -269,7 +270,7 @@ def test_a_line_of_any_kind_over_the_bound_is_not_run_and_is_answered_busy(
 
 
 def test_the_bucket_allows_the_burst_then_one_command_each_token(tmp_path: Path) -> None:
-    rates = CommandRates(rate=10.0, burst=3)
+    rates = CommandRates(Config(commands_per_second_per_uid=10.0, command_burst_per_uid=3))
     assert [rates.take(7, 100.0) for _ in range(3)] == [None, None, None]
     assert rates.take(7, 100.0) == pytest.approx(0.1)
     assert rates.take(7, 100.05) is not None
@@ -279,7 +280,7 @@ def test_the_bucket_allows_the_burst_then_one_command_each_token(tmp_path: Path)
 
 
 def test_callers_refused_at_once_are_given_turns_one_token_apart() -> None:
-    rates = CommandRates(rate=10.0, burst=1)
+    rates = CommandRates(Config(commands_per_second_per_uid=10.0, command_burst_per_uid=1))
     assert rates.take(7, 50.0) is None
     waits = [rates.take(7, 50.0) for _ in range(4)]
     assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4])
@@ -289,7 +290,7 @@ def test_callers_refused_at_once_are_given_turns_one_token_apart() -> None:
 
 
 def test_the_bucket_of_a_uid_with_no_connection_goes_once_it_is_full_again() -> None:
-    rates = CommandRates(rate=10.0, burst=5)
+    rates = CommandRates(Config(commands_per_second_per_uid=10.0, command_burst_per_uid=5))
     for uid in range(1, 101):
         rates.take(uid, 10.0)
     rates.forget(1, 10.0)
@@ -316,3 +317,29 @@ def test_the_bounds_come_from_the_flags_over_the_environment_over_the_defaults()
     for flags in ({"commands_per_second_per_uid": 0}, {"command_burst_per_uid": 0}):
         with pytest.raises(ConfigError):
             load_config(None, {}, flags)
+
+
+@NEEDS_ROOT
+def test_a_reload_changes_the_bounds_at_once_and_keeps_the_connections(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, agents: Callable[[int, Path], Agent]
+) -> None:
+    config = reachable_tmp / "berthd.toml"
+    config.write_text("commands_per_second_per_uid = 0.2\ncommand_burst_per_uid = 2\n")
+    daemon = start_berthd(root=reachable_tmp, extra_args=["--socket-mode", "0666", "--config", str(config)])
+    caller = agents(FLOODER, daemon.socket)
+    caller.connect(2)
+    assert caller.answers(0, "ping\nping\n") == [PONG, PONG]
+    busy_wait(caller.ask(1, "ping"), FLOODER, "0.2", 2)
+    config.write_text("commands_per_second_per_uid = 100\ncommand_burst_per_uid = 50\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP: config reloaded" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.6)  # at 100 a second the bucket is full again by now, at 0.2 it would hold a token at most
+    again = caller.answers(0, ping_lines("r", 60))
+    assert again[:50] == [{**PONG, "id": f"r-{i}"} for i in range(50)]
+    assert any(not answer["ok"] for answer in again[50:]), again[50:]
+    for answer in again[50:]:
+        if not answer["ok"]:
+            busy_wait(answer, FLOODER, "100", 50)

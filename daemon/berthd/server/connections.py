@@ -174,9 +174,7 @@ class Server:
         self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         self.connections: set[Connection] = set()
         self.per_uid: Counter[int] = Counter()
-        self.rates = CommandRates(
-            services.config.commands_per_second_per_uid, services.config.command_burst_per_uid
-        )
+        self.rates = CommandRates(services.config)
         self.names = PeerNames()
         self.draining = False
         self._accept_scope = trio.CancelScope()

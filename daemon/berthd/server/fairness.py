@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from berth.messages import Response
+from berthd.config import Config
 
 ROOT_UID = 0
 WHOLE_TOKEN = 1.0 - 1e-9  # a caller back exactly at its turn finds its token, whatever the float rounding
@@ -33,32 +34,43 @@ class _Bucket:
 
 
 class CommandRates:
-    """One token bucket per uid (root has none: it is never limited). Times are `time.perf_counter()`'s."""
+    """One token bucket per uid (root has none: it is never limited). Times are `time.perf_counter()`'s.
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._interval = 1.0 / rate
+    The bounds are read from `config` at each command, so a reload (SIGHUP) changes them at once."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
         self._buckets: dict[int, _Bucket] = {}
         self._leaving: set[int] = set()  # uids with no connection left whose bucket is not full yet
+
+    @property
+    def rate(self) -> float:
+        return self.config.commands_per_second_per_uid
+
+    @property
+    def burst(self) -> int:
+        return self.config.command_burst_per_uid
 
     def take(self, uid: int, now: float) -> float | None:
         """One command of `uid` at `now`: None when it may run, else the seconds until its turn."""
         if uid == ROOT_UID:
             return None
+        config = self.config
+        burst = config.command_burst_per_uid
         bucket = self._buckets.get(uid)
         if bucket is None:
-            self._buckets[uid] = _Bucket(self.burst - 1.0, now)
+            self._buckets[uid] = _Bucket(burst - 1.0, now)
             return None
-        tokens = bucket.tokens + (now - bucket.stamp) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
+        rate = config.commands_per_second_per_uid
+        tokens = bucket.tokens + (now - bucket.stamp) * rate
+        if tokens > burst:
+            tokens = burst
         bucket.stamp = now
         if tokens >= WHOLE_TOKEN:
             bucket.tokens = tokens - 1.0
             return None
         bucket.tokens = tokens
-        turn = max(now + (1.0 - tokens) * self._interval, bucket.last_turn + self._interval)
+        turn = max(now + (1.0 - tokens) / rate, bucket.last_turn + 1.0 / rate)
         bucket.last_turn = turn
         return turn - now
 
