@@ -343,3 +343,19 @@ def test_a_reload_changes_the_bounds_at_once_and_keeps_the_connections(
     for answer in again[50:]:
         if not answer["ok"]:
             busy_wait(answer, FLOODER, "100", 50)
+
+
+@NEEDS_ROOT
+def test_a_connection_waiting_for_its_turn_with_a_line_to_answer_is_not_idle(
+    start_berthd: Callable[..., Berthd], reachable_tmp: Path, agents: Callable[[int, Path], Agent]
+) -> None:
+    options = ["--socket-mode", "0666", "--idle-timeout", "1.5"]
+    options += ["--commands-per-second-per-uid", "0.5", "--command-burst-per-uid", "1"]
+    daemon = start_berthd(root=reachable_tmp, extra_args=options)
+    caller = agents(FLOODER, daemon.socket)
+    caller.connect()
+    assert caller.ask(0, "ping") == PONG
+    assert busy_wait(caller.ask(0, "ping"), FLOODER, "0.5", 1) > 1.5
+    # sent at once, read when its turn comes, past the idle timeout: answered, and the connection kept
+    assert caller.ask(0, '{"cmd": "ping", "id": 1}') == {**PONG, "id": 1}
+    assert "idle for" not in daemon.log()

@@ -119,9 +119,9 @@ class Connection:
         for line in lines:
             if self.gone:
                 return
+            self.idle_since = None  # (a connection told to wait, with a line waiting, is not idle either)
             if self.pace is not None and self.pace.resume_at:
                 await self._rest(self.pace)
-            self.idle_since = None
             if await self._answer(line):
                 idle_since = trio.current_time()
         # a blank line, or a part of one, is no command: the idle time runs on from the last answer

@@ -109,7 +109,7 @@ class Pace:
         wait = self.rates.take(self.uid, now)
         if wait is None:
             return None
-        shown = math.ceil(wait * 100 - 1e-6) / 100  # hundredths, rounded up: never a wait of "0.00 s"
+        shown = max(0.01, math.ceil(wait * 100 - 1e-6) / 100)  # hundredths, rounded up: never "0.00 s"
         self.resume_at = now + shown
         rates = self.rates
         return Response(
