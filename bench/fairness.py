@@ -38,7 +38,8 @@ FLOODER, MEASURER = 4101, 4102
 FLOOD_CONNECTIONS = 16
 FLOOD_LINE = b"ping\n"  # the cheapest command: the most answers a second, the hardest on the event loop
 FLOOD_WRITE = FLOOD_LINE * 1024  # what the flooder sends each time a socket will take more
-FLOOD_TIME_LIMIT = 120.0  # a flooder that is never told to stop stops by itself
+FLOOD_TIME_LIMIT = 120.0  # a flooder that is never told to stop stops by itself,
+FLOOD_MAX_WRITES = 1_000_000  # as does one that has written this many times
 FLOOD_WARMUP = 1.0  # seconds of flood before the measurer starts: past the flooder's burst
 SETTLE = 0.5  # seconds after a flood before the next idle round
 ROUNDS = 3
@@ -77,7 +78,8 @@ def flood(path: Path, control: Control) -> FloodCount:
     selector.register(control, selectors.EVENT_READ)
     count, started = FloodCount(), time.perf_counter()
     deadline = started + FLOOD_TIME_LIMIT
-    while not control.stopped() and time.perf_counter() < deadline:
+    writes = 0
+    while not control.stopped() and time.perf_counter() < deadline and writes < FLOOD_MAX_WRITES:
         for key, events in selector.select(timeout=0.1):
             if not isinstance(key.fileobj, socket.socket):
                 continue  # the control pipe: the loop's test reads it
@@ -85,6 +87,7 @@ def flood(path: Path, control: Control) -> FloodCount:
             if events & selectors.EVENT_WRITE:
                 with contextlib.suppress(BlockingIOError):
                     sock.send(FLOOD_WRITE)
+                    writes += 1
             if events & selectors.EVENT_READ:
                 data = sock.recv(1 << 16)
                 if not data:
