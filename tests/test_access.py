@@ -6,6 +6,7 @@ tests, each calling through socat run as that user (its uid, gid and groups, fro
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -90,6 +91,32 @@ def ask(daemon: Berthd, user: User, *commands: str | dict[str, Any]) -> list[dic
 
 def one(daemon: Berthd, user: User, command: str | dict[str, Any]) -> dict[str, Any]:
     return ask(daemon, user, command)[0]
+
+
+class Connection:
+    """One connection kept open by a process of `user`: a command, its answer, another..."""
+
+    def __init__(self, daemon: Berthd, user: User) -> None:
+        self.client = subprocess.Popen(
+            ["socat", "-t", "30", "-", f"UNIX-CONNECT:{daemon.socket}"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, user=user.uid, group=user.gid,
+            extra_groups=os.getgrouplist(user.name, user.gid),
+        )  # fmt: skip
+
+    def send(self, line: str) -> dict[str, Any]:
+        assert self.client.stdin is not None and self.client.stdout is not None
+        self.client.stdin.write(line.encode() + b"\n")
+        self.client.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.client.stdout.readline())
+        return answer
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.client.stdin is not None
+        self.client.stdin.close()
+        self.client.wait(10)
 
 
 def test_a_caller_may_do_what_its_rule_allows_and_nothing_else(
@@ -255,20 +282,8 @@ def test_a_reload_takes_effect_on_an_open_connection(
     daemon: Berthd, config: Path, people: tuple[User, User, User]
 ) -> None:
     alice, bob, ops = people
-    client = subprocess.Popen(
-        ["socat", "-t", "30", "-", f"UNIX-CONNECT:{daemon.socket}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        user=alice.uid, group=alice.gid, extra_groups=os.getgrouplist(alice.name, alice.gid),
-    )  # fmt: skip
-    assert client.stdin is not None and client.stdout is not None
-
-    def send(line: str) -> dict[str, Any]:
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(line.encode() + b"\n")
-        client.stdin.flush()
-        answer: dict[str, Any] = json.loads(client.stdout.readline())
-        return answer
-
-    try:
+    with Connection(daemon, alice) as connection:
+        send = connection.send
         assert send("version")["error"] == "forbidden"
         config.write_text(config.read_text().replace('"access:check",', '"access:check", "version",'))
         os.kill(daemon.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
@@ -284,9 +299,6 @@ def test_a_reload_takes_effect_on_an_open_connection(
         assert "was not reloaded" in daemon.log() and "line" in daemon.log().split("was not reloaded")[1]
         assert send("version")["ok"]
         assert send(f"apps:create {bob.name}-no")["error"] == "forbidden"
-    finally:
-        client.stdin.close()
-        client.wait(10)
     assert daemon.call("ping").ok
 
 
@@ -403,3 +415,67 @@ def test_without_rules_a_new_app_runs_as_its_maker_and_anyone_may_do_anything(
     )  # what the socket's mode lets through is root: the reason for rules
     assert as_root["ok"] and ran_as_root["ok"], (as_root, ran_as_root)
     assert (Path(ran_as_root["data"]["output_dir"]) / "stdout.txt").read_text().strip() == "0"
+
+
+def test_a_group_the_caller_is_not_in_is_someone_else(
+    daemon: Berthd, people: tuple[User, User, User]
+) -> None:
+    alice, bob, _ = people
+    app = f"{alice.name}-grp"
+    assert one(daemon, alice, f"apps:from-local {app} /bin/sh -- -c 'id -g; id -G'")["ok"]
+    for group in ("shadow", "root", "0", group_of(bob), str(bob.gid)):
+        for command in (f"apps:set {app} user {alice.name}:{group}",
+                        f"apps:from-local {alice.name}-g2 /bin/true --user {alice.name}:{group}"):  # fmt: skip
+            answer = one(daemon, alice, command)
+            assert answer["error"] == "forbidden", (command, answer)
+    assert one(daemon, alice, f"apps:set {app} user {alice.name}:{group_of(alice)}")["ok"]  # one of hers
+    ran = one(daemon, alice, f"run {app}")
+    assert (Path(ran["data"]["output_dir"]) / "stdout.txt").read_text().split()[0] == str(alice.extra_gid)
+
+
+def test_an_upload_ends_only_into_an_app_the_caller_may_deploy_to(
+    daemon: Berthd, people: tuple[User, User, User]
+) -> None:
+    alice, _, _ = people
+    app = f"{alice.name}-later"
+    data = b"#!/bin/sh\nid -u\n"
+    begun = one(daemon, alice, f"upload:begin {app} run.sh {len(data)} 1")
+    assert begun["ok"], begun
+    session = begun["data"]["session_id"]
+    assert daemon.call(["apps:from-local", app, "/bin/sleep", "--", "100"]).ok  # root's, meanwhile
+    chunk, ended = ask(
+        daemon, alice, f"upload:chunk {session} 0 {base64.b64encode(data).decode()}", f"upload:end {session}"
+    )
+    assert chunk["ok"], chunk
+    assert ended["error"] == "forbidden" and "runs as berthd's own user" in ended["output"], ended
+    assert daemon.call(f"apps:info {app}").data["source"] == "local"  # root's app, untouched
+
+
+def test_an_app_that_runs_as_another_is_seen_but_not_acted_on(
+    daemon: Berthd, people: tuple[User, User, User]
+) -> None:
+    alice, bob, _ = people
+    app = f"{alice.name}-shared"
+    assert daemon.call(["apps:from-local", app, "/bin/sleep", "--user", bob.name, "--", "100"]).ok
+    assert daemon.call(["config:set", app, "DBPASS=hunter2"]).ok
+    info, report = ask(daemon, alice, f"apps:info {app}", f"ps:report {app}")
+    assert info["ok"] and report["ok"], (info, report)
+    for command in (f"config:show {app}", f"config:get {app} DBPASS", f"logs {app}", f"ps:stop {app}",
+                    f"ps:set {app} restart-policy no", f"apps:destroy {app} --force", f"ps:start {app}"):  # fmt: skip
+        answer = one(daemon, alice, command)
+        assert answer["error"] == "forbidden" and "hunter2" not in json.dumps(answer), (command, answer)
+    assert daemon.call(f"apps:info {app}").ok
+
+
+def test_a_caller_removed_from_a_group_loses_its_rule_on_an_open_connection(
+    daemon: Berthd, people: tuple[User, User, User]
+) -> None:
+    _, _, ops = people
+    with Connection(daemon, ops) as connection:
+        assert connection.send("apps:list")["ok"]
+        subprocess.run(["gpasswd", "--delete", ops.name, group_of(ops)], check=True, capture_output=True)
+        try:
+            time.sleep(6)  # past the 5 s the system's answer is kept
+            assert connection.send("apps:list")["error"] == "forbidden"
+        finally:
+            subprocess.run(["gpasswd", "--add", ops.name, group_of(ops)], check=True, capture_output=True)

@@ -323,6 +323,7 @@ def test_a_failed_deploy_whose_release_cannot_be_removed_is_still_recorded(
     repo = repository_of(tmp_path / "repo", {"Procfile": PROCFILE.decode()})
     # a build as root (no --user) leaves a file not even root may remove, then fails
     build = "touch stuck && chattr +i stuck && exit 3"
+    assert daemon.call("apps:create unremovable").ok  # not its first deploy: the failure is recorded
     answer = daemon.call(["git:sync", "unremovable", f"file://{repo}", "--build-cmd", build])
     app_dir = daemon.data_dir / "apps" / "unremovable"
     stuck = [release / "stuck" for release in (app_dir / "releases").iterdir()]

@@ -281,13 +281,19 @@ def test_an_unregistered_daemon_is_refused(engine: Berthd) -> None:
     assert engine.call("apps:list").data == []
 
 
-def test_a_missing_image_fails_cleanly(engine: Berthd, docker_client: docker.DockerClient) -> None:
+def test_an_image_neither_on_the_engine_nor_pullable_is_refused_at_once(
+    engine: Berthd, docker_client: docker.DockerClient
+) -> None:
     deploy(engine, "ghost")
-    engine.call(["git:from-image", "ghost", "berth-test/does-not-exist:1"])
-    answer = engine.call("ps:start ghost")
-    assert (answer.ok, answer.error) == (False, "unavailable")
-    assert "does-not-exist" in answer.output
-    assert not docker_client.containers.list(all=True, filters={"name": "nc_app_ghost"})
+    before = engine.call("apps:info ghost").data["source_detail"]
+    answer = engine.call(["git:from-image", "ghost", "berth-test/does-not-exist:1"])
+    assert (answer.ok, answer.error) == (False, "unavailable"), answer
+    assert "berth-test/does-not-exist:1 is not on the engine, and it cannot be pulled" in answer.output
+    assert engine.call("apps:info ghost").data["source_detail"] == before  # the app keeps its image
+    new = engine.call(["git:from-image", "phantom", "berth-test/does-not-exist:1"])
+    assert new.error == "unavailable"
+    assert "phantom" not in engine.call("apps:list").output  # nothing made for nothing
+    assert not docker_client.containers.list(all=True, filters={"name": "nc_app_phantom"})
 
 
 def test_an_engine_gone_mid_test_is_unavailable(
@@ -297,12 +303,11 @@ def test_an_engine_gone_mid_test_is_unavailable(
     assert berthd.call(
         ["daemons:register", "gone", "Gone", "docker-install", "http", str(dead), NC_URL, "--set-default"]
     ).ok
-    assert berthd.call(["git:from-image", "orphan", BUSYBOX_IMAGE]).ok
-    answer = berthd.call("ps:start orphan")
-    assert (answer.ok, answer.error) == (False, "unavailable")
-    assert "gone" in answer.output
+    answer = berthd.call(["git:from-image", "orphan", BUSYBOX_IMAGE])
+    assert (answer.ok, answer.error) == (False, "unavailable"), answer
+    assert "deploy daemon gone is unavailable" in answer.output and answer.data == {"daemon": "gone"}
     assert berthd.call("ping").output == "pong"
-    assert berthd.call("apps:list").ok
+    assert berthd.call("apps:list").data == []  # no app that could not run
 
 
 def test_placement_picks_the_daemon_whose_engine_meets_the_requirements(

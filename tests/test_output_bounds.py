@@ -168,7 +168,7 @@ def test_a_procfile_over_the_limits_is_an_invalid_procfile(berthd: Berthd, tmp_p
             answer = berthd.call(["git:from-archive", name, f"file://{tmp_path}/{name}.tar.gz"])
         assert (answer.ok, answer.error) == (False, "invalid_argument"), answer
         assert "longer than" in answer.output or "larger than" in answer.output, answer.output
-        assert berthd.call(f"apps:info {name}").data["source_detail"]["status"] == "invalid procfile"
+        assert berthd.call(f"apps:info {name}").error == "not_found"  # a first deploy: nothing stays
         assert pinger.worst < 1.0
 
 

@@ -178,8 +178,8 @@ def test_a_build_whose_release_its_user_cannot_reach_fails_clearly(
     assert answer.ok is False
     assert "build failed" in answer.output
     assert "cannot enter working directory" in answer.output and f"as {user.name}" in answer.output
-    info = daemon.call("apps:info unreachable")
-    assert "build failure" in info.output or "build failure" in str(info.data)
+    assert "nothing of unreachable was kept" in answer.output
+    assert daemon.call("apps:info unreachable").error == "not_found"
 
 
 def test_an_uploaded_executable_runs_as_its_user_from_a_folder_open_to_its_group(

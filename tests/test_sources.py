@@ -468,12 +468,9 @@ def test_bad_archives_are_refused_and_write_nothing_outside(
     assert (answer.ok, answer.error) == (False, "invalid_argument")
     assert message in answer.output, answer.output
     assert not (berthd.data_dir / "evil").exists() and not Path("/tmp/evil-absolute").exists()
-    app_dir = berthd.data_dir / "apps" / "badarc"
-    assert not (app_dir / "current").exists()
-    assert list((app_dir / "releases").iterdir()) == []
-    assert berthd.call("apps:info badarc").data["source_detail"]["status"] in (
-        "unpack failure", "no procfile", "invalid procfile",
-    )  # fmt: skip
+    assert "nothing of badarc was kept" in answer.output
+    assert not (berthd.data_dir / "apps" / "badarc").exists()  # a first deploy that failed: no app
+    assert berthd.call("apps:info badarc").error == "not_found"
 
 
 def test_a_zip_bomb_over_the_limit_is_refused(
@@ -487,7 +484,7 @@ def test_a_zip_bomb_over_the_limit_is_refused(
     assert (root / "bomb.zip").stat().st_size < 200_000
     answer = daemon.call(["git:from-archive", "bomb", f"{base}/bomb.zip"])
     assert answer.ok is False and "more than 1000000 bytes" in answer.output
-    assert list((daemon.data_dir / "apps" / "bomb" / "releases").iterdir()) == []
+    assert not (daemon.data_dir / "apps" / "bomb").exists()
 
 
 def test_a_zip_archive_deploys(berthd: Berthd, http_root: tuple[Path, str]) -> None:
@@ -503,7 +500,7 @@ def test_archive_download_failures(berthd: Berthd, http_root: tuple[Path, str]) 
     _, base = http_root
     missing = berthd.call(["git:from-archive", "dl", f"{base}/missing.tar.gz"])
     assert missing.ok is False and "HTTP 404" in missing.output
-    assert berthd.call("apps:info dl").data["source_detail"]["status"] == "download failure"
+    assert berthd.call("apps:info dl").error == "not_found"  # a first deploy that failed leaves no app
     assert berthd.call(["git:from-archive", "dl", "ftp://example.com/a.tar.gz"]).error == "invalid_argument"
     assert berthd.call(["git:from-archive", "dl", f"{base}/page.html"]).error == "invalid_argument"
 
@@ -528,9 +525,13 @@ def test_berthd_survives_a_slow_source_and_keeps_serving(berthd: Berthd, reposit
 def test_a_failed_build_is_not_half_created(berthd: Berthd, repository: Path) -> None:
     with pytest.raises(CommandFailed), Client(berthd.socket) as client:
         client.call(["git:sync", "half", f"file://{repository}", "--build-cmd", "exit 1"], check=True)
-    info = berthd.call("apps:info half").data
+    assert berthd.call("apps:info half").error == "not_found"  # its first deploy: nothing stays
+    assert not (berthd.data_dir / "apps" / "half").exists()
+    assert berthd.call(["git:sync", "half", f"file://{repository}"]).ok
+    with pytest.raises(CommandFailed), Client(berthd.socket) as client:
+        client.call(["git:sync", "half", f"file://{repository}", "--build-cmd", "exit 1"], check=True)
+    info = berthd.call("apps:info half").data  # a later one: the app stays as it was, with why
     assert info["source_detail"]["status"] == "build failure"
-    assert not (berthd.data_dir / "apps" / "half" / "current").exists()
 
 
 def test_credentials_in_urls_env_values_and_stdin_are_never_logged(berthd: Berthd, repository: Path) -> None:

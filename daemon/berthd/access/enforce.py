@@ -9,16 +9,34 @@ lock, just before the handler, so nothing changes the app in between.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 
-from berthd.access.rules import Decision, Request, RuleSet
+from berthd.access.rules import CallerView, Decision, Request, RuleSet
 from berthd.errors import CommandError, forbidden, not_found
 from berthd.runners.table import through_daemon
 from berthd.server.context import Context
 from berthd.server.params import Touches
 from berthd.server.peercred import Peer
-from berthd.server.registry import Command
+from berthd.server.registry import REGISTRY, Command
+
+
+def runs_as(spec: str | None, peer: Peer) -> bool:
+    """Would a process of account `spec` (`USER[:GROUP]`; empty: berthd's own) have no rights the caller
+    lacks: the caller's uid, and a group that is one of the caller's own?"""
+    if account_uid(spec) != peer.uid:
+        return False
+    group = (spec or "").partition(":")[2]
+    if not group:
+        return True  # the user's own primary group
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        if not group.isdigit():
+            return False
+        gid = int(group)
+    return gid == peer.gid or gid in peer.groups
 
 
 def account_uid(spec: str | None) -> int:
@@ -59,9 +77,24 @@ def caller_account(peer: Peer) -> str | None:
 
 def request_of(command: Command, touches: Touches, peer: Peer) -> Request:
     as_other = None
-    if touches.user is not None and account_uid(touches.user) != peer.uid:
+    if touches.user is not None and not runs_as(touches.user, peer):
         as_other = account_shown(touches.user)
     return Request(command.name, touches.app, touches.daemons, as_other)
+
+
+async def authorize(ctx: Context, command_name: str, touches: Touches) -> None:
+    """The rules judged again, for a handler that learns only now what a request touches (an upload's
+    app, at its end), as the dispatcher judges what a request names."""
+    rules, peer = ctx.services.rules, ctx.peer
+    if not rules.active or peer.is_root:
+        return
+    command = REGISTRY.lookup(command_name)
+    assert command is not None
+    decision = rules.decide(peer, request_of(command, touches, peer))
+    if not decision.allowed:
+        raise refusal(rules, peer, command, touches.app, decision)
+    ctx.access = CallerView(rules, peer, decision)
+    await check_app_owner(ctx, command, touches)
 
 
 def refusal(
@@ -77,11 +110,17 @@ def refusal(
     )
 
 
+def acts_for_owner(command: Command) -> bool:
+    """Does the command act as the app's owner would: run or change its code, change anything of it, or
+    read what only its owner should (its config values, its output)?"""
+    return command.runs_code or command.mutating or command.output_size_only
+
+
 async def check_app_owner(ctx: Context, command: Command, touches: Touches) -> None:
-    """A command that runs an existing app's code runs it as the app's user, and through the app's deploy
-    daemon: both must be the caller's to use."""
+    """An existing app's code runs as the app's user, through its deploy daemon: a command that acts as
+    the app's owner must be the caller's to give, unless the rule lets it act for others."""
     caller = ctx.caller
-    if caller.unlimited or not command.runs_code or touches.app is None:
+    if caller.unlimited or not acts_for_owner(command) or touches.app is None:
         return
     record = await ctx.store.get_app(touches.app)
     if record is None:
@@ -89,13 +128,13 @@ async def check_app_owner(ctx: Context, command: Command, touches: Touches) -> N
     rule = caller.decision.rule.label if caller.decision and caller.decision.rule else "no rule"
     data = {"rules": caller.rules.source, "rule": rule}
     owner = record.settings.user
-    if account_uid(owner) != ctx.peer.uid and not caller.may_run_as_other:
+    if not runs_as(owner, ctx.peer) and not caller.may_run_as_other:
         raise forbidden(
-            f"Forbidden: {record.name} runs as {account_shown(owner)}, and {rule} lets you run code only "
-            "as yourself (run_as_other is false)",
+            f"Forbidden: {record.name} runs as {account_shown(owner)}, and {rule} lets you act only on apps "
+            "that run as you (run_as_other is false)",
             data,
         )
-    if through_daemon(record.source.kind):
+    if command.runs_code and through_daemon(record.source.kind):
         name = record.settings.daemon or record.source.detail.get("daemon")
         if name is None:
             default = await ctx.store.get_default_daemon()

@@ -166,13 +166,17 @@ async def destroy(ctx: Context, params: DestroyParams) -> Result:
     if not params.force:
         raise CommandError("invalid_argument", "Requires --force flag")
     await load_app(ctx, params.app)
-    await ctx.processes.remove_app(params.app, keep_data=params.keep_data)
-    # The row goes first: a crash after it leaves only files, which the start-up sweep removes.
-    await ctx.store.delete_app(params.app)
-    await ctx.store.delete_jobs(params.app)
-    folder = ctx.services.app_dir(params.app)
-    await trio.to_thread.run_sync(trees.remove_or_log, folder)
+    await erase_app(ctx, params.app, keep_data=params.keep_data)
     return Result(f"Destroying {params.app}... done")
+
+
+async def erase_app(ctx: Context, app: str, *, keep_data: bool = False) -> None:
+    """Everything of the app gone: its processes and containers, its row, its runs, its files."""
+    await ctx.processes.remove_app(app, keep_data=keep_data)
+    # The row goes first: a crash after it leaves only files, which the start-up sweep removes.
+    await ctx.store.delete_app(app)
+    await ctx.store.delete_jobs(app)
+    await trio.to_thread.run_sync(trees.remove_or_log, ctx.services.app_dir(app))
 
 
 @REGISTRY.command(

@@ -82,7 +82,8 @@ async def from_archive(ctx: Context, params: FromArchiveParams) -> Result:
 
 
 async def _deploy_archive(ctx: Context, params: FromArchiveParams, opened: int | None) -> Result:
-    _, settings, env = await begin_deploy(ctx, params.app, params, "archive")
+    begun = await begin_deploy(ctx, params.app, params, "archive")
+    settings = begun.settings
     app = params.app
     app_dir = ctx.services.app_dir(app)
     types: dict[str, ProcessType] = {}
@@ -102,7 +103,7 @@ async def _deploy_archive(ctx: Context, params: FromArchiveParams, opened: int |
         }
         return detail, settings
 
-    await deploy_release(ctx, app, "archive", env, build, start=True)
+    await deploy_release(ctx, app, "archive", begun, build, start=True)
     rows = ctx.processes.report(app)
     listed = ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
     return Result(
@@ -153,14 +154,20 @@ async def _download_and_unpack(
     except archive.ArchiveError as exc:
         raise DeployFailed("unpack failure", str(exc)) from None
     root = await trio.to_thread.run_sync(archive.source_root, release)
+    return await _read_procfile(root, required=True)
+
+
+async def _read_procfile(root: Path, *, required: bool) -> dict[str, ProcessType]:
+    """The process types of the Procfile at `root` (none when there is none and none is required)."""
     procfile = root / "Procfile"
-    if not procfile.is_file() or procfile.is_symlink():
-        raise DeployFailed("no procfile", "no Procfile at the root of the archive")
+    if not procfile.is_symlink() and not procfile.exists():
+        if required:
+            raise DeployFailed("no procfile", "no Procfile at the root of the archive")
+        return {}
     try:
-        types = await trio.to_thread.run_sync(parse_procfile, procfile)
+        return dict(await trio.to_thread.run_sync(parse_procfile, procfile))
     except ProcfileError as exc:
         raise DeployFailed("invalid procfile", str(exc)) from None
-    return dict(types)
 
 
 async def _check_scale(ctx: Context, app: str, types: set[str]) -> None:
@@ -220,9 +227,12 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
         raise invalid_argument(
             f"invalid executable {params.executable!r}: give a path relative to the checkout"
         )
-    record, settings, env = await begin_deploy(ctx, params.app, params, "git")
+    begun = await begin_deploy(ctx, params.app, params, "git")
+    record, settings = begun.record, begun.settings
     app = params.app
     app_dir = ctx.services.app_dir(app)
+
+    types: dict[str, ProcessType] = {}
 
     async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
         commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
@@ -237,18 +247,42 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
         if params.build_cmd:
             detail["build_cmd"] = params.build_cmd
         if executable is None:
+            if settings.executable is None:
+                # no executable, now or from an earlier sync: the Procfile says what runs, as an archive's
+                types.update(await _read_procfile(release, required=False))
+            if types:
+                await _check_scale(ctx, app, set(types))
+                detail["procfile"] = msgspec.json.encode(types).decode()
             return detail, settings
         live = app_dir / "current" / executable.relative_to(release.resolve())
         return detail, msgspec.structs.replace(settings, executable=str(live))
 
-    detail, live_settings = await deploy_release(ctx, app, "git", env, build, start=False)
+    detail, live_settings = await deploy_release(ctx, app, "git", begun, build, start=False)
     commit, kind = detail["commit"], detail["ref_kind"]
-    live_executable = live_settings.executable if live_settings is not settings else None
-    return Result(
+    live_executable = live_settings.executable
+    lines = [
         f"Syncing {app} from {repository.shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(
             " )", ")"
-        ),
-        {"commit": commit, "ref": params.ref, "ref_kind": kind, "executable": str(live_executable or "")},
+        )
+    ]
+    if types:
+        lines.append(
+            "Process types: " + ", ".join(f"{name}: {entry.command}" for name, entry in types.items())
+        )
+    elif live_executable is None:
+        lines.append("Nothing will run: the repository has no Procfile and no --executable was given")
+    runs = detail.get("status") == "running"
+    lines.append(f"{app} is running the new code" if runs else f"Start it with: ps:start {app}")
+    return Result(
+        "\n".join(lines),
+        {
+            "commit": commit,
+            "ref": params.ref,
+            "ref_kind": kind,
+            "executable": str(live_executable or ""),
+            "types": list(types),
+            "running": runs,
+        },
     )
 
 

@@ -8,13 +8,14 @@ from typing import Any
 import msgspec
 
 from berthd.commands.apps import app_for_source, settings_for
-from berthd.commands.sources import SourceOptions, apply_options
+from berthd.commands.sources import SourceOptions, apply_options, go_live
 from berthd.deploy.placement import place
-from berthd.errors import forbidden, invalid_argument, not_found
+from berthd.errors import CommandError, daemon_unavailable, forbidden, invalid_argument, not_found
+from berthd.runners import RunnerError
 from berthd.server.context import Context
 from berthd.server.params import AppName
 from berthd.server.registry import REGISTRY, Result
-from berthd.store.records import AppSource, DaemonRecord
+from berthd.store.records import AppSettings, AppSource, DaemonRecord
 
 IMAGE = re.compile(
     # a registry host is only a first part with a dot or a port, or localhost (Docker's own rule)
@@ -42,9 +43,44 @@ async def from_image(ctx: Context, params: FromImageParams) -> Result:
     if len(params.image) > 255 or not IMAGE.match(params.image):
         raise invalid_argument(f"invalid image reference {params.image!r}")
     existing = await ctx.store.get_app(params.app)
-    settings, env = apply_options(settings_for(ctx, existing), params)
+    settings, _ = apply_options(settings_for(ctx, existing), params)  # refused now, before any engine
+    ctx.release_lock()  # the engines are asked next: never while holding every other command up
+    daemon, placement = await _choose_daemon(ctx, params.app, settings)
+    runner = ctx.processes.daemon_runner(daemon)
+    if runner.features.engine:
+        status = await runner.check(daemon)
+        if not status.reachable:
+            raise daemon_unavailable(daemon.name, status.why or "unknown")
+        try:
+            await runner.check_image(daemon, params.image)
+        except RunnerError as exc:
+            raise CommandError(
+                "unavailable", str(exc), {"daemon": daemon.name, "image": params.image}
+            ) from None
+    detail = {"image": params.image, "daemon": daemon.name}
+    if placement:
+        detail["placement"] = placement
+    if params.heartbeat:
+        detail["heartbeat"] = "true"
+    async with ctx.services.lock.held():
+        existing = await ctx.store.get_app(params.app)
+        settings, env = apply_options(settings_for(ctx, existing), params)
+        settings = msgspec.structs.replace(settings, daemon=daemon.name)
+        _, created = await app_for_source(ctx, params.app)
+        detail = await go_live(ctx, params.app, AppSource("image", detail), settings, env, start=False)
+    verb = "Creating" if created else "Updating"
+    runs = detail["status"] == "running"
+    started = f"{params.app} runs the new image" if runs else f"Start it with: ps:start {params.app}"
+    return Result(
+        f"{verb} {params.app} from image {params.image} on {daemon.name}... done\n{started}",
+        {"app": params.app, "image": params.image, "daemon": daemon.name, "running": runs},
+    )
+
+
+async def _choose_daemon(ctx: Context, app: str, settings: AppSettings) -> tuple[DaemonRecord, str | None]:
+    """The app's deploy daemon (`--daemon`, else its own, else the default), or the one its requirements
+    place it on (among those the caller may use)."""
     name = None if settings.daemon == "auto" else settings.daemon
-    placement = None
     if settings.requirements and name is None:
         daemons = [
             d
@@ -55,28 +91,12 @@ async def from_image(ctx: Context, params: FromImageParams) -> Result:
         async def fingerprint(daemon: DaemonRecord) -> dict[str, Any]:
             return await ctx.processes.daemon_runner(daemon).fingerprint(daemon)
 
-        daemon, placement = await place(params.app, settings.requirements, daemons, fingerprint)
-    else:
-        found = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
-        if found is None:
-            raise not_found(
-                f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
-            )
-        daemon = found
-        if not ctx.caller.may_use_daemon(daemon.name):  # the default one (a named one was judged already)
-            raise forbidden(f"Forbidden: the access rules do not let you use deploy daemon {daemon.name}")
-    record, created = await app_for_source(ctx, params.app)
-    detail = {"image": params.image, "daemon": daemon.name, "status": "ready"}
-    if placement:
-        detail["placement"] = placement
-    if params.heartbeat:
-        detail["heartbeat"] = "true"
-    settings = msgspec.structs.replace(settings, daemon=daemon.name)
-    await ctx.store.save_source(params.app, AppSource("image", detail), settings)
-    if env:
-        await ctx.store.set_config(params.app, env)
-    verb = "Creating" if created else "Updating"
-    return Result(
-        f"{verb} {params.app} from image {params.image} on {daemon.name}... done",
-        {"app": params.app, "image": params.image, "daemon": daemon.name},
-    )
+        return await place(app, settings.requirements, daemons, fingerprint)
+    found = await (ctx.store.get_daemon(name) if name else ctx.store.get_default_daemon())
+    if found is None:
+        raise not_found(
+            f"no deploy daemon {name!r}" if name else "no default deploy daemon: register one first"
+        )
+    if not ctx.caller.may_use_daemon(found.name):  # the default one (a named one was judged already)
+        raise forbidden("Forbidden: the access rules do not let you use the default deploy daemon")
+    return found, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -26,7 +27,7 @@ from berthd.apps.settings import (
     check_user,
     parse_pairs,
 )
-from berthd.commands.apps import app_for_source, check_local_executable, settings_for
+from berthd.commands.apps import app_for_source, check_local_executable, erase_app, settings_for
 from berthd.errors import CommandError
 from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
@@ -127,22 +128,30 @@ async def record_status(ctx: Context, app: str, status: str, error: str | None =
     await ctx.store.save_source(app, msgspec.structs.replace(record.source, detail=detail), record.settings)
 
 
-async def begin_deploy(
-    ctx: Context, app: str, options: SourceOptions, kind: str
-) -> tuple[AppRecord, AppSettings, dict[str, str]]:
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A deploy under way: the app as it was, the settings and environment it will get."""
+
+    record: AppRecord
+    settings: AppSettings
+    env: dict[str, str]
+    first: bool  # the app did not exist before this deploy: if it fails, nothing of it stays
+
+
+async def begin_deploy(ctx: Context, app: str, options: SourceOptions, kind: str) -> Begun:
     """Options checked, the app made if new and its source marked pending; then the global lock is let go
     (what follows waits on the network or a build)."""
     existing = await ctx.store.get_app(app)
     settings, env = apply_options(settings_for(ctx, existing), options)
     await check_host_meets(ctx, app, settings, kind)
     await check_cwd_place(ctx, app, settings, existing.source.detail if existing else {})
-    record, _ = await app_for_source(ctx, app)
+    record, first = await app_for_source(ctx, app)
     if record.source.kind != kind:
         await ctx.store.save_source(app, AppSource(kind, {"status": "pending"}), record.settings)
     else:
         await record_status(ctx, app, "pending")
     ctx.release_lock()
-    return record, settings, env
+    return Begun(record, settings, env, first)
 
 
 Build = Callable[[Path], Awaitable[tuple[dict[str, str], AppSettings]]]
@@ -150,10 +159,12 @@ Build = Callable[[Path], Awaitable[tuple[dict[str, str], AppSettings]]]
 
 
 async def deploy_release(
-    ctx: Context, app: str, kind: str, env: dict[str, str], build: Build, *, start: bool
+    ctx: Context, app: str, kind: str, begun: Begun, build: Build, *, start: bool
 ) -> tuple[dict[str, str], AppSettings]:
     """A release built, then made live: `current` moves to it and the source is recorded. A failure
-    discards the release and records why (`DeployFailed` becomes `invalid_argument`)."""
+    discards the release and records why (`DeployFailed` becomes `invalid_argument`); when the deploy
+    was the app's first, the app goes with it, as if it had never been asked for."""
+    env = begun.env
     app_dir = ctx.services.app_dir(app)
     async with ctx.services.source_lock(app):
         release = await trio.to_thread.run_sync(releases.new_release, app_dir, kind)
@@ -166,6 +177,13 @@ async def deploy_release(
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await _discard(app, release)
+                if begun.first and isinstance(exc, DeployFailed):
+                    # (one cut short by berthd's stop is recorded instead, for its user to see at the next start)
+                    async with ctx.services.lock.held():
+                        await erase_app(ctx, app)
+                    raise CommandError(
+                        "invalid_argument", f"{exc.message} (nothing of {app} was kept)"
+                    ) from None
                 if not isinstance(exc, DeployFailed):
                     # cut short (berthd stopping) or broken: the status says so, never "downloading"
                     with trio.move_on_after(CUT_SHORT_RECORD_TIMEOUT):

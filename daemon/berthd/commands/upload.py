@@ -27,6 +27,7 @@ from typing import Annotated
 import msgspec
 import trio
 
+from berthd.access import enforce
 from berthd.commands.apps import app_for_source, settings_for
 from berthd.commands.sources import SourceOptions, apply_options, check_cwd_place, check_host_meets, go_live
 from berthd.errors import CommandError, invalid_argument, not_found
@@ -268,10 +269,17 @@ def _install(part: Path, target: Path) -> None:
 
 
 @REGISTRY.command(
-    "upload:end", summary="check size and sha256; the file becomes the app's executable", mutating=True
+    "upload:end",
+    summary="check size and sha256; the file becomes the app's executable",
+    mutating=True,
+    runs_code=True,
 )
 async def end(ctx: Context, params: SessionParams) -> Result:
     upload = await load_session(ctx, params.session)
+    # what the upload deploys is known only now: judged as upload:begin's arguments would be, today
+    await enforce.authorize(
+        ctx, "upload:end", msgspec.json.decode(upload.options, type=BeginParams).touches()
+    )
     missing = upload.missing_indexes()
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")

@@ -220,3 +220,8 @@ class Runner:
     async def fingerprint(self, daemon: DaemonRecord) -> dict[str, Any]:
         """`features.fingerprint`: the engine's own `info` (OS, architecture, CPUs, memory)."""
         raise NotImplementedError
+
+    async def check_image(self, daemon: DaemonRecord, image: str) -> None:
+        """`features.engine`: the image is on the daemon's engine, or a pull would find it; else a
+        `RunnerError` saying why (an engine that cannot be reached is `unavailable`)."""
+        return None

@@ -158,7 +158,9 @@ class Connection:
         async def emit(event: Event) -> None:
             await self.send(event)
 
-        response = await dispatch(self.server.services, line, self.peer, emit, self.client_gone, self.pace)
+        # the caller's groups as the system has them now (kept a few seconds), not as when it connected
+        peer = await self.server.names.identify(self.peer)
+        response = await dispatch(self.server.services, line, peer, emit, self.client_gone, self.pace)
         if response is None:
             return False
         try:

@@ -113,6 +113,12 @@ class PeerNames:
             self._known[key] = (now + self.ttl, names)
         else:
             names = kept[1]
+            if (
+                peer.groups == names.groups
+                and peer.user == names.user
+                and peer.group_names == names.group_names
+            ):
+                return peer  # the common case, once a connection's caller is known: nothing to make
         return replace(
             peer, user=names.user, group=names.group, groups=names.groups, group_names=names.group_names
         )

@@ -54,6 +54,10 @@ def check_repository(url: str, username: str | None, password: str | None) -> Re
         raise GitError(f"invalid repository URL {without_credentials(url)!r}")
     if SCP_LIKE.match(url):
         return Repository(url, url, username, password)
+    if url.startswith("/"):  # a path on this host, as git takes one: read as a file:// URL is
+        return Repository("file://" + urllib.parse.quote(os.path.normpath(url)), url, username, password)
+    if not urllib.parse.urlsplit(url).scheme and ":" not in url:
+        raise GitError(f"invalid repository {url!r}: a repository on this host needs an absolute path")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "file" and parts.netloc and "@" in url.partition(parts.netloc)[2]:
         raise GitError(AT_AFTER_HOST)

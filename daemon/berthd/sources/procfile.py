@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 import msgspec
@@ -100,8 +101,12 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 def _read_bounded(path: Path) -> bytes:
     """The file's first MAX_PROCFILE + 1 bytes: enough to know it is too large. Not through a link."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # not blocking on a FIFO a build may have left in its place
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ProcfileError("the Procfile is not a regular file")
+            os.set_blocking(fd, True)
             return file.read(MAX_PROCFILE + 1)
     except OSError as exc:
         raise ProcfileError(f"cannot read the Procfile: {exc.strerror}") from None

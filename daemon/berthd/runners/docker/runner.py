@@ -257,6 +257,9 @@ class DockerRunner(Runner):
     async def fingerprint(self, daemon: DaemonRecord) -> dict[str, Any]:
         return dict(await self._call(daemon.name, lambda client: client.info()))
 
+    async def check_image(self, daemon: DaemonRecord, image: str) -> None:
+        await self._call(daemon.name, _check_image, image)
+
 
 def engine_restart_policy(policy: str | None) -> str:
     """The app's restart policy (berthd's words; none is `always`) as the engine's, which applies it.
@@ -340,13 +343,30 @@ def _set_restart_policy(client: Any, container_id: str, policy: str) -> None:
         container.update(restart_policy=_policy_config(policy))
 
 
-def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
-    docker = _docker()
+def _on_engine(client: Any, image: str) -> bool:
     try:
         client.images.get(image)
+    except _docker().errors.ImageNotFound:
+        return False
+    return True
+
+
+def _check_image(client: Any, image: str) -> None:
+    """On the engine already, or in its registry (what a pull would fetch, asked without pulling)."""
+    docker = _docker()
+    if _on_engine(client, image):
         return
-    except docker.errors.ImageNotFound:
-        pass
+    try:
+        client.api.inspect_distribution(image)
+    except docker.errors.APIError as exc:
+        why = exc.explanation or str(exc)
+        raise RunnerError(f"image {image} is not on the engine, and it cannot be pulled: {why}") from None
+
+
+def _ensure_image(client: Any, image: str, progress: Progress | None) -> None:
+    docker = _docker()
+    if _on_engine(client, image):
+        return
     repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
     try:
         for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):

@@ -429,7 +429,10 @@ def _compile(source: str) -> int:
     with tempfile.TemporaryDirectory(prefix="berthd-helper-") as folder:
         source_file, binary = Path(folder) / "helper.c", Path(folder) / "helper"
         source_file.write_text(source)
-        for static in (["-static"], []):  # static: no dynamic loader at every exec; not every host can
+        # static only: the shim is root until its child switches user, with the app's environment, which
+        # a dynamic loader would obey (LD_PRELOAD, LD_LIBRARY_PATH): without a static libc, the Python
+        # shim, which gets the environment through a descriptor, is used instead
+        for static in (["-static"],):
             built = subprocess.run(
                 [compiler, "-O2", *static, "-o", str(binary), str(source_file)],
                 stdin=subprocess.DEVNULL,
