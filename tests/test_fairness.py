@@ -16,12 +16,15 @@ import shutil
 import signal
 import subprocess
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from berth.client import Client
+from berth.upload import upload_file
 from berthd.config import Config, ConfigError, load_config
 from berthd.main import build_parser
 from berthd.server.fairness import CommandRates
@@ -359,3 +362,39 @@ def test_a_connection_waiting_for_its_turn_with_a_line_to_answer_is_not_idle(
     # sent at once, read when its turn comes, past the idle timeout: answered, and the connection kept
     assert caller.ask(0, '{"cmd": "ping", "id": 1}') == {**PONG, "id": 1}
     assert "idle for" not in daemon.log()
+
+
+@NEEDS_ROOT
+def test_berth_upload_past_the_burst_sends_each_refused_chunk_again_at_its_turn(
+    limited_berthd: Callable[[float, int], Berthd], reachable_tmp: Path
+) -> None:
+    daemon = limited_berthd(5, 2)
+    payload = os.urandom(12 * 4096)
+    executable = reachable_tmp / "tool.bin"
+    executable.write_bytes(payload)
+    executable.chmod(0o644)
+    cache = reachable_tmp / "cache"
+    cache.mkdir()
+    os.chown(cache, FLOODER, FLOODER)
+    pid = os.fork()
+    if pid == 0:  # the upload runs as another uid, in this process's copy of berth
+        code = 1
+        try:
+            os.environ["XDG_CACHE_HOME"] = str(cache)
+            os.setgroups([])
+            os.setgid(FLOODER)
+            os.setuid(FLOODER)
+            with Client(daemon.socket) as client:
+                result = upload_file(client, "burst-upload", executable, [], 4096, lambda done, total: None)
+            code = 0 if result["size"] == len(payload) else 2
+        except BaseException:  # noqa: BLE001 - the forked child reports anything, and never returns into pytest
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # 14 commands with a burst of 2, faster than 5 a second: chunks were refused on the way, and sent again
+    assert daemon.log().count(f"uid={FLOODER}") >= 14
+    assert '"error":"busy"' in daemon.log()
+    info = daemon.call("apps:info burst-upload")
+    assert info.ok, info

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from berth.messages import Response
+from berth.messages import TOO_MANY_COMMANDS, Response
 from berthd.config import Config
 
 ROOT_UID = 0
@@ -114,7 +114,7 @@ class Pace:
         rates = self.rates
         return Response(
             False,
-            f"Too many commands from uid {self.uid} (limit {rates.rate:.10g} a second, burst {rates.burst}):"
+            f"{TOO_MANY_COMMANDS}{self.uid} (limit {rates.rate:.10g} a second, burst {rates.burst}):"
             f" try again in {shown:.2f} s",
             error="busy",
         )
