@@ -15,9 +15,11 @@ from pathlib import Path
 from types import FrameType
 
 from bench import (
+    access_rules,
     capabilities,
     containment,
     docker,
+    fairness,
     gitsync,
     latency,
     logcapture,
@@ -41,7 +43,16 @@ NATIVE_RUNNER: dict[str, Callable[[Session, Path | None], None]] = {
     "git-sync": gitsync.run,
     "docker": docker.run,
 }
-BENCHMARKS = ("latency", "throughput", "startup", "memory", "capabilities", *NATIVE_RUNNER)
+BENCHMARKS = (
+    "latency",
+    "throughput",
+    "startup",
+    "memory",
+    "capabilities",
+    "fairness",
+    "access-rules",
+    *NATIVE_RUNNER,
+)
 PROFILE_LINES = 25
 
 
@@ -87,6 +98,10 @@ def run(selected: Sequence[str], session: Session, profile: Path | None) -> None
         memory.run(session, loaded)
     if "capabilities" in selected:
         capabilities.run(session)
+    if "fairness" in selected:
+        fairness.run(session)
+    if "access-rules" in selected:
+        access_rules.run(session)
     if profile is not None and loaded is not None:
         session.stop(loaded[0])  # cProfile writes its file as berthd exits
         print_profile("the loaded berthd", profile)

@@ -29,6 +29,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_clients: Annotated[int, msgspec.Meta(ge=1)] = 256
     max_clients_per_uid: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: a quarter of max_clients
     idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    commands_per_second_per_uid: Annotated[float, msgspec.Meta(gt=0)] = 100.0  # root's are not counted
+    command_burst_per_uid: Annotated[int, msgspec.Meta(ge=1)] = 200
     log_file: str | None = None
     log_file_max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * MIB
     log_file_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
@@ -154,6 +156,8 @@ ENVIRONMENT = {
     "BERTHD_MAX_CLIENTS": "max_clients",
     "BERTHD_MAX_CLIENTS_PER_UID": "max_clients_per_uid",
     "BERTHD_IDLE_TIMEOUT": "idle_timeout",
+    "BERTHD_COMMANDS_PER_SECOND_PER_UID": "commands_per_second_per_uid",
+    "BERTHD_COMMAND_BURST_PER_UID": "command_burst_per_uid",
     "BERTHD_LOG_FILE_MAX_BYTES": "log_file_max_bytes",
     "BERTHD_LOG_FILE_BACKUPS": "log_file_backups",
     "BERTHD_LOG_LEVEL": "log_level",

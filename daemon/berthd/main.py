@@ -88,6 +88,18 @@ def build_parser() -> ArgumentParser:
         metavar="SECONDS",
         help="close a connection with no command in progress after this long (default 300)",
     )
+    parser.add_argument(
+        "--commands-per-second-per-uid",
+        type=float,
+        metavar="N",
+        help="commands a second one user (not root) may send, after its burst (default 100)",
+    )
+    parser.add_argument(
+        "--command-burst-per-uid",
+        type=int,
+        metavar="N",
+        help="commands one user (not root) may send at once (default 200)",
+    )
     parser.add_argument("--sync", choices=["full", "normal"], help="SQLite synchronous mode (default full)")
     parser.add_argument("--shutdown-grace", type=float, metavar="SECONDS", help="how long shutdown waits")
     parser.add_argument(

@@ -28,6 +28,11 @@ ERROR_CODES = frozenset(
 )
 
 
+# how the `busy` answer to a command over its user's bound of commands a second begins (not run: send it
+# again, berthd reads the connection's next line when the user's turn comes)
+TOO_MANY_COMMANDS = "Too many commands from uid "
+
+
 class JsonRequest(msgspec.Struct, forbid_unknown_fields=True):
     """The JSON form of a request: `{"cmd": "apps:create", "args": ["x"], "id": "c-1"}`."""
 

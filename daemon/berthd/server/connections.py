@@ -8,7 +8,8 @@ Connections are a shared resource: a connection that sends no command for `--idl
 after its last answer is closed (one that waits on a running command or a log follower is busy, not
 idle; a line trickled in byte by byte does not count until it is complete), and no uid but root may
 hold more than its share (`--max-clients-per-uid`). The last slot is root's: however many users flood
-berthd, root can still connect.
+berthd, root can still connect. Nor may a uid but root send more commands than its share (see
+`berthd.server.fairness`): a connection told `busy` is read again once the wait it was told is over.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import select
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -29,6 +31,7 @@ from berth.messages import Event, Response, encode_line
 from berthd.log import LOG
 from berthd.server.context import Services
 from berthd.server.dispatch import dispatch
+from berthd.server.fairness import ROOT_UID, CommandRates, Pace
 from berthd.server.peercred import Peer, PeerNames, peer_of
 
 # accept() failures that mean "out of resources for now": wait a little and go on (as trio does).
@@ -37,7 +40,6 @@ ACCEPT_CAPACITY_SLEEP = 0.1
 READ_SIZE = 65536
 DRAIN_LIMIT = 1024 * 1024
 
-ROOT_UID = 0
 ROOT_SLOTS = 1  # slots of --max-clients that only root may take
 IDLE_CHECK_MAX = 1.0  # seconds between looks for idle connections, at most
 
@@ -60,6 +62,7 @@ class Connection:
         self.gone = False
         self.idle_since: float | None = trio.current_time()  # None while a command runs
         self.expired = False  # idle past --idle-timeout: closed
+        self.pace = None if peer.uid == ROOT_UID else Pace(server.rates, peer.uid)
 
     async def send(self, message: Response | Event) -> None:
         if self.gone:
@@ -116,11 +119,21 @@ class Connection:
         for line in lines:
             if self.gone:
                 return
-            self.idle_since = None
+            self.idle_since = None  # (a connection told to wait, with a line waiting, is not idle either)
+            if self.pace is not None and self.pace.resume_at:
+                await self._rest(self.pace)
             if await self._answer(line):
                 idle_since = trio.current_time()
         # a blank line, or a part of one, is no command: the idle time runs on from the last answer
         self.idle_since = idle_since
+
+    async def _rest(self, pace: Pace) -> None:
+        """Told `busy`: the next line waits for the time the caller was told (shutdown or expiry end it)."""
+        wait = pace.rest()
+        if self.server.draining or self.expired:
+            return
+        with trio.CancelScope() as self.receive_scope:
+            await trio.sleep(wait)
 
     def expire(self) -> None:
         """Idle for too long: stop waiting for input, and close."""
@@ -147,7 +160,7 @@ class Connection:
 
         # the caller's groups as the system has them now (kept a few seconds), not as when it connected
         peer = await self.server.names.identify(self.peer)
-        response = await dispatch(self.server.services, line, peer, emit, self.client_gone)
+        response = await dispatch(self.server.services, line, peer, emit, self.client_gone, self.pace)
         if response is None:
             return False
         try:
@@ -163,6 +176,7 @@ class Server:
         self.listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         self.connections: set[Connection] = set()
         self.per_uid: Counter[int] = Counter()
+        self.rates = CommandRates(services.config)
         self.names = PeerNames()
         self.draining = False
         self._accept_scope = trio.CancelScope()
@@ -196,6 +210,8 @@ class Server:
                 return
             connection = Connection(self, stream, peer)
             self.connections.add(connection)
+            if not self.per_uid[peer.uid]:
+                self.rates.connected(peer.uid)
             self.per_uid[peer.uid] += 1
             try:
                 await connection.serve()
@@ -206,6 +222,7 @@ class Server:
                 self.per_uid[peer.uid] -= 1
                 if not self.per_uid[peer.uid]:
                     del self.per_uid[peer.uid]
+                    self.rates.forget(peer.uid, time.perf_counter())
                 if self.draining and not self.connections:
                     self.idle.set()
 

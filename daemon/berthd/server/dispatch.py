@@ -21,6 +21,7 @@ from berthd.access.rules import CallerView
 from berthd.errors import CommandError
 from berthd.log import COMMAND_LOG, LOG
 from berthd.server.context import Context, Emit, Services
+from berthd.server.fairness import Pace
 from berthd.server.params import Bound, bind_named, bind_tokens
 from berthd.server.peercred import Peer
 from berthd.server.redaction import NO_SECRETS, Scrubber, without_credentials
@@ -35,8 +36,10 @@ async def dispatch(
     peer: Peer,
     emit: Emit,
     client_gone: Callable[[], bool] = lambda: False,
+    pace: Pace | None = None,
 ) -> Response | None:
-    """The final answer to one line, or None for a blank line (which gets none)."""
+    """The final answer to one line, or None for a blank line (which gets none). A line over the
+    caller's `pace` (any line but a blank one) is not run: it is answered `busy`."""
     started = time.perf_counter()
     if isinstance(raw, TooLong):
         response = Response(False, f"Line too long: the limit is {raw.limit} bytes", error="line_too_long")
@@ -46,12 +49,17 @@ async def dispatch(
     try:
         request = parse_request(raw)
     except RequestError as exc:
-        response = Response(False, f"Invalid request: {exc}", error="invalid_request")
+        refusal = pace.refusal(started) if pace is not None else None
+        response = refusal or Response(False, f"Invalid request: {exc}", error="invalid_request")
         _log(peer, f"<invalid request, {len(raw)} bytes>", response, started)
         _audit(services, peer, "<invalid request>", f"<{len(raw)} bytes, not shown>", response, started)
         return response
     if request is None:
         return None
+    if pace is not None and (refusal := pace.refusal(started)) is not None:
+        refusal.id = request.id
+        _log(peer, f"{request.cmd[:80]!r} (over the rate)", refusal, started)
+        return refusal
     outcome = await _run(services, request, peer, emit, client_gone)
     response = outcome.response
     if not response.ok:
