@@ -241,6 +241,8 @@ def test_a_three_file_group_lands_together_and_runs(berthd: Berthd, end_order: l
             assert waiting.data["complete"] is False
             assert sorted(waiting.data["waiting_for"]) == sorted(end_order[done:])
             assert not (app_dir / "current").exists()  # nothing half-visible
+            again = client.call(["upload:chunk", sessions[index], "0", b64(b"changed")])
+            assert again.error == "conflict" and "has ended" in again.output
             assert client.call("apps:list").data == []
         status = client.call(["upload:status", sessions[end_order[0]]])
         assert status.data["group"] == "g-1" and status.data["ended"] is True
@@ -492,3 +494,46 @@ def test_a_failed_resume_drops_its_state_so_the_next_try_works(
     assert result["size"] == 600_000
     assert daemon.call("run resumer").ok
     assert leftovers(daemon) == []
+
+
+def test_a_session_begun_before_chunk_sizes_were_kept_goes_on_with_its_even_split(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    """A data dir of the schema before (7), with a session half sent as berthd then split chunks:
+    ceil(size / chunks) each. After the upgrade, the session goes on with that size."""
+    import sqlite3
+    import time
+
+    from berthd.store.migrations import MIGRATIONS
+
+    data = payload(10_000)
+    data_dir = tmp_path / "berthd" / "data"
+    (data_dir / "uploads").mkdir(parents=True)
+    conn = sqlite3.connect(data_dir / "berthd.db", isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:7], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+    options = b'{"app":"older","filename":"app","total_size":10000,"total_chunks":3}'
+    conn.execute(
+        "INSERT INTO uploads (id, app, filename, total_size, total_chunks, sha256, received, created_at,"
+        " options, uid) VALUES (?, 'older', 'app', 10000, 3, NULL, ?, ?, ?, 0)",
+        ("up-olderolderolder1", bytes([0b001]), time.time(), options),
+    )
+    conn.close()
+    part = data_dir / "uploads" / "up-olderolderolder1.part"
+    part.write_bytes(data[:3334] + bytes(10_000 - 3334))  # chunk 0 of 3334 bytes, as berthd wrote it
+    daemon = start_berthd()
+    status = daemon.call(["upload:status", "up-olderolderolder1"])
+    assert status.ok, status.output
+    assert (status.data["chunk_size"], status.data["chunk_size_fixed"], status.data["missing"]) == (
+        3334,
+        True,
+        [1, 2],
+    )
+    assert daemon.call(["upload:chunk", "up-olderolderolder1", "1", b64(data[3334:6668])]).ok
+    assert daemon.call(["upload:chunk", "up-olderolderolder1", "2", b64(data[6668:])]).ok
+    end = daemon.call(["upload:end", "up-olderolderolder1"])
+    assert end.ok, end.output
+    assert Path(end.data["executable"]).read_bytes() == data

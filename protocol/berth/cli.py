@@ -60,6 +60,7 @@ def _upload(socket: str | None, args: list[str]) -> int:
     """`berth upload APP FILE... [--executable NAME] [--chunk-size BYTES] [source options] [-- ARG ...]`"""
     parser = argparse.ArgumentParser(
         prog="berth upload",
+        allow_abbrev=False,
         description="Upload an executable in chunks, or several files as one group (--executable: the one"
         " that runs). Source options (--env, --cwd, ...) go after the files.",
     )

@@ -343,6 +343,8 @@ def _free_bytes(folder: Path) -> int:
 @REGISTRY.command("upload:chunk", summary="one chunk, base64; any order; repeats are harmless", mutating=True)
 async def chunk(ctx: Context, params: ChunkParams) -> Result:
     upload = await load_session(ctx, params.session)
+    if upload.ended_hash is not None:  # checked already: its bytes may change no more
+        raise conflict(f"upload {upload.id} has ended, and waits for the rest of group {upload.group}")
     if params.index >= upload.total_chunks:
         raise invalid_argument(
             f"chunk index {params.index} out of range: the upload has {upload.total_chunks} chunks"
@@ -628,7 +630,9 @@ def _assemble(app_dir: Path, files: list[tuple[str, bool, Path]], size: int, gid
                 extractor.link_in(path, executable, part)
         modes.open_path(app_dir, releases.releases_dir(app_dir), gid)
         modes.open_folder(release, gid)
-        _sync_folders({release, *((release / path).parent for path, _, _ in files)})
+        _sync_folders(
+            {releases.releases_dir(app_dir), release, *((release / path).parent for path, _, _ in files)}
+        )
     except BaseException:
         releases.discard(release)
         raise
