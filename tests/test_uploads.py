@@ -478,7 +478,7 @@ def test_a_failed_resume_drops_its_state_so_the_next_try_works(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tmp_path / "tool"
-    path.write_bytes(payload(600_000))
+    path.write_bytes(payload(3_000_000))  # 20 chunks: the interrupted try leaves most of them to send
     daemon = start_berthd()
     interrupt_upload(daemon.socket, "resumer", path, [], 150_000)
     daemon.stop()
@@ -491,7 +491,7 @@ def test_a_failed_resume_drops_its_state_so_the_next_try_works(
     assert states == []  # dropped, and its session with it
     with Client(daemon.socket) as client:
         result = upload_file(client, "resumer", path, [], 150_000, lambda done, total: None)
-    assert result["size"] == 600_000
+    assert result["size"] == 3_000_000
     assert daemon.call("run resumer").ok
     assert leftovers(daemon) == []
 
