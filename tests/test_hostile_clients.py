@@ -294,11 +294,12 @@ def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(start_bert
 
 
 def upload_begin_as(
-    user: User | None, daemon: Berthd, app: str, size: int, chunks: int = 1
+    user: User | None, daemon: Berthd, app: str, size: int, chunks: int = 1, *options: str, name: str = "tool"
 ) -> dict[str, Any]:
     """`upload:begin` from a process of `user` (root when None), through socat."""
     drop = [] if user is None else ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-    line = json.dumps({"cmd": "upload:begin", "args": [app, "tool", str(size), str(chunks)]}) + "\n"
+    words = [app, name, str(size), str(chunks), *options]
+    line = json.dumps({"cmd": "upload:begin", "args": words}) + "\n"
     out = subprocess.run(
         [*drop, "socat", "-t", "10", "-", f"UNIX-CONNECT:{daemon.socket}"],
         input=line.encode(), capture_output=True, timeout=30,

@@ -26,7 +26,6 @@ from berth.client import Client, CommandFailed
 from berth.upload import upload_file
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import pid_of, report, wait_for
-from tests.test_uploads import interrupt_upload
 
 # uploads
 
@@ -146,6 +145,19 @@ def test_unfinished_uploads_expire(start_berthd: Callable[..., Berthd]) -> None:
     session = daemon.call(["upload:begin", "late", "app", "10", "1"]).data["session_id"]
     wait_for(lambda: daemon.call(["upload:status", session]).error == "not_found", timeout=10)
     assert list((daemon.data_dir / "uploads").iterdir()) == []
+
+
+def interrupt_upload(socket: Path, app: str, path: Path, options: list[str], chunk_size: int) -> None:
+    """`upload_file` stopped (as by Ctrl-C) once two chunks are confirmed."""
+    sent: list[int] = []
+
+    def interrupt_after_two(done: int, total: int) -> None:
+        sent.append(done)
+        if len(sent) == 3:
+            raise KeyboardInterrupt
+
+    with Client(socket) as client, pytest.raises(KeyboardInterrupt):
+        upload_file(client, app, path, options, chunk_size, interrupt_after_two)
 
 
 def test_berth_upload_resumes_an_interrupted_upload(berthd: Berthd, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

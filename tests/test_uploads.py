@@ -19,6 +19,9 @@ from berth.client import Client, CommandFailed
 from berth.messages import Response
 from berth.upload import upload_file
 from tests.daemon_proc import ROOT, Berthd
+from tests.test_hostile_clients import open_berthd, upload_begin_as  # noqa: F401  (a fixture)
+from tests.test_sources import interrupt_upload
+from tests.users import NEEDS_ROOT, system_users
 
 MIB = 1024 * 1024
 SCRIPT = b"#!/bin/sh\necho uploaded in fixed chunks\nexit 0\n"
@@ -352,6 +355,27 @@ def test_a_group_counts_against_the_upload_limits(start_berthd: Callable[..., Be
     assert leftovers(daemon) != []
 
 
+@NEEDS_ROOT
+def test_a_group_counts_against_one_users_uploads_and_is_that_users_own(
+    open_berthd: Callable[..., Berthd],  # noqa: F811  (the fixture imported above)
+) -> None:
+    daemon = open_berthd("--max-uploads", "16", "--max-uploads-per-uid", "2")
+
+    def of_group(group: str, index: int, total: int, *extra: str) -> list[str]:
+        return ["--group", group, "--file-index", str(index), "--total-files", str(total), *extra]
+
+    with system_users("upga", "upgb") as (alice, bob):
+        too_many = upload_begin_as(alice, daemon, "shared", 10, 1, *of_group("g", 0, 3, "--executable"))
+        assert too_many["error"] == "busy" and "3 files" in too_many["output"], too_many
+        assert upload_begin_as(alice, daemon, "shared", 10, 1, *of_group("g", 0, 2, "--executable"))["ok"]
+        assert upload_begin_as(alice, daemon, "shared", 10, 1, *of_group("g", 1, 2), name="data")["ok"]
+        assert upload_begin_as(alice, daemon, "other", 10)["error"] == "busy"  # her two sessions are taken
+        # the same group name from another user is a group of that user's: index 0 is free there
+        theirs = upload_begin_as(bob, daemon, "shared", 10, 1, *of_group("g", 0, 2, "--executable"))
+        assert theirs["ok"], theirs
+        assert upload_begin_as(None, daemon, "shared", 10, 1, *of_group("g", 0, 5, "--executable"))["ok"]
+
+
 def test_a_group_resumes_across_a_restart(berthd: Berthd) -> None:
     big = payload(300_000)
     tool = b"#!/bin/sh\ncat data/greeting.txt\n"
@@ -458,19 +482,6 @@ def test_berth_upload_refuses_an_executable_that_is_not_among_the_files(
     )  # fmt: skip
     assert other.returncode == 2 and "--executable" in other.stderr
     assert leftovers(berthd) == []
-
-
-def interrupt_upload(socket: Path, app: str, path: Path, options: list[str], chunk_size: int) -> None:
-    """`upload_file` stopped (as by Ctrl-C) once two chunks are confirmed."""
-    sent: list[int] = []
-
-    def interrupt_after_two(done: int, total: int) -> None:
-        sent.append(done)
-        if len(sent) == 3:
-            raise KeyboardInterrupt
-
-    with Client(socket) as client, pytest.raises(KeyboardInterrupt):
-        upload_file(client, app, path, options, chunk_size, interrupt_after_two)
 
 
 def test_a_failed_resume_drops_its_state_so_the_next_try_works(
