@@ -293,10 +293,13 @@ def test_a_client_that_reads_nothing_is_let_go_after_the_idle_timeout(start_bert
     assert daemon.call("ping").output == "pong"
 
 
-def upload_begin_as(user: User | None, daemon: Berthd, app: str, size: int) -> dict[str, Any]:
+def upload_begin_as(
+    user: User | None, daemon: Berthd, app: str, size: int, chunks: int = 1, *options: str, name: str = "tool"
+) -> dict[str, Any]:
     """`upload:begin` from a process of `user` (root when None), through socat."""
     drop = [] if user is None else ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-    line = json.dumps({"cmd": "upload:begin", "args": [app, "tool", str(size), "1"]}) + "\n"
+    words = [app, name, str(size), str(chunks), *options]
+    line = json.dumps({"cmd": "upload:begin", "args": words}) + "\n"
     out = subprocess.run(
         [*drop, "socat", "-t", "10", "-", f"UNIX-CONNECT:{daemon.socket}"],
         input=line.encode(), capture_output=True, timeout=30,
@@ -318,7 +321,9 @@ def test_one_user_cannot_take_every_upload_slot_and_root_keeps_one(open_berthd) 
         assert (last["ok"], last["error"]) == (False, "busy"), last
         assert upload_begin_as(None, daemon, "r0", 10)["ok"]
         # all of the sessions together must fit on the disk once complete
-    huge = upload_begin_as(None, open_berthd("--max-upload-bytes", str(1 << 60)), "big", 1 << 59)
+    # (in chunks whose lines a --max-line of 1 TiB takes: berthd refuses at once chunks it could never read)
+    roomy = open_berthd("--max-upload-bytes", str(1 << 60), "--max-line", str(1 << 40))
+    huge = upload_begin_as(None, roomy, "big", 1 << 59, 1_000_000)
     assert (huge["ok"], huge["error"]) == (False, "busy") and "not enough free disk" in huge["output"]
     assert daemon.call("ping").output == "pong"
 

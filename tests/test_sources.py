@@ -117,12 +117,17 @@ def test_upload_filenames_must_be_plain(berthd: Berthd, name: str) -> None:
 
 
 def test_bad_chunks_are_refused(berthd: Berthd) -> None:
-    session = berthd.call(["upload:begin", "chunky", "app", "10", "2"]).data["session_id"]
+    session = berthd.call(["upload:begin", "chunky", "app", "10", "2", "--chunk-size", "5"]).data[
+        "session_id"
+    ]
     cases = [
         (["2", base64.b64encode(b"12345").decode()], "out of range"),
         (["0", "not base64!"], "not valid base64"),
-        (["0", base64.b64encode(b"123456").decode()], "overrun"),
-        (["1", base64.b64encode(b"1234").decode()], "expected 5"),
+        (["0", base64.b64encode(b"123456").decode()], "chunk 0 has 6 bytes, expected 5"),
+        (
+            ["1", base64.b64encode(b"1234").decode()],
+            "chunk 1 has 4 bytes, expected 5 (the last chunk holds the rest)",
+        ),
         (["-1", base64.b64encode(b"12345").decode()], "chunk index"),
     ]
     for args, message in cases:
@@ -142,9 +147,8 @@ def test_unfinished_uploads_expire(start_berthd: Callable[..., Berthd]) -> None:
     assert list((daemon.data_dir / "uploads").iterdir()) == []
 
 
-def test_berth_upload_resumes_an_interrupted_upload(berthd: Berthd, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = big_script(tmp_path, 300_000)
+def interrupt_upload(socket: Path, app: str, path: Path, options: list[str], chunk_size: int) -> None:
+    """`upload_file` stopped (as by Ctrl-C) once two chunks are confirmed."""
     sent: list[int] = []
 
     def interrupt_after_two(done: int, total: int) -> None:
@@ -152,8 +156,14 @@ def test_berth_upload_resumes_an_interrupted_upload(berthd: Berthd, tmp_path: Pa
         if len(sent) == 3:
             raise KeyboardInterrupt
 
-    with Client(berthd.socket) as client, pytest.raises(KeyboardInterrupt):
-        upload_file(client, "cli-upload", path, ["--description", "from berth"], 50_000, interrupt_after_two)
+    with Client(socket) as client, pytest.raises(KeyboardInterrupt):
+        upload_file(client, app, path, options, chunk_size, interrupt_after_two)
+
+
+def test_berth_upload_resumes_an_interrupted_upload(berthd: Berthd, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = big_script(tmp_path, 300_000)
+    interrupt_upload(berthd.socket, "cli-upload", path, ["--description", "from berth"], 50_000)
     chunks: list[int] = []
     with Client(berthd.socket) as client:
         result = upload_file(client, "cli-upload", path, [], 50_000, lambda done, total: chunks.append(done))

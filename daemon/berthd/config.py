@@ -25,7 +25,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     socket: str | None = None
     socket_mode: str = "0660"
     socket_group: str | None = None
-    max_line: Annotated[int, msgspec.Meta(ge=64)] = MIB
+    max_line: Annotated[int, msgspec.Meta(ge=64)] = 2 * MIB  # the seed's 1 MiB upload chunk fits in base64
     max_clients: Annotated[int, msgspec.Meta(ge=1)] = 256
     max_clients_per_uid: Annotated[int, msgspec.Meta(ge=1)] | None = None  # None: a quarter of max_clients
     idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0

@@ -74,7 +74,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--audit-log-backups", type=int, metavar="N", help="rotated audit logs kept (default 5)"
     )
-    parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 1 MiB)")
+    parser.add_argument("--max-line", type=int, metavar="BYTES", help="longest request line (default 2 MiB)")
     parser.add_argument("--max-clients", type=int, metavar="N", help="connections at once (default 256)")
     parser.add_argument(
         "--max-clients-per-uid",

@@ -1,6 +1,7 @@
 """`berth`: berthd's command-line client.
 
     berth [--socket PATH] [--json] COMMAND [ARG ...]
+    berth [--socket PATH] upload APP FILE... [--executable NAME] [--chunk-size BYTES] [options] [-- ARG ...]
 
 Sends the command (as a JSON list of words, so nothing needs quoting), prints events as they come and
 then the output; `--json` prints the raw lines. Exits 0 when the command succeeded, 1 otherwise.
@@ -9,6 +10,7 @@ then the output; `--json` prints the raw lines. Exits 0 when the command succeed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ import msgspec
 
 from berth.client import Client, CommandFailed
 from berth.messages import Response
-from berth.upload import DEFAULT_CHUNK, upload_file
+from berth.upload import DEFAULT_CHUNK, upload_files
 
 
 def _print_event(event: dict[str, Any]) -> None:
@@ -38,28 +40,75 @@ def _print_event(event: dict[str, Any]) -> None:
         print(msgspec.json.encode(event.get("entry")).decode(), flush=True)
 
 
+def _chunk_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{size}: a chunk has at least 1 byte")
+    return size
+
+
+def _placed(argument: str) -> str:
+    """Where a FILE goes in the app: its path as given when relative and inside, else its name."""
+    normal = os.path.normpath(argument)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith("../"):
+        return os.path.basename(normal)
+    return normal
+
+
 def _upload(socket: str | None, args: list[str]) -> int:
-    """`berth upload APP FILE [--chunk-size BYTES] [source options] [-- ARG ...]`"""
-    parser = argparse.ArgumentParser(prog="berth upload", description="Upload an executable in chunks.")
+    """`berth upload APP FILE... [--executable NAME] [--chunk-size BYTES] [source options] [-- ARG ...]`"""
+    parser = argparse.ArgumentParser(
+        prog="berth upload",
+        allow_abbrev=False,
+        description="Upload an executable in chunks, or several files as one group (--executable: the one"
+        " that runs). Source options (--env, --cwd, ...) go after the files.",
+    )
     parser.add_argument("app")
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--executable", metavar="NAME", help="the file that runs (with several FILEs)")
+    parser.add_argument(
+        "--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK, metavar="BYTES",
+        help="bytes a chunk (default 1 MiB; less when berthd's --max-line takes less)",
+    )  # fmt: skip
     tail: list[str] = []
     if "--" in args:
         cut = args.index("--")
         args, tail = args[:cut], args[cut:]
     known, rest = parser.parse_known_args(args)
     rest += tail
+    files = [(_placed(argument) if len(known.files) > 1 else Path(argument).name, Path(argument))
+             for argument in known.files]  # fmt: skip
+    names = [name for name, _ in files]
+    if len(set(names)) < len(names):
+        parser.error(f"two FILEs would go to the same place: {', '.join(names)}")
+    executable = known.executable
+    if executable is not None:
+        matches = [
+            name for (name, _), given in zip(files, known.files, strict=True) if executable in (name, given)
+        ]
+        if not matches:
+            parser.error(f"--executable {executable}: not one of the FILEs ({', '.join(names)})")
+        executable = matches[0]
+    elif len(files) > 1:
+        parser.error("several FILEs go as a group: name the one that runs with --executable NAME")
     try:
         with Client(socket) as client:
-            result = upload_file(client, known.app, known.file, rest, known.chunk_size)
+            result = upload_files(client, known.app, files, executable, rest, known.chunk_size)
     except CommandFailed as exc:
         print(exc.response.output, file=sys.stderr)
         return 1
     except (OSError, ConnectionError) as exc:
         print(f"berth: upload failed: {exc}", file=sys.stderr)
         return 1
-    print(f"{known.app}: {result['executable']} ({result['size']} bytes, sha256 {result['upload_hash']})")
+    if result.get("files"):
+        print(
+            f"{known.app}: {len(result['files'])} files ({result['size']} bytes), {result['executable']} runs"
+        )
+    else:
+        print(f"{known.app}: {result['executable']} ({result['size']} bytes, sha256 {result['upload_hash']})")
     return 0
 
 

@@ -77,3 +77,17 @@ class AnswerLines:
             if isinstance(line, TooLong):
                 raise ConnectionError(f"berthd sent an answer longer than {line.limit} bytes")
             self._ready.append(line)
+
+
+DEFAULT_MAX_LINE = 2 * 1024 * 1024
+"""berthd's default `--max-line`: the standalone-services seed's default 1 MiB upload chunk fits in base64."""
+
+CHUNK_LINE_ROOM = 256
+"""What an `upload:chunk` line holds besides the chunk's base64: the command, the session, the index, the
+JSON around them and an `id`, with room to spare."""
+
+
+def largest_chunk(max_line: int) -> int:
+    """The most bytes an upload chunk may have for its `upload:chunk` line to fit in `max_line` bytes
+    (base64 makes 4 characters of every 3 bytes)."""
+    return max(0, (max_line - CHUNK_LINE_ROOM) // 4 * 3)

@@ -292,21 +292,22 @@ def _count_zip_entries(archive: Path, extractor: Extractor) -> None:
             extractor.expect(count)
 
 
-def entry_parts(name: str) -> Parts:
-    """An entry's name as folder names below the top; `.` and empty parts dropped."""
+def entry_parts(name: str, what: str = "archive entry", within: str = "the archive's folder") -> Parts:
+    """An entry's name as folder names below the top; `.` and empty parts dropped. `what` and `within`
+    name the entry and its top in the messages (an upload's file path, the app's folder)."""
     if "\x00" in name:
-        raise ArchiveError("archive entry name contains a NUL byte")
+        raise ArchiveError(f"{what} name contains a NUL byte")
     if name.startswith("/"):
-        raise ArchiveError(f"archive entry {quoted(name)} has an absolute path")
+        raise ArchiveError(f"{what} {quoted(name)} has an absolute path")
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
     if len(parts) > MAX_DEPTH:
-        raise ArchiveError(f"archive entry {quoted(name)} is {len(parts)} folders deep, over {MAX_DEPTH}")
+        raise ArchiveError(f"{what} {quoted(name)} is {len(parts)} folders deep, over {MAX_DEPTH}")
     if any(len(part.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for part in parts):
-        raise ArchiveError(f"archive entry {quoted(name)} has a part longer than {MAX_PART_BYTES} bytes")
+        raise ArchiveError(f"{what} {quoted(name)} has a part longer than {MAX_PART_BYTES} bytes")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise ArchiveError(f"archive entry {quoted(name)} is longer than {MAX_NAME_BYTES} bytes")
+        raise ArchiveError(f"{what} {quoted(name)} is longer than {MAX_NAME_BYTES} bytes")
     if ".." in parts:
-        raise ArchiveError(f"archive entry {quoted(name)} leaves the archive's folder")
+        raise ArchiveError(f"{what} {quoted(name)} leaves {within}")
     return parts
 
 
@@ -383,6 +384,23 @@ class Extractor:
                     if self.written > self.max_bytes:
                         raise ArchiveError(f"archive unpacks to more than {self.max_bytes} bytes")
                     out.write(block)
+
+    def link_in(self, name: str, executable: bool, source: Path) -> None:
+        """`source`, a file of berthd's own outside the tree, hard-linked in as `name` with the mode
+        `file` gives (0755 or 0644): placed as `file` places an entry, its bytes not copied."""
+        parts = self._claim(name, FILE)
+        mode = 0o755 if executable else 0o644
+        with self._entry(parts), self._parent(parts) as parent:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, mode)
+                self.written += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if self.written > self.max_bytes:
+                raise ArchiveError(f"the files take more than {self.max_bytes} bytes")
+            os.link(source, parts[-1], dst_dir_fd=parent, follow_symlinks=False)
+            self.kinds[parts] = FILE
 
     def hardlink(self, name: str, target: str) -> None:
         parts = self._claim(name, FILE)

@@ -331,14 +331,21 @@ class Store:
     # uploads
 
     _UPLOAD_COLUMNS = (
-        "id, app, filename, total_size, total_chunks, sha256, received, created_at, options, uid"
+        "id, app, filename, total_size, total_chunks, sha256, received, created_at, options, uid,"
+        " chunk_size, group_id, file_index, total_files, executable, ended_hash"
     )
+
+    @staticmethod
+    def _upload(row: tuple[object, ...]) -> UploadRecord:
+        upload = UploadRecord(*row)  # type: ignore[arg-type]
+        upload.executable = bool(upload.executable)  # an INTEGER column
+        return upload
 
     @threaded
     def create_upload(self, upload: UploadRecord) -> None:
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO uploads ({self._UPLOAD_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 msgspec.structs.astuple(upload),
             )
 
@@ -347,20 +354,40 @@ class Store:
         row = self._conn.execute(
             f"SELECT {self._UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)
         ).fetchone()
-        return UploadRecord(*row) if row else None
+        return self._upload(row) if row else None
 
     @threaded
-    def mark_chunk(self, upload_id: str, index: int) -> None:
+    def group_uploads(self, app: str, group: str, uid: int) -> list[UploadRecord]:
+        """The sessions of one upload group (one caller's, of one app), by file index."""
+        rows = self._conn.execute(
+            f"SELECT {self._UPLOAD_COLUMNS} FROM uploads WHERE app = ? AND group_id = ? AND uid = ?"
+            " ORDER BY file_index",
+            (app, group, uid),
+        ).fetchall()
+        return [self._upload(row) for row in rows]
+
+    @threaded
+    def mark_chunk(self, upload_id: str, index: int, chunk_size: int) -> None:
+        """Chunk `index` is stored; the upload's chunk size is `chunk_size` from now on, if it was not known."""
         with self._write() as conn:
             (received,) = conn.execute("SELECT received FROM uploads WHERE id = ?", (upload_id,)).fetchone()
             bits = bytearray(received)
             bits[index // 8] |= 1 << (index % 8)
-            conn.execute("UPDATE uploads SET received = ? WHERE id = ?", (bytes(bits), upload_id))
+            conn.execute(
+                "UPDATE uploads SET received = ?, chunk_size = COALESCE(chunk_size, ?) WHERE id = ?",
+                (bytes(bits), chunk_size, upload_id),
+            )
 
     @threaded
-    def delete_upload(self, upload_id: str) -> None:
+    def mark_upload_ended(self, upload_id: str, digest: str) -> None:
+        """A group's file is complete and checked; it waits for the others."""
         with self._write() as conn:
-            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            conn.execute("UPDATE uploads SET ended_hash = ? WHERE id = ?", (digest, upload_id))
+
+    @threaded
+    def delete_upload(self, *upload_ids: str) -> None:
+        with self._write() as conn:
+            conn.executemany("DELETE FROM uploads WHERE id = ?", [(each,) for each in upload_ids])
 
     @threaded
     def uploads_older_than(self, cutoff: float) -> list[str]:

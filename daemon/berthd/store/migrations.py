@@ -82,4 +82,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE uploads ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
     """,
+    # 8: the chunk size a client chose (or berthd learnt from its first chunk); upload groups. A session
+    # begun before keeps the size it was begun with, ceil(size / chunks)
+    """
+    ALTER TABLE uploads ADD COLUMN chunk_size INTEGER;
+    UPDATE uploads SET chunk_size = (total_size + total_chunks - 1) / total_chunks;
+    ALTER TABLE uploads ADD COLUMN group_id TEXT;
+    ALTER TABLE uploads ADD COLUMN file_index INTEGER;
+    ALTER TABLE uploads ADD COLUMN total_files INTEGER;
+    ALTER TABLE uploads ADD COLUMN executable INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE uploads ADD COLUMN ended_hash TEXT;
+    CREATE INDEX uploads_by_group ON uploads (app, group_id);
+    """,
 )

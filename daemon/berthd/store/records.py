@@ -64,7 +64,7 @@ class JobRecord(msgspec.Struct):
 class UploadRecord(msgspec.Struct):
     id: str
     app: str
-    filename: str
+    filename: str  # in a group: the file's path relative to the release
     total_size: int
     total_chunks: int
     sha256: str | None
@@ -72,13 +72,26 @@ class UploadRecord(msgspec.Struct):
     created_at: float
     options: bytes  # the source options given at upload:begin, applied at upload:end
     uid: int = 0  # who began it (SO_PEERCRED)
+    chunk_size: int | None = None  # every chunk's but the last; None until the first chunk says
+    group: str | None = None  # an upload group: several files of one app, live together
+    file_index: int | None = None
+    total_files: int | None = None
+    executable: bool = False  # the group's file that runs
+    ended_hash: str | None = None  # the sha256 of a group's file that ended, waiting for the others
 
     @property
-    def chunk_size(self) -> int:
-        return -(-self.total_size // self.total_chunks)
+    def last_index(self) -> int:
+        return self.total_chunks - 1
 
-    def chunk_length(self, index: int) -> int:
-        return min(self.chunk_size, self.total_size - index * self.chunk_size)
+    def last_length(self, chunk_size: int) -> int:
+        """What the last chunk holds: the rest (more than `chunk_size` too, as the seed's own example has)."""
+        return self.total_size - self.last_index * chunk_size
+
+    def chunk_length(self, index: int) -> int | None:
+        """The length chunk `index` must have; None while the chunk size is still to be learnt."""
+        if self.chunk_size is None:
+            return None
+        return self.last_length(self.chunk_size) if index == self.last_index else self.chunk_size
 
     def has(self, index: int) -> bool:
         return bool(self.received[index // 8] & (1 << (index % 8)))
