@@ -73,12 +73,14 @@ class Rule:
     source: str  # the file the rule was read from
     line: int | None  # the line of its `[[rule]]` header
     commands: frozenset[str]  # the command names it covers
+    allowing: str = ""  # why a request it allows is allowed
+    label: str = ""  # `rule 2 'developers' (line 14 of /etc/berthd/berthd.toml)`: made once, shown often
 
-    @property
-    def label(self) -> str:
+    def __post_init__(self) -> None:
         where = f"line {self.line} of {self.source}" if self.line else self.source
         named = f" {self.spec.name!r}" if self.spec.name else ""
-        return f"rule {self.index + 1}{named} ({where})"
+        object.__setattr__(self, "label", f"rule {self.index + 1}{named} ({where})")
+        object.__setattr__(self, "allowing", f"{self.label} allows it")
 
     def names(self, peer: Peer) -> bool:
         spec = self.spec
@@ -146,7 +148,7 @@ class Decision:
 class RuleSet:
     rules: tuple[Rule, ...] = ()
     source: str = "the config"
-    _bound: dict[Peer, tuple[BoundRule, ...]] = field(default_factory=dict)
+    _bound: dict[tuple[object, ...], tuple[BoundRule, ...]] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -154,7 +156,7 @@ class RuleSet:
 
     def for_peer(self, peer: Peer) -> tuple[BoundRule, ...]:
         """The rules that name this caller, in order, compiled for it."""
-        key = Peer(-1, peer.uid, peer.gid, peer.user, None, (), peer.group_names)
+        key = (peer.uid, peer.user, peer.group_names)  # all a rule names a caller by
         bound = self._bound.get(key)
         if bound is None:
             bound = tuple(
@@ -196,7 +198,7 @@ class RuleSet:
                     f"{rule.label} runs code only as you, not as {request.as_other} (run_as_other is false)"
                 )
                 continue
-            return Decision(True, rule, f"{rule.label} allows it", bound)
+            return Decision(True, rule, rule.allowing, bound)
         who = _who(peer)
         if closest:
             return Decision(False, None, closest)
