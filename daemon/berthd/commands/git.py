@@ -23,6 +23,7 @@ from berthd.apps.launch import environment, resolve_identity
 from berthd.commands.sources import (
     DeployFailed,
     SourceOptions,
+    about,
     apply_options,
     begin_deploy,
     deploy_release,
@@ -52,7 +53,7 @@ REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
 
 class FromArchiveParams(SourceOptions, kw_only=True):
     app: AppName
-    url: str
+    url: Annotated[str, about("a .tar.gz, .tgz, .tar or .zip over http, https or file")]
     positional = ("app", "url")
 
 
@@ -185,13 +186,15 @@ async def _check_scale(ctx: Context, app: str, types: set[str]) -> None:
 
 class SyncParams(SourceOptions, kw_only=True):
     app: AppName
-    repository: str
-    ref: str | None = None
-    build_cmd: str | None = None
-    executable: str | None = None
-    username: str | None = None
-    password: str | None = None
-    build_timeout: Annotated[int, msgspec.Meta(ge=1, le=86400)] = DEFAULT_BUILD_TIMEOUT
+    repository: Annotated[str, about("a URL (https, ssh, git, file) or an absolute path")]
+    ref: Annotated[str | None, about("a branch, tag or commit (default: the default branch)")] = None
+    build_cmd: Annotated[str | None, about("a build, run with /bin/sh -c in the checkout")] = None
+    executable: Annotated[str | None, about("what runs, relative to the checkout (else the Procfile)")] = None
+    username: Annotated[str | None, about("the user name for the repository")] = None
+    password: Annotated[str | None, about("its password or token (never kept)")] = None
+    build_timeout: Annotated[
+        int, msgspec.Meta(ge=1, le=86400, description="seconds the build may take, 1 to 86400")
+    ] = DEFAULT_BUILD_TIMEOUT
     positional = ("app", "repository", "ref")
     secret = SourceOptions.secret | {"password"}
     metavars = {
@@ -200,6 +203,7 @@ class SyncParams(SourceOptions, kw_only=True):
         "executable": "PATH",
         "username": "U",
         "password": "P",
+        "build_timeout": "SECONDS",
     }
 
 
