@@ -12,6 +12,7 @@ from tests.daemon_proc import Berthd
 from tests.test_access import ask
 from tests.test_crash_recovery import repository_of
 from tests.test_native_runner import create, pid_of, report, script, wait_for
+from tests.test_sources import git
 from tests.users import NEEDS_ROOT, system_users
 
 # short flags
@@ -158,6 +159,35 @@ def test_rename_onto_an_existing_app_is_refused(berthd: Berthd) -> None:
     assert berthd.call("apps:rename nothere three").error == "not_found"
     assert berthd.call("apps:rename one one").error == "conflict"
     assert sorted(r["name"] for r in berthd.call("apps:list").data) == ["one", "two"]
+
+
+# ps:rebuild
+
+
+def test_rebuild_reruns_the_build_of_a_git_app_on_its_commit(berthd: Berthd, tmp_path: Path) -> None:
+    counter = tmp_path / "builds"
+    repo = build_repository(tmp_path, counter)
+    synced = berthd.call(
+        ["git:sync", "built", f"file://{repo}", "--build-cmd", "sh build.sh", "--executable", "app"]
+    )
+    assert synced.ok, synced.output
+    commit = synced.data["commit"]
+    assert counter.read_text() == "x\n"
+    (repo / "build.sh").write_text("exit 1\n")  # a new commit the rebuild must not take
+    git(repo, "commit", "-qam", "two")
+    assert berthd.call("ps:start built").ok
+    old_pid = pid_of(berthd, "built")
+    answer = berthd.call("ps:rebuild built")
+    assert answer.ok, answer.output
+    assert counter.read_text() == "x\nx\n"
+    assert berthd.call("apps:info built").data["source_detail"]["commit"] == commit
+    wait_for(lambda: report(berthd, "built")[0]["state"] == "RUNNING")
+    assert pid_of(berthd, "built") != old_pid
+    assert berthd.call("ps:rebuild nothere").error == "not_found"
+    assert berthd.call("apps:create empty").ok
+    empty = berthd.call("ps:rebuild empty")
+    assert empty.error == "invalid_argument" and "nothing to rebuild" in empty.output
+    berthd.call("ps:stop built")
 
 
 # help
