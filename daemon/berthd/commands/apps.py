@@ -20,7 +20,7 @@ from berthd.errors import CommandError, conflict, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
 from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches
+from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources.caller import Caller, NotReadable, check_executable_as
 from berthd.store import trees
@@ -48,15 +48,21 @@ class AppParams(Params):
 
 class DestroyParams(Params):
     app: AppName
-    force: bool = False
-    keep_data: bool = False
+    force: Annotated[bool, about("required: yes, destroy it")] = False
+    keep_data: Annotated[bool, about("keep an image app's data volume")] = False
     positional = ("app",)
 
 
 class SetParams(Params):
     app: AppName
-    key: str
-    value: str
+    key: Annotated[
+        str,
+        about(
+            "the setting: for apps:set args, cwd, timeout, user, description, daemon, executable, "
+            "restart-policy, require.KEY, mount; for ps:set restart-policy"
+        ),
+    ]
+    value: Annotated[str, about("its new value (empty: unset)")]
     positional = ("app", "key", "value")
 
     def touches(self) -> Touches:

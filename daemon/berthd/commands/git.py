@@ -24,7 +24,6 @@ from berthd.apps.launch import environment, resolve_identity
 from berthd.commands.sources import (
     DeployFailed,
     SourceOptions,
-    about,
     apply_options,
     begin_deploy,
     deploy_release,
@@ -33,7 +32,7 @@ from berthd.commands.sources import (
 from berthd.errors import invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
-from berthd.server.params import AppName
+from berthd.server.params import AppName, about
 from berthd.server.redaction import without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive

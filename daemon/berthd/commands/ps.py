@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from typing import Annotated
 
 import msgspec
 import trio
@@ -24,7 +25,7 @@ from berthd.errors import CommandError, invalid_argument
 from berthd.runners import RunnerError
 from berthd.runners.table import through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AppName, Params
+from berthd.server.params import AppName, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.store.records import AppRecord
 from berthd.supervision.manager import RUNNING
@@ -43,7 +44,7 @@ class ReportParams(Params):
 
 class ScaleParams(Params):
     app: AppName
-    counts: list[str]
+    counts: Annotated[list[str], about("how many processes of a Procfile type (web=2)")]
     positional = ("app", "counts")
     metavars = {"counts": "TYPE=N"}
 

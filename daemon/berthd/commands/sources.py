@@ -34,16 +34,12 @@ from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
 from berthd.runners.table import through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AppName, Params
+from berthd.server.params import AppName, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import releases
 from berthd.store import Store, modes
 from berthd.store.records import AppRecord, AppSettings, AppSource
 from berthd.supervision.manager import RUNNING
-
-
-def about(text: str) -> msgspec.Meta:
-    return msgspec.Meta(description=text)
 
 
 class SourceOptions(Params):

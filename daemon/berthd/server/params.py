@@ -342,3 +342,8 @@ AppName = typing.Annotated[
         description="lowercase letters, digits and dashes, starting with a letter, at most 63 characters",
     ),
 ]
+
+
+def about(text: str) -> msgspec.Meta:
+    """A parameter's description: `help COMMAND` shows it, and an invalid value's error says it."""
+    return msgspec.Meta(description=text)
