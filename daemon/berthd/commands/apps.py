@@ -18,6 +18,7 @@ from berthd.apps.settings import SETTING_KEYS, apply_setting, check_executable, 
 from berthd.deploy.exapp import volume_of
 from berthd.errors import CommandError, conflict, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
+from berthd.runners import RunnerError
 from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
 from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches, about
@@ -277,6 +278,7 @@ class RenameParams(Params):
     "apps:rename",
     summary="rename an app: its config, settings, source, processes and history go with it",
     mutating=True,
+    runs_code=True,  # its processes start again, as ps:restart starts them
 )
 async def rename(ctx: Context, params: RenameParams) -> Result:
     old, new = params.app, params.new
@@ -326,7 +328,10 @@ async def _check_renamable(ctx: Context, record: AppRecord, force: bool) -> None
 async def _drop_container(ctx: Context, record: AppRecord) -> AppRecord:
     """An image app's container removed (the new one has the new name), its volume kept and recorded."""
     runner, target = await ctx.processes.runner_for(record)
-    await runner.remove(target, keep_data=True)
+    try:
+        await runner.remove(target, keep_data=True)
+    except RunnerError as exc:
+        raise CommandError("unavailable", str(exc)) from None
     detail = {**record.source.detail, "volume": volume_of(record)}
     await ctx.store.save_source(record.name, AppSource(record.source.kind, detail), record.settings)
     return msgspec.structs.replace(record, source=AppSource(record.source.kind, detail))
