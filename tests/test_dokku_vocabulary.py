@@ -258,3 +258,25 @@ def test_rename_under_rules_needs_both_names_allowed(
         (renamed,) = ask(daemon, alice, f"apps:rename {alice.name}-a {alice.name}-b")
         assert renamed["ok"], renamed
         assert sorted(r["name"] for r in daemon.call("apps:list").data) == [f"{alice.name}-b", "other"]
+
+
+def test_a_rename_cut_short_before_its_folder_moved_is_finished_at_the_next_start(
+    start_berthd: Callable[..., Berthd], tmp_path: Path
+) -> None:
+    berthd = start_berthd()
+    create(berthd, "halfway", script(tmp_path, "app.sh", "#!/bin/sh\nexec sleep 1000\n"))
+    (berthd.data_dir / "apps" / "halfway" / "kept.txt").parent.mkdir(parents=True, exist_ok=True)
+    (berthd.data_dir / "apps" / "halfway" / "kept.txt").write_text("mine\n")
+    assert berthd.call("apps:rename halfway moved").ok
+    berthd.stop()
+    # as if berthd died between the store's commit and the folder's rename(2)
+    (berthd.data_dir / "apps" / "moved").rename(berthd.data_dir / "apps" / "halfway")
+    with sqlite3.connect(berthd.data_dir / "berthd.db") as db:
+        db.execute(
+            "UPDATE apps SET source = json_set(CAST(source AS TEXT), '$.detail.renamed_from', 'halfway')"
+            " WHERE name = 'moved'"
+        )
+    again = start_berthd()
+    assert (again.data_dir / "apps" / "moved" / "kept.txt").read_text() == "mine\n"
+    assert not (again.data_dir / "apps" / "halfway").exists()
+    assert "renamed_from" not in again.call("apps:info moved").data["source_detail"]
