@@ -210,7 +210,8 @@ def test_help_of_one_command_describes_each_option(berthd: Berthd) -> None:
 
 
 def test_help_lines_wrap_and_are_never_padded_wide(berthd: Berthd) -> None:
-    for command in ("help", "apps:help", "help git:sync", "git:sync --help"):
+    names = berthd.call("commands").data
+    for command in ["help", "apps:help", "git:sync --help", *(f"help {name}" for name in names)]:
         answer = berthd.call(command)
         assert answer.ok, answer.output
         widest = max(answer.output.splitlines(), key=len)
