@@ -405,3 +405,30 @@ def test_capabilities_report_the_default_daemons_engine(
     data = engine.call("system:capabilities").data
     assert data["has_docker"] is True
     assert data["docker_version"] == docker_client.version()["Version"]
+
+
+def test_an_image_app_renamed_with_force_gets_a_new_container_and_keeps_its_volume(
+    engine: Berthd, docker_client: docker.DockerClient
+) -> None:
+    deploy(engine, "imgold")
+    assert engine.call("ps:start imgold").ok
+    refused = engine.call("apps:rename imgold imgnew")
+    assert refused.error == "invalid_argument" and "--force" in refused.output, refused.output
+    answer = engine.call("apps:rename imgold imgnew --force")
+    assert answer.ok, answer.output
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get("nc_app_imgold")
+    wait_for(lambda: engine.call("ps:report imgnew").data[0]["state"] == "RUNNING")
+    attrs = inspect(docker_client, "imgnew")
+    assert {m["Name"]: m["Destination"] for m in attrs["Mounts"]} == {
+        "nc_app_imgold_data": "/nc_app_imgold_data"
+    }
+    values = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert values["APP_ID"] == "imgnew" and values["APP_PERSISTENT_STORAGE"] == "/nc_app_imgold_data"
+    rebuilt = engine.call("ps:rebuild imgnew")
+    assert rebuilt.ok, rebuilt.output
+    wait_for(lambda: engine.call("ps:report imgnew").data[0]["state"] == "RUNNING")
+    assert inspect(docker_client, "imgnew")["Id"] != attrs["Id"]  # a new container, the same volume
+    assert engine.call("apps:destroy imgnew --force").ok
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get("nc_app_imgold_data")

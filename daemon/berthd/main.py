@@ -17,6 +17,7 @@ from berthd import __version__
 from berthd.access.audit import AuditLog, AuditLogError
 from berthd.access.rules import RulesError, RuleSet, load_rules
 from berthd.apps import launch
+from berthd.apps.rename import finish_renames
 from berthd.commands.sources import sweep_interrupted_deploys
 from berthd.commands.upload import expire_uploads
 from berthd.config import Config, ConfigError, load_config
@@ -368,6 +369,7 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
             )
             services = Services(config, store, data_dir, processes, capabilities, audit, rules=rules)
             # everything berthd does before it serves is done before the socket exists
+            await finish_renames(store, services.app_dir)  # before the sweep: a renamed app's folder
             await sweep_orphaned_app_dirs(services)
             await sweep_interrupted_deploys(store, services.app_dir)
             await fix_file_modes(services)

@@ -79,7 +79,7 @@ def request_of(command: Command, touches: Touches, peer: Peer) -> Request:
     as_other = None
     if touches.user is not None and not runs_as(touches.user, peer):
         as_other = account_shown(touches.user)
-    return Request(command.name, touches.app, touches.daemons, as_other)
+    return Request(command.name, touches.app, touches.daemons, as_other, touches.other_apps)
 
 
 async def authorize(ctx: Context, command_name: str, touches: Touches) -> None:

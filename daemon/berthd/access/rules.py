@@ -23,7 +23,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
@@ -134,6 +134,7 @@ class Request:
     app: str | None = None
     daemons: tuple[str, ...] = ()
     as_other: str | None = None  # an account other than the caller's that code would run as
+    other_apps: tuple[str, ...] = ()  # more apps it names (`apps:rename OLD NEW`): each must be allowed too
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,18 @@ class RuleSet:
         return bound
 
     def decide(self, peer: Peer, request: Request) -> Decision:
+        """The decision on the request's first app; a request that names more apps is allowed only when
+        each of them would be, alone (else the refusal of the first one refused)."""
+        decision = self._decide_one(peer, request)
+        for app in request.other_apps:
+            if not decision.allowed:
+                break
+            other = self._decide_one(peer, replace(request, app=app, other_apps=()))
+            if not other.allowed:
+                return other
+        return decision
+
+    def _decide_one(self, peer: Peer, request: Request) -> Decision:
         if not self.rules:
             return Decision(
                 True, None, "no access rules are set: everyone who may open the socket may do everything"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from berthd.access import enforce
 from berthd.access.rules import CallerView
 from berthd.errors import CommandError, forbidden, invalid_argument
 from berthd.server.context import Context
-from berthd.server.params import NoParams, Params, bind_tokens
+from berthd.server.params import NoParams, Params, about, bind_tokens
 from berthd.server.registry import REGISTRY, Result
 
 
 class CheckParams(Params):
-    command: str
-    args: list[str]
+    command: Annotated[str, about("a command name")]
+    args: Annotated[list[str], about("its arguments, as they would be given")]
     positional = ("command", "args")
     verbatim_after = 1
     secret = frozenset({"args"})  # another command's arguments may hold its secrets

@@ -1,26 +1,33 @@
-"""apps:create, apps:list, apps:info, apps:destroy, apps:set."""
+"""apps:create, apps:list, apps:info, apps:destroy, apps:set, and dokku's apps:exists, apps:report,
+apps:rename."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 import trio
 
 from berthd.access.enforce import caller_account
 from berthd.apps.launch import check_cwd_allowed, make_mounts, mount_folder, process_types, resolve_identity
+from berthd.apps.rename import finish_rename
 from berthd.apps.settings import SETTING_KEYS, apply_setting, check_executable, describe_settings
-from berthd.errors import CommandError, invalid_argument, not_found
+from berthd.deploy.exapp import volume_of
+from berthd.errors import CommandError, conflict, invalid_argument, not_found
 from berthd.host.requirements import ensure_compatible
+from berthd.runners import RunnerError
 from berthd.runners.table import runner_class, through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches
+from berthd.server.params import AUTO_DAEMON, AppName, NoParams, Params, Touches, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources.caller import Caller, NotReadable, check_executable_as, reach_folder, run_as
 from berthd.store import trees
-from berthd.store.records import AppRecord, AppSettings
+from berthd.store.records import AppRecord, AppSettings, AppSource
+from berthd.supervision.manager import RUNNING
 
 SHOWN_SOURCE_DETAIL = (
     "repository",
@@ -43,15 +50,21 @@ class AppParams(Params):
 
 class DestroyParams(Params):
     app: AppName
-    force: bool = False
-    keep_data: bool = False
+    force: Annotated[bool, about("required: yes, destroy it")] = False
+    keep_data: Annotated[bool, about("keep an image app's data volume")] = False
     positional = ("app",)
 
 
 class SetParams(Params):
     app: AppName
-    key: str
-    value: str
+    key: Annotated[
+        str,
+        about(
+            "the setting: for apps:set args, cwd, timeout, user, description, daemon, executable, "
+            "restart-policy, require.KEY, mount; for ps:set restart-policy"
+        ),
+    ]
+    value: Annotated[str, about("its new value (empty: unset)")]
     positional = ("app", "key", "value")
 
     def touches(self) -> Touches:
@@ -234,3 +247,121 @@ async def set_(ctx: Context, params: SetParams) -> Result:
     if params.value == "":
         return Result(f"Unset {params.key} of {params.app}")
     return Result(f"Set {params.key} of {params.app} to {shown}")
+
+
+@REGISTRY.command("apps:exists", summary="is there an app of this name (not_found when not)", mutating=False)
+async def exists(ctx: Context, params: AppParams) -> Result:
+    await load_app(ctx, params.app)  # a hidden app was answered as a missing one before this runs
+    return Result(f"App {params.app} exists", {"app": params.app, "exists": True})
+
+
+DEPLOY_SOURCE_METADATA = {"git": "commit", "archive": "url", "image": "image", "upload": "filename"}
+
+
+@REGISTRY.command(
+    "apps:report", summary="dokku's app report: dir, deploy source, created at ...", mutating=False
+)
+async def report(ctx: Context, params: AppParams) -> Result:
+    record = await load_app(ctx, params.app)
+    desired, _ = await ctx.store.get_runtime(params.app)
+    detail = record.source.detail
+    metadata = detail.get(
+        DEPLOY_SOURCE_METADATA.get(record.source.kind, ""), record.settings.executable or ""
+    )
+    processes = ctx.processes.report(params.app)
+    fields = {
+        "app-created-at": int(record.created_at),
+        "app-deploy-source": record.source.kind,
+        "app-deploy-source-metadata": metadata,
+        "app-dir": str(ctx.services.app_dir(params.app)),
+        "app-locked": ctx.services.source_lock(params.app).locked(),  # a deploy is under way
+        "app-runner": (await runner_names(ctx, [record]))[record.name],
+        "app-daemon": record.settings.daemon or "",
+        "app-user": record.settings.user or "",
+        "app-desired-state": desired,
+        "app-processes": ", ".join(f"{p['process']} {p['state']}" for p in processes),
+    }
+    rows = [(key.removeprefix("app-").replace("-", " "), value) for key, value in fields.items()]
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"=====> {record.name} app information"]
+    for label, value in rows:
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        lines.append(f"       {('App ' + label + ':').ljust(width + 5)} {shown}".rstrip())
+    return Result("\n".join(lines), fields)
+
+
+class RenameParams(Params):
+    app: AppName
+    new: AppName
+    force: Annotated[
+        bool, msgspec.Meta(description="an image app too (its container is made anew, its volume kept)")
+    ] = False
+    positional = ("app", "new")
+    metavars = {"app": "OLD", "new": "NEW"}
+
+    def touches(self) -> Touches:
+        # both names are judged: the caller must be allowed the app it renames and the name it gives
+        return dataclasses.replace(super().touches(), other_apps=(self.new,))
+
+
+@REGISTRY.command(
+    "apps:rename",
+    summary="rename an app: its config, settings, source, processes and history go with it",
+    mutating=True,
+    runs_code=True,  # its processes start again, as ps:restart starts them
+)
+async def rename(ctx: Context, params: RenameParams) -> Result:
+    old, new = params.app, params.new
+    record = await load_app(ctx, old)
+    if new == old or await ctx.store.get_app(new) is not None:
+        raise conflict(f"App {new} already exists")
+    await _check_renamable(ctx, record, params.force)
+    old_dir, new_dir = ctx.services.app_dir(old), ctx.services.app_dir(new)
+    if await trio.to_thread.run_sync(os.path.lexists, new_dir):
+        raise conflict(f"App {new} cannot have its folder: {new_dir} is in the way")
+    desired, _ = await ctx.store.get_runtime(old)
+    await ctx.processes.release_app(old)
+    try:
+        if through_daemon(record.source.kind):
+            record = await _drop_container(ctx, record)
+        await ctx.store.rename_app(old, new, str(old_dir), str(new_dir))
+    except BaseException:
+        if desired == RUNNING:
+            with trio.CancelScope(shield=True):
+                await ctx.processes.start_app(old, resume=True)
+        raise
+    renamed = await load_app(ctx, new)
+    await finish_rename(ctx.store, ctx.services.app_dir, renamed)
+    ctx.services.source_locks.pop(old, None)
+    if desired == RUNNING:
+        await ctx.processes.start_app(new, resume=True)
+    rows = ctx.processes.report(new)
+    return Result(f"Renaming {old} to {new}... done", {"app": new, "renamed_from": old, "processes": rows})
+
+
+async def _check_renamable(ctx: Context, record: AppRecord, force: bool) -> None:
+    """Nothing is under way that writes into the app's folder by its old name, and an image app's
+    user knows what a rename does to it."""
+    name = record.name
+    if ctx.services.source_lock(name).locked():
+        raise conflict(f"a deploy of {name} is under way: rename it when it has ended")
+    if any(job.state == "running" for job in await ctx.store.list_jobs(name)):
+        raise conflict(f"a run of {name} is under way: rename it when it has ended")
+    if through_daemon(record.source.kind) and not force:
+        raise invalid_argument(
+            f"{name} is an image app: AppAPI knows it by its name, its container is made anew under the new "
+            f"one and its data volume keeps its name ({volume_of(record)}), as a volume cannot be renamed. "
+            "Give --force to rename it all the same"
+        )
+
+
+async def _drop_container(ctx: Context, record: AppRecord) -> AppRecord:
+    """An image app's container removed (the new one has the new name), its volume kept and recorded."""
+    runner, target = await ctx.processes.runner_for(record)
+    try:
+        await runner.remove(target, keep_data=True)
+    except RunnerError as exc:
+        raise CommandError("unavailable", str(exc)) from None
+    detail = {**record.source.detail, "volume": volume_of(record)}
+    await ctx.store.save_source(record.name, AppSource(record.source.kind, detail), record.settings)
+    return msgspec.structs.replace(record, source=AppSource(record.source.kind, detail))

@@ -3,6 +3,8 @@ daemons:check."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from berthd.commands.apps import DestroyParams, destroy
@@ -15,27 +17,27 @@ from berthd.deploy.daemons import (
 )
 from berthd.errors import CommandError, daemon_unavailable, not_found
 from berthd.server.context import Context
-from berthd.server.params import NoParams, Params
+from berthd.server.params import NoParams, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.store.records import DaemonRecord
 
 
 class UnregisterParams(Params):
-    daemon_config_name: str
-    force: bool = False
+    daemon_config_name: Annotated[str, about("the daemon's name")]
+    force: Annotated[bool, about("destroy the apps that use it too")] = False
     positional = ("daemon_config_name",)
     metavars = {"daemon_config_name": "DAEMON-CONFIG-NAME"}
     daemon_fields = ("daemon_config_name",)
 
 
 class NameParams(Params):
-    name: str
+    name: Annotated[str, about("a deploy daemon's name")]
     positional = ("name",)
     daemon_fields = ("name",)
 
 
 class DefaultParams(Params):
-    name: str | None = None
+    name: Annotated[str | None, about("the new default (none: show the default)")] = None
     positional = ("name",)
     daemon_fields = ("name",)
 

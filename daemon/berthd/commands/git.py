@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +32,7 @@ from berthd.commands.sources import (
 from berthd.errors import invalid_argument
 from berthd.runners import ProcessSpec
 from berthd.server.context import Context
-from berthd.server.params import AppName
+from berthd.server.params import AppName, about
 from berthd.server.redaction import without_credentials
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import archive
@@ -52,7 +53,7 @@ REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
 
 class FromArchiveParams(SourceOptions, kw_only=True):
     app: AppName
-    url: str
+    url: Annotated[str, about("a .tar.gz, .tgz, .tar or .zip over http, https or file")]
     positional = ("app", "url")
 
 
@@ -185,13 +186,15 @@ async def _check_scale(ctx: Context, app: str, types: set[str]) -> None:
 
 class SyncParams(SourceOptions, kw_only=True):
     app: AppName
-    repository: str
-    ref: str | None = None
-    build_cmd: str | None = None
-    executable: str | None = None
-    username: str | None = None
-    password: str | None = None
-    build_timeout: Annotated[int, msgspec.Meta(ge=1, le=86400)] = DEFAULT_BUILD_TIMEOUT
+    repository: Annotated[str, about("a URL (https, ssh, git, file) or an absolute path")]
+    ref: Annotated[str | None, about("a branch, tag or commit (default: the default branch)")] = None
+    build_cmd: Annotated[str | None, about("a build, run with /bin/sh -c in the checkout")] = None
+    executable: Annotated[str | None, about("what runs, relative to the checkout (else the Procfile)")] = None
+    username: Annotated[str | None, about("the user name for the repository")] = None
+    password: Annotated[str | None, about("its password or token (never kept)")] = None
+    build_timeout: Annotated[
+        int, msgspec.Meta(ge=1, le=86400, description="seconds the build may take, 1 to 86400")
+    ] = DEFAULT_BUILD_TIMEOUT
     positional = ("app", "repository", "ref")
     secret = SourceOptions.secret | {"password"}
     metavars = {
@@ -200,6 +203,7 @@ class SyncParams(SourceOptions, kw_only=True):
         "executable": "PATH",
         "username": "U",
         "password": "P",
+        "build_timeout": "SECONDS",
     }
 
 
@@ -227,6 +231,19 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
         raise invalid_argument(
             f"invalid executable {params.executable!r}: give a path relative to the checkout"
         )
+
+    async def checkout(release: Path) -> tuple[str, str]:
+        return await _fetch_and_checkout(ctx, params.app, repository, params.ref, release)
+
+    return await _deploy_git(ctx, params, repository.shown, checkout, "Syncing")
+
+
+Checkout = Callable[[Path], Awaitable[tuple[str, str]]]
+"""Puts the code in a release folder; returns its commit and what the ref was (branch, tag, commit)."""
+
+
+async def _deploy_git(ctx: Context, params: SyncParams, shown: str, checkout: Checkout, verb: str) -> Result:
+    """A git deploy through the pipeline: the code checked out, built, made live."""
     begun = await begin_deploy(ctx, params.app, params, "git")
     record, settings = begun.record, begun.settings
     app = params.app
@@ -235,10 +252,10 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
     types: dict[str, ProcessType] = {}
 
     async def build(release: Path) -> tuple[dict[str, str], AppSettings]:
-        commit, kind = await _fetch_and_checkout(ctx, app, repository, params.ref, release)
+        commit, kind = await checkout(release)
         executable = await _build(ctx, record, params, release)
         detail = {
-            "repository": repository.shown,
+            "repository": shown,
             "ref": params.ref or "",
             "ref_kind": kind,
             "commit": commit,
@@ -261,9 +278,7 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
     commit, kind = detail["commit"], detail["ref_kind"]
     live_executable = live_settings.executable
     lines = [
-        f"Syncing {app} from {repository.shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(
-            " )", ")"
-        )
+        f"{verb} {app} from {shown} ({kind} {params.ref or ''}) at {commit[:12]}... done".replace(" )", ")")
     ]
     if types:
         lines.append(
@@ -284,6 +299,37 @@ async def sync(ctx: Context, params: SyncParams) -> Result:
             "running": runs,
         },
     )
+
+
+async def rebuild(ctx: Context, record: AppRecord) -> Result:
+    """`ps:rebuild` of a git app: its recorded commit checked out again from the app's own clone (the
+    repository is not asked: the same code), built again, made live; processes that run are replaced."""
+    detail, app = record.source.detail, record.name
+    commit = detail.get("commit")
+    if not commit:
+        raise invalid_argument(f"{app} has no commit yet to rebuild: git:sync it first")
+    current = ctx.services.app_dir(app) / "current"
+    executable = Path(record.settings.executable) if record.settings.executable else None
+    params = SyncParams(
+        app=app,
+        repository=detail.get("repository", ""),
+        ref=detail.get("ref") or None,
+        build_cmd=detail.get("build_cmd"),
+        executable=str(executable.relative_to(current))
+        if executable and executable.is_relative_to(current)
+        else None,
+    )
+
+    async def checkout(release: Path) -> tuple[str, str]:
+        await ctx.emit(ProgressEvent("checking out"))
+        cache = ctx.services.app_dir(app) / "repo.git"
+        try:
+            await ctx.services.deploy_work(ctx.peer.uid, gitsrc.checkout, cache, commit, release)
+        except gitsrc.GitError as exc:
+            raise DeployFailed("fetch failure", str(exc)) from None
+        return commit, detail.get("ref_kind", "commit")
+
+    return await _deploy_git(ctx, params, params.repository, checkout, "Rebuilding")
 
 
 async def _fetch_and_checkout(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -13,7 +13,7 @@ from berthd.deploy.placement import place
 from berthd.errors import CommandError, daemon_unavailable, forbidden, invalid_argument, not_found
 from berthd.runners import RunnerError
 from berthd.server.context import Context
-from berthd.server.params import AppName
+from berthd.server.params import AppName, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.store.records import AppSettings, AppSource, DaemonRecord
 
@@ -27,8 +27,8 @@ IMAGE = re.compile(
 
 class FromImageParams(SourceOptions, kw_only=True):
     app: AppName
-    image: str
-    heartbeat: bool = False
+    image: Annotated[str, about("a Docker image reference (name[:tag][@sha256:...])")]
+    heartbeat: Annotated[bool, about("the ExApp answers AppAPI's /heartbeat: wait for it")] = False
     positional = ("app", "image")
 
 

@@ -1,4 +1,4 @@
-"""logs APP [--num N] [--tail] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come.
+"""logs APP [--num N | -n N] [--tail | -t] [--process TYPE.N]: the last lines, then (with --tail) new ones as they come.
 
 A piece of a line too long to keep whole is marked `continued` (its line goes on in the next one). A
 follower that cannot keep up is told how many lines it missed (`missed`); it holds a bounded amount of
@@ -34,10 +34,13 @@ class LogsParams(Params):
     num: Annotated[
         int, msgspec.Meta(ge=0, le=MAX_LINES, description=f"a number of lines from 0 to {MAX_LINES}")
     ] = 100
-    tail: bool = False
-    process: str | None = None
+    tail: Annotated[
+        bool, msgspec.Meta(description="then keep streaming new lines until the client leaves")
+    ] = False
+    process: Annotated[str | None, msgspec.Meta(description="one process only (web.1); default: all")] = None
     positional = ("app",)
     metavars = {"num": "N", "process": "TYPE.N"}
+    short_flags = {"t": "tail", "n": "num"}  # dokku's `logs APP -t`, `-n N`
 
 
 def _logged_processes(folder: Path) -> set[str]:

@@ -1,23 +1,34 @@
-"""ps:start, ps:stop, ps:restart, ps:scale, ps:set, ps:report: the app's supervised processes."""
+"""ps:start, ps:stop, ps:restart, ps:scale, ps:set, ps:report, ps:rebuild: the app's supervised processes.
+
+`ps:rebuild` is dokku's: the app built again from the source it has and its processes replaced if they
+run. A git app's recorded commit is checked out and built again; an archive's live release (what the
+archive gave: it has no build, and its URL is kept without its credentials) is started anew; an image
+app's container is made anew (the image pulled when the engine lacks it, the data volume kept); an
+executable on this host has nothing to build, and is restarted.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import re
+from typing import Annotated
 
 import msgspec
 import trio
 
 from berth.messages import ProgressEvent
 from berthd.apps.settings import check_restart_policy
+from berthd.commands import git
 from berthd.commands.apps import AppParams, SetParams, load_app
 from berthd.commands.sources import check_host_meets
 from berthd.errors import CommandError, invalid_argument
 from berthd.runners import RunnerError
+from berthd.runners.table import through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AppName, Params
+from berthd.server.params import AppName, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.store.records import AppRecord
+from berthd.supervision.manager import RUNNING
 from berthd.supervision.supervisor import RestartPolicy, State
 
 START_WAIT = 3.0  # how long ps:start waits to see each process leave STARTING
@@ -33,7 +44,7 @@ class ReportParams(Params):
 
 class ScaleParams(Params):
     app: AppName
-    counts: list[str]
+    counts: Annotated[list[str], about("how many processes of a Procfile type (web=2)")]
     positional = ("app", "counts")
     metavars = {"counts": "TYPE=N"}
 
@@ -188,3 +199,34 @@ async def report(ctx: Context, params: ReportParams) -> Result:
         apps = [r.name for r in await ctx.store.list_apps() if ctx.caller.may_see(r.name)]
     rows = [row for app in apps for row in await ctx.processes.report_detailed(app)]
     return Result(_table(rows), rows)
+
+
+REBUILD = "build the app again from its source and replace its processes if they run"
+
+
+@REGISTRY.command("ps:rebuild", summary=REBUILD, mutating=True, streaming=True, runs_code=True)
+async def rebuild(ctx: Context, params: AppParams) -> Result:
+    record = await load_app(ctx, params.app)
+    kind = record.source.kind
+    if kind == "none":
+        raise invalid_argument(f"{params.app} has nothing to rebuild: give it a source first")
+    if kind == "git":
+        return await git.rebuild(ctx, record)
+    await check_host_meets(ctx, params.app, record.settings, kind)
+    desired, _ = await ctx.store.get_runtime(params.app)
+    if through_daemon(kind):  # the container made anew from the image
+        await ctx.processes.release_app(params.app)
+        runner, target = await ctx.processes.runner_for(record)
+        try:
+            await runner.remove(target, keep_data=True)
+        except RunnerError as exc:
+            raise CommandError("unavailable", str(exc)) from None
+        await _prepare(ctx, record)
+    if desired == RUNNING:
+        await ctx.processes.redeploy(params.app)
+    what = {"archive": "its live release", "image": "a new container"}.get(kind, "nothing to build")
+    started = "restarted" if desired == RUNNING else f"start it with: ps:start {params.app}"
+    rows = ctx.processes.report(params.app)
+    return Result(
+        f"Rebuilding {params.app}: {what}... done ({started})", {"app": params.app, "processes": rows}
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from berthd.apps.settings import check_timeout
@@ -9,7 +11,7 @@ from berthd.commands.apps import load_app
 from berthd.commands.sources import check_host_meets
 from berthd.errors import CommandError, not_found
 from berthd.server.context import Context
-from berthd.server.params import AppName, Params
+from berthd.server.params import AppName, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.store.records import JobRecord
 from berthd.supervision.jobs import describe_job, run_job
@@ -19,9 +21,11 @@ DEFAULT_TIMEOUT = 600
 
 class RunParams(Params):
     app: AppName
-    timeout: int | None = None
-    stdin: str | None = None
-    args: list[str] = msgspec.field(default_factory=list)
+    timeout: Annotated[int | None, about("seconds it may take (default: the app's timeout)")] = None
+    stdin: Annotated[str | None, about("text given on its standard input")] = None
+    args: Annotated[list[str], about("its arguments (instead of the app's)")] = msgspec.field(
+        default_factory=list
+    )
     positional = ("app",)
     rest = "args"
     secret = frozenset({"stdin"})
@@ -34,7 +38,7 @@ class JobsParams(Params):
 
 
 class JobParams(Params):
-    job: str
+    job: Annotated[str, about("a job id (jobs:list)")]
     positional = ("job",)
 
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import trio
@@ -39,7 +40,7 @@ from berthd.host.requirements import ensure_compatible, parse_requirement_pair
 from berthd.log import LOG
 from berthd.runners.table import through_daemon
 from berthd.server.context import Context
-from berthd.server.params import AppName, Params
+from berthd.server.params import AppName, Params, about
 from berthd.server.registry import REGISTRY, Result
 from berthd.sources import releases
 from berthd.store import Store, modes
@@ -50,16 +51,22 @@ from berthd.supervision.manager import RUNNING
 class SourceOptions(Params):
     """`--cwd --env --timeout --user --description --require --mount --restart-policy --daemon -- ARG ...`"""
 
-    cwd: str | None = None
-    env: list[str] = msgspec.field(default_factory=list)
-    timeout: int | None = None
-    user: str | None = None
-    description: str | None = None
-    require: list[str] = msgspec.field(default_factory=list)
-    mount: list[str] = msgspec.field(default_factory=list)
-    restart_policy: str | None = None
-    daemon: str | None = None
-    args: list[str] = msgspec.field(default_factory=list)
+    cwd: Annotated[str | None, about("the working directory (relative: in the checkout)")] = None
+    env: Annotated[list[str], about("an environment variable of the app (repeatable)")] = msgspec.field(
+        default_factory=list
+    )
+    timeout: Annotated[int | None, about("seconds a one-shot run may take (default 600)")] = None
+    user: Annotated[str | None, about("USER[:GROUP] its processes run as (names or ids)")] = None
+    description: Annotated[str | None, about("a description of the app")] = None
+    require: Annotated[list[str], about("a host requirement (min_memory_mb=512 ...; repeatable)")] = (
+        msgspec.field(default_factory=list)
+    )
+    mount: Annotated[list[str], about("a folder under the app's own, as BERTH_INPUT_DIR/OUTPUT_DIR")] = (
+        msgspec.field(default_factory=list)
+    )
+    restart_policy: Annotated[str | None, about("no, on-failure[:N] or always (the default)")] = None
+    daemon: Annotated[str | None, about("the deploy daemon to go through (auto: placed)")] = None
+    args: Annotated[list[str], about("the executable's arguments")] = msgspec.field(default_factory=list)
     rest = "args"
     secret = frozenset({"env"})  # environment values are often credentials: logged as KEY=***
     metavars = {
@@ -67,6 +74,11 @@ class SourceOptions(Params):
         "require": "KEY=VALUE",
         "mount": "PATH:INPUT|OUTPUT",
         "timeout": "SECONDS",
+        "cwd": "DIR",
+        "user": "USER[:GROUP]",
+        "description": "TEXT",
+        "restart_policy": "POLICY",
+        "daemon": "NAME",
     }
 
 

@@ -13,14 +13,14 @@ import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
 
 from berthd.apps.settings import DAEMON_NAME
 from berthd.errors import invalid_argument
-from berthd.server.params import Params
+from berthd.server.params import Params, about
 from berthd.server.redaction import without_credentials
 from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig
 
@@ -59,22 +59,26 @@ class RegisterParams(Params):
 
     daemon_fields: ClassVar[tuple[str, ...]] = ("name",)
 
-    name: str
-    display_name: str
-    accepts_deploy_id: str
-    protocol: str
-    host: str
-    nextcloud_url: str
-    net: str | None = None
-    haproxy_password: str | None = None
-    compute_device: str | None = None
-    set_default: bool = False
-    harp: bool = False
-    harp_frp_address: str | None = None
-    harp_shared_key: str | None = None
-    harp_docker_socket_port: str = DEFAULT_HARP_DOCKER_SOCKET_PORT
-    harp_exapp_direct: bool = False
-    option: list[str] = msgspec.field(default_factory=list)
+    name: Annotated[str, about("the daemon's name")]
+    display_name: Annotated[str, about("its name for people")]
+    accepts_deploy_id: Annotated[str, about("docker-install or manual-install")]
+    protocol: Annotated[str, about("http or https")]
+    host: Annotated[str, about("the Docker socket, a Docker Socket Proxy's host:port, or null (manual)")]
+    nextcloud_url: Annotated[str, about("the Nextcloud the ExApps talk to")]
+    net: Annotated[str | None, about("the Docker network of its containers (default host)")] = None
+    haproxy_password: Annotated[str | None, about("the Docker Socket Proxy's password")] = None
+    compute_device: Annotated[str | None, about("cpu, cuda or rocm")] = None
+    set_default: Annotated[bool, about("make it the default daemon")] = False
+    harp: Annotated[bool, about("reached through HaRP")] = False
+    harp_frp_address: Annotated[str | None, about("HaRP's FRP server, host:port")] = None
+    harp_shared_key: Annotated[str | None, about("HaRP's shared key")] = None
+    harp_docker_socket_port: Annotated[str, about("HaRP's port of the remote Docker socket")] = (
+        DEFAULT_HARP_DOCKER_SOCKET_PORT
+    )
+    harp_exapp_direct: Annotated[bool, about("ExApps reached directly, not through HaRP")] = False
+    option: Annotated[list[str], about("a deploy option KEY=VALUE (repeatable)")] = msgspec.field(
+        default_factory=list
+    )
     positional = ("name", "display_name", "accepts_deploy_id", "protocol", "host", "nextcloud_url")
     # an option's value may be a credential (a token for a proxy, say): the log shows KEY=***
     secret = frozenset({"haproxy_password", "harp_shared_key", "option"})

@@ -2,7 +2,8 @@
 
 Name `nc_app_APP`, hostname APP, environment APP_ID, APP_SECRET, APP_DISPLAY_NAME, APP_VERSION, APP_HOST,
 APP_PORT, APP_PERSISTENT_STORAGE, NEXTCLOUD_URL, COMPUTE_DEVICE (in that order), then the app's config;
-volume `nc_app_APP_data` at `/nc_app_APP_data`; the daemon's network; GPUs per its compute device.
+volume `nc_app_APP_data` at `/nc_app_APP_data` (a renamed app keeps its old volume); the daemon's
+network; GPUs per its compute device.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def volume_name(app: str) -> str:
     return f"nc_app_{app}_data"
 
 
+def volume_of(record: AppRecord) -> str:
+    """The app's data volume: named for it, or the name it had (a volume cannot be renamed, so an app
+    renamed keeps its old one, recorded in its source)."""
+    return record.source.detail.get("volume") or volume_name(record.name)
+
+
 def image_version(image: str) -> str:
     last = image.rsplit("/", 1)[-1]
     if "@" in last:
@@ -77,7 +84,7 @@ def exapp_env(record: AppRecord, daemon: Any, secret: str, port: int, config: di
         f"APP_VERSION={image_version(record.source.detail.get('image', ''))}",
         f"APP_HOST={app_host(daemon)}",
         f"APP_PORT={port}",
-        f"APP_PERSISTENT_STORAGE=/{volume_name(app)}",
+        f"APP_PERSISTENT_STORAGE=/{volume_of(record)}",
         f"NEXTCLOUD_URL={daemon.deploy_config.nextcloud_url or daemon.nextcloud_url}",
         f"COMPUTE_DEVICE={compute_device(daemon).upper() if compute_device(daemon) != 'cpu' else 'CPU'}",
     ]
@@ -96,8 +103,8 @@ def container_request(
         name=container_name(record.name),
         hostname=record.name,
         env=exapp_env(record, daemon, secret, port, config),
-        volume=volume_name(record.name),
-        volume_target=f"/{volume_name(record.name)}",
+        volume=volume_of(record),
+        volume_target=f"/{volume_of(record)}",
         network_mode=daemon.deploy_config.net or "host",
         gpu=compute_device(daemon),
         command=list(record.settings.args) or None,

@@ -3,12 +3,16 @@
 A `Params` subclass says which fields are positional (`positional`, in order; a last `list[str]` field
 takes the remaining words), which one takes the words after `--` (`rest`), and which hold secrets
 (`secret`: `***` in the log, or `KEY=***` when the field's metavar is `KEY=VALUE`). Every other field is
-an option: `--name VALUE`, `--name=VALUE`, a `bool` is a bare flag, a `list` may repeat. The usage text is
-generated from the same struct. Both request forms show their arguments through `berthd.server.redaction`.
+an option: `--name VALUE`, `--name=VALUE`, a `bool` is a bare flag, a `list` may repeat; `short_flags`
+gives some of them dokku's one-letter names (`-t` for `--tail`, `-n N` for `--num N`), and any other
+`-x` is refused as an unknown option (a word that starts with a dash goes after `--`). `--help` asks for
+the command's usage (`HelpWanted`) instead of running it. The usage text is generated from the same
+struct. Both request forms show their arguments through `berthd.server.redaction`.
 """
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,11 +29,13 @@ PAIR_METAVAR = "KEY=VALUE"
 
 @dataclass(frozen=True, slots=True)
 class Touches:
-    """What a request names that the access rules judge: an app, deploy daemons, an account to run as."""
+    """What a request names that the access rules judge: an app, deploy daemons, an account to run as,
+    and other apps it names beside the first (`apps:rename OLD NEW`: NEW), each judged as `app` is."""
 
     app: str | None = None
     daemons: tuple[str, ...] = ()
     user: str | None = None
+    other_apps: tuple[str, ...] = ()
 
 
 AUTO_DAEMON = "auto"  # `--daemon auto`: placed by requirements, among the daemons the caller may use
@@ -44,6 +50,7 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
     # after this many words, every token (options too) is a word of the last positional field: the
     # arguments of another command, as `access:check COMMAND ARG ...` takes them
     verbatim_after: ClassVar[int | None] = None
+    short_flags: ClassVar[dict[str, str]] = {}  # dokku's one-letter options: {"t": "tail"} makes `-t`
 
     def touches(self) -> Touches:
         """The app (field `app`), deploy daemons (`daemon_fields`) and account (`user`) it names."""
@@ -63,6 +70,10 @@ class NoParams(Params):
     pass
 
 
+class HelpWanted(Params):
+    """What `COMMAND --help` binds to: the registry answers it with the command's usage."""
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     name: str
@@ -71,6 +82,7 @@ class FieldSpec:
     metavar: str
     description: str | None
     secret: bool = False
+    short: str | None = None  # its one-letter name (`t` for `-t`), if it has one
 
     @property
     def pairs(self) -> bool:
@@ -89,6 +101,15 @@ class FieldSpec:
         if self.kind == "rest":
             return "-- ARG ..."
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def forms(self) -> list[str]:
+        """How an option is written: `--num N` and `-n N`."""
+        value = f" {self.metavar}" if self.kind in ("option", "repeat") else ""
+        written = [f"{self.display}{value}"]
+        if self.short:
+            written.append(f"-{self.short}{value}")
+        return written
 
 
 @dataclass(slots=True)
@@ -119,6 +140,7 @@ def _unwrap(tp: Any) -> tuple[Any, str | None]:
 def field_specs(cls: type[Params]) -> tuple[FieldSpec, ...]:
     specs: list[FieldSpec] = []
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    shorts = {name: letter for letter, name in cls.short_flags.items()}
     for name in cls.positional:
         f = fields[name]
         bare, description = _unwrap(f.type)
@@ -139,25 +161,29 @@ def field_specs(cls: type[Params]) -> tuple[FieldSpec, ...]:
         else:
             kind = "option"
         metavar = cls.metavars.get(name, name.upper())
-        specs.append(FieldSpec(name, kind, f.required, metavar, description, name in cls.secret))
+        secret = name in cls.secret
+        specs.append(FieldSpec(name, kind, f.required, metavar, description, secret, shorts.get(name)))
     return tuple(specs)
 
 
 def usage(command: str, cls: type[Params]) -> str:
+    return " ".join(usage_parts(command, cls))
+
+
+def usage_parts(command: str, cls: type[Params]) -> list[str]:
+    """The usage's words, each kept whole when it wraps (`[--env KEY=VALUE]` is one)."""
     parts = [command]
     for spec in field_specs(cls):
         if spec.kind == "positional":
             parts.append(spec.metavar if spec.required else f"[{spec.metavar}]")
         elif spec.kind == "variadic":
             parts.append(f"{spec.metavar} ..." if spec.required else f"[{spec.metavar} ...]")
-        elif spec.kind == "flag":
-            parts.append(f"[{spec.display}]")
-        elif spec.kind in ("option", "repeat"):
-            parts.append(f"[{spec.display} {spec.metavar}]")
+        elif spec.kind in ("flag", "option", "repeat"):
+            parts.append(f"[{' | '.join(spec.forms)}]")
     rest = [s for s in field_specs(cls) if s.kind == "rest"]
     if rest:
         parts.append("[-- ARG ...]")
-    return " ".join(parts)
+    return parts
 
 
 def _option_lookup(cls: type[Params]) -> dict[str, FieldSpec]:
@@ -167,6 +193,18 @@ def _option_lookup(cls: type[Params]) -> dict[str, FieldSpec]:
             table[spec.name] = spec
             table[spec.name.replace("_", "-")] = spec
     return table
+
+
+SHORT_FLAG = re.compile(r"^-[A-Za-z]$")
+HELP_FLAG = "--help"
+
+
+def _long_form(cls: type[Params], command: str, token: str) -> str:
+    """`-t` as the option it stands for (`--tail`); an unknown one is refused."""
+    name = cls.short_flags.get(token[1:])
+    if name is None:
+        raise _usage_error(command, cls, f"unknown option {token} (a word that starts with a dash: after --)")
+    return "--" + name.replace("_", "-")
 
 
 def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
@@ -184,6 +222,10 @@ def bind_tokens(command: str, cls: type[Params], tokens: list[str]) -> Bound:
             break
         token = tokens[index]
         index += 1
+        if token == HELP_FLAG:
+            return Bound(HelpWanted(), [token])
+        if SHORT_FLAG.match(token):
+            token = _long_form(cls, command, token)
         if token == "--":
             remaining = tokens[index:]
             if rest_spec is None:
@@ -300,3 +342,8 @@ AppName = typing.Annotated[
         description="lowercase letters, digits and dashes, starting with a letter, at most 63 characters",
     ),
 ]
+
+
+def about(text: str) -> msgspec.Meta:
+    """A parameter's description: `help COMMAND` shows it, and an invalid value's error says it."""
+    return msgspec.Meta(description=text)

@@ -1,18 +1,22 @@
 """The command registry: every command berthd answers, with its parameters and how it runs.
 
-`help`, `TOPIC:help` and `commands` are generated from it; the dispatcher looks names up in it and
-nowhere else.
+`help`, `help COMMAND`, `COMMAND --help`, `TOPIC:help` and `commands` are generated from it; the
+dispatcher looks names up in it and nowhere else. Help text wraps at `HELP_WIDTH` columns, each line
+after the first of an entry indented under it.
 """
 
 from __future__ import annotations
 
+import textwrap
 import typing
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from berthd.server.context import Context
-from berthd.server.params import Params, usage
+from berthd.server.params import FieldSpec, HelpWanted, Params, field_specs, usage, usage_parts
+
+HELP_WIDTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,15 @@ class Registry:
             params_type = hints.get("params")
             if not (isinstance(params_type, type) and issubclass(params_type, Params)):
                 raise TypeError(f"handler for {name} needs a `params: <Params subclass>` argument")
+
+            async def answer(ctx: Context, params: Any) -> Result:
+                if isinstance(params, HelpWanted):  # `COMMAND --help`: its usage, not a run
+                    return self.command_help(name)
+                return await handler(ctx, params)
+
             cmd = Command(
                 name,
-                handler,
+                answer,
                 params_type,
                 summary,
                 mutating,
@@ -132,14 +142,83 @@ class Registry:
         lines = [f"Usage: {topic}:COMMAND", "", f"Commands of {topic}:", *_help_lines(commands)]
         return Result("\n".join(lines), [_described(c) for c in commands])
 
+    def command_help(self, name: str) -> Result:
+        """`help COMMAND`, `COMMAND --help`: its usage, what it does, each argument and option described."""
+        command = self._names[name]
+        specs = field_specs(command.params)
+        arguments = [s for s in specs if s.kind in ("positional", "variadic", "rest")]
+        options = [s for s in specs if s.kind in ("flag", "option", "repeat")]
+        lines = [*_wrapped("Usage: ", usage_parts(command.name, command.params), 4), "", command.summary]
+        if command.aliases:
+            lines.append(f"Also answers to: {', '.join(command.aliases)}")
+        argument_rows = [_field(s, [s.display]) for s in arguments]
+        option_rows = [_field(s, s.forms) for s in options]
+        for title, rows in (("Arguments:", argument_rows), ("Options:", option_rows)):
+            if rows:
+                lines += ["", title, *_described_rows(rows)]
+        described = {
+            "command": command.name,
+            "usage": command.usage,
+            "summary": command.summary,
+            "aliases": list(command.aliases),
+            "arguments": argument_rows,
+            "options": option_rows,
+        }
+        return Result("\n".join(lines), described)
+
     def names(self) -> list[str]:
         topic_help = [f"{t}:help" for t in self.topics() if t != "core"]
         return sorted([*self._names, *topic_help])
 
 
 def _help_lines(commands: list[Command]) -> list[str]:
-    width = max(len(c.usage) for c in commands)
-    return [f"    {c.usage.ljust(width)}  {c.summary}" for c in commands]
+    """One entry a command: its usage and summary, wrapped (never padded to the longest usage)."""
+    lines: list[str] = []
+    for command in commands:
+        words = usage_parts(command.name, command.params)
+        one_line = _wrapped("    ", [*words, "", *command.summary.split()], 8)
+        if len(one_line) == 1:
+            lines += one_line
+        else:  # a long usage: the summary under it, on its own
+            lines += _wrapped("    ", words, 8) + _wrapped(" " * 8, command.summary.split(), 8)
+    return lines
+
+
+def _wrapped(first: str, words: list[str], indent: int) -> list[str]:
+    """Words (each kept whole; an empty one is a wider gap) filled to HELP_WIDTH columns."""
+    glue = "\N{NO-BREAK SPACE}"
+    text = " ".join(word.replace(" ", glue) for word in words)
+    filled = textwrap.wrap(
+        text,
+        HELP_WIDTH,
+        initial_indent=first,
+        subsequent_indent=" " * indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return [line.replace(glue, " ") for line in filled]
+
+
+def _field(spec: FieldSpec, forms: list[str]) -> dict[str, str | None]:
+    return {"name": ", ".join(forms), "description": spec.description}
+
+
+def _described_rows(rows: list[dict[str, str | None]]) -> list[str]:
+    """`  --num N, -n N  a number of lines ...`: a name too long for the column gets its own line."""
+    column = min(max(len(str(row["name"])) for row in rows), 28) + 4
+    lines: list[str] = []
+    for row in rows:
+        name, description = f"  {row['name']}", row["description"] or ""
+        if len(name) + 2 > column or not description:
+            lines.append(name)
+            if description:
+                lines += textwrap.wrap(description, HELP_WIDTH, initial_indent=" " * column,
+                                       subsequent_indent=" " * column)  # fmt: skip
+            continue
+        lines += textwrap.wrap(
+            f"{name.ljust(column)}{description}", HELP_WIDTH, subsequent_indent=" " * column
+        )
+    return lines
 
 
 def _described(command: Command) -> dict[str, str]:

@@ -154,6 +154,46 @@ class Store:
             return conn.execute("DELETE FROM apps WHERE name = ?", (name,)).rowcount > 0
 
     @threaded
+    def rename_app(self, old: str, new: str, old_dir: str, new_dir: str) -> None:
+        """Everything keyed by the app's name moves to `new` in one transaction: its row, and every row
+        of every table with an `app` column; the paths into its folder that any of them stores (in JSON:
+        settings, source, job records, upload options, handles) now lead into `new_dir`. The source
+        records `renamed_from` until the folder has moved too (`finish_rename`)."""
+        with self._write() as conn:
+            conn.execute("PRAGMA defer_foreign_keys = ON")  # the app's rows move before the checks
+            if conn.execute("SELECT 1 FROM apps WHERE name = ?", (new,)).fetchone():
+                raise conflict(f"App {new} already exists")
+            row = conn.execute("SELECT settings, source FROM apps WHERE name = ?", (old,)).fetchone()
+            if row is None:
+                raise not_found(f"App {old} does not exist")
+            move = _Move(old, new, old_dir, new_dir)
+            source = msgspec.json.decode(move.json(row[1]), type=AppSource)
+            source.detail["renamed_from"] = old  # berthd.apps.rename.RENAMED_FROM
+            conn.execute(
+                "UPDATE apps SET name = ?, settings = ?, source = ? WHERE name = ?",
+                (new, move.json(row[0]), msgspec.json.encode(source), old),
+            )
+            for table, columns in _tables_with_app(conn):
+                rows = conn.execute(f"SELECT rowid, {', '.join(columns)} FROM {table} WHERE app = ?", (old,))
+                for rowid, *values in rows.fetchall():
+                    moved = [move.json(v) if isinstance(v, bytes | str) else v for v in values]
+                    assignments = ", ".join(f"{column} = ?" for column in columns)
+                    conn.execute(
+                        f"UPDATE {table} SET app = ?, {assignments} WHERE rowid = ?", (new, *moved, rowid)
+                    )
+
+    @threaded
+    def finish_rename(self, name: str) -> None:
+        """The renamed app's folder has moved: the mark goes."""
+        with self._write() as conn:
+            row = conn.execute("SELECT source FROM apps WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return
+            source = msgspec.json.decode(row[0], type=AppSource)
+            source.detail.pop("renamed_from", None)
+            conn.execute("UPDATE apps SET source = ? WHERE name = ?", (msgspec.json.encode(source), name))
+
+    @threaded
     def save_settings(self, name: str, settings: AppSettings) -> None:
         with self._write() as conn:
             cursor = conn.execute(
@@ -504,3 +544,43 @@ class Store:
             secret, port = secrets.token_urlsafe(32), choose_port(taken)
             conn.execute("INSERT INTO exapps (app, secret, port) VALUES (?, ?, ?)", (app, secret, port))
         return secret, port
+
+
+def _tables_with_app(conn: sqlite3.Connection) -> list[tuple[str, list[str]]]:
+    """Every table keyed by an app's name (an `app` column), with its other columns."""
+    found = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if "app" in columns:
+            found.append((table, [c for c in columns if c != "app"]))
+    return found
+
+
+class _Move:
+    """An app's rename as it touches stored JSON: its name as an `app` value, and paths into its folder."""
+
+    def __init__(self, old: str, new: str, old_dir: str, new_dir: str) -> None:
+        self.old, self.new, self.old_dir, self.new_dir = old, new, old_dir, new_dir
+
+    def json(self, value: bytes | str) -> bytes | str:
+        """A stored JSON value with the rename applied; anything else, as it was."""
+        if not value or (value[:1] not in (b"{", b"[", "{", "[")):
+            return value
+        try:
+            decoded = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return value
+        encoded = msgspec.json.encode(self._apply(decoded))
+        return encoded if isinstance(value, bytes) else encoded.decode()
+
+    def _apply(self, value: object, key: str | None = None) -> object:
+        if isinstance(value, dict):
+            return {k: self._apply(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._apply(v) for v in value]
+        if isinstance(value, str):
+            if key == "app" and value == self.old:
+                return self.new
+            if value == self.old_dir or value.startswith(self.old_dir + "/"):
+                return self.new_dir + value[len(self.old_dir) :]
+        return value

@@ -174,11 +174,15 @@ class ProcessManager:
         await self._stop_processes(app, self.processes_of(app), forget=False)
 
     async def remove_app(self, app: str, keep_data: bool = False) -> None:
-        await self._stop_processes(app, self.processes_of(app))
+        await self.release_app(app)
         record = await self.store.get_app(app)
         if record is not None:
             runner, target = await self.runner_for(record)
             await runner.remove(target, keep_data)
+
+    async def release_app(self, app: str) -> None:
+        """Its processes stopped and forgotten, its log files closed: berthd holds nothing of it open."""
+        await self._stop_processes(app, self.processes_of(app))
         for key in [k for k in self.logs if k[0] == app]:
             self.logs.pop(key).close()
 

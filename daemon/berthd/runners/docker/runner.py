@@ -29,7 +29,7 @@ from berthd.deploy.exapp import (
     container_name,
     container_request,
     free_port,
-    volume_name,
+    volume_of,
 )
 from berthd.deploy.heartbeat import wait_heartbeat
 from berthd.errors import CommandError, not_found
@@ -242,7 +242,7 @@ class DockerRunner(Runner):
         await self._call(_daemon_of(target).name, _ensure_image, image, progress)
 
     async def remove(self, target: Target, keep_data: bool) -> None:
-        volume = None if keep_data else volume_name(target.app.name)
+        volume = None if keep_data else volume_of(target.app)
         await self._call(_daemon_of(target).name, _remove_named, container_name(target.app.name), volume)
 
     async def logs(self, target: Target, tail: int) -> list[EngineLine]:
