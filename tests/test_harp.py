@@ -13,6 +13,8 @@ import io
 import json
 import secrets
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,43 @@ def assert_faithful(harp: FakeHarp) -> None:
 def env_of(client: docker.DockerClient, app: str) -> dict[str, str]:
     attrs = client.api.inspect_container(f"nc_app_{app}")
     return dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+
+
+def _send(harp: FakeHarp, path: str, body: object, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://{harp.url}/exapps/app_api{path}", json.dumps(body).encode(), headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_tests_harp_refuses_and_flags_what_harp_would_not_take(harp: FakeHarp) -> None:
+    """The check the other tests rely on can fail: HaRP's answers to bad requests, and the drift found."""
+    key = {"harp-shared-key": harp.shared_key}
+    docker_call = {**key, "docker-engine-port": "24000"}
+    assert _send(harp, "/info", {}, {})[0] == 401
+    assert _send(harp, "/docker/exapp/exists", {"name": "x"}, key) == (
+        400,
+        "Missing 'docker-engine-port' header.",
+    )
+    assert _send(harp, "/docker/exapp/create", {"name": "x"}, docker_call)[0] == 400  # no image_id
+    assert (
+        _send(harp, "/k8s/exapp/exists", {"name": "x"}, docker_call)[0] == 403
+    )  # sent to the engine: denied
+    assert _send(harp, "/exapp_storage/x", {"exapp_token": "t"}, key)[0] == 400
+    drift = protocol_drift(harp.calls(), harp.shared_key)
+    assert "POST /info: no harp-shared-key or a wrong one" in drift
+    assert "POST /docker/exapp/exists: docker-engine-port missing" in drift
+    assert "POST /docker/exapp/create: missing ['image_id', 'network_mode']" in drift
+    assert "POST /k8s/exapp/exists: docker-engine-port sent" in drift
+    harp.requests.clear()
+    assert _send(harp, "/k8s/exapp/exists", {"name": "x", "namespace": "n"}, key)[0] == 503  # no Kubernetes
+    assert protocol_drift(harp.calls(), harp.shared_key) == [
+        "POST /k8s/exapp/exists: keys HaRP does not know ['namespace']"
+    ]
 
 
 # registration

@@ -47,8 +47,6 @@ def parse_version(text: str) -> tuple[int, ...]:
 class HarpBase(Runner):
     """What every HaRP runner shares: its clients, `exapp_storage`, `/info`."""
 
-    kubernetes = False
-
     def __init__(self, host: RunnerHost) -> None:
         super().__init__(host)
         self.clients: ClientCache[HarpClient] = ClientCache(HarpClient, HarpClient.close)

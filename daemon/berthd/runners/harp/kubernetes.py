@@ -36,7 +36,6 @@ class HarpKubernetesRunner(HarpBase):
 
     name = "harp-kubernetes"
     features = Features(engine=True)  # HaRP passes no logs and no pod state of a Kubernetes ExApp through
-    kubernetes = True
 
     async def spec_for(self, target: Target, process: str) -> ProcessSpec:
         record, daemon = target.app, daemon_of(target)
