@@ -140,6 +140,7 @@ class FakeHarp:
     storage: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, K8sExApp] = field(default_factory=dict)
     faults: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (status, text), once
+    hangs: dict[str, float] = field(default_factory=dict)  # path -> seconds of silence first, once
     port: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -169,6 +170,10 @@ class FakeHarp:
     def fail_once(self, path: str, status: int, text: str) -> None:
         """The next request to `path` is answered `status` with `text`, as HaRP answers its errors."""
         self.faults[path] = (status, text)
+
+    def hang_once(self, path: str, seconds: float) -> None:
+        """The next request to `path` is read, then answered only after `seconds` of silence."""
+        self.hangs[path] = seconds
 
     def calls(self, path_prefix: str = "") -> list[Recorded]:
         with self._lock:
@@ -257,6 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HttpError(404, "404 Not Found")
             if headers.get(KEY_HEADER) != harp.shared_key:
                 raise HttpError(401, "401 Unauthorized")
+            time.sleep(harp.hangs.pop(path, 0.0))
             fault = harp.faults.pop(path, None)
             if fault is not None:
                 raise HttpError(*fault)

@@ -13,6 +13,7 @@ import io
 import json
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from berthd.runners.harp.client import TIMEOUT_S
 from tests.daemon_proc import Berthd
 from tests.docker_engine import BUSYBOX_IMAGE
 from tests.harp_server import (
@@ -349,6 +351,19 @@ def test_harps_error_answers_become_berthds(berthd: Berthd, harp: FakeHarp, stat
     destroyed = berthd.call("apps:destroy failing --force")
     assert (destroyed.ok, destroyed.error) == (False, error)
     assert f"HaRP says {status}" in destroyed.output
+
+
+def test_a_harp_that_does_not_answer_is_given_up_on(berthd: Berthd, harp: FakeHarp) -> None:
+    """Every call has a timeout: a HaRP that accepts and stays silent holds no command for ever."""
+    assert berthd.call(line(HOST_NOT_DEFAULT, harp)).ok
+    harp.hang_once("/info", TIMEOUT_S + 10)
+    started = time.monotonic()
+    with berthd.client(timeout=TIMEOUT_S + 30) as client:
+        answer = client.call("daemons:check harp_proxy_host")
+    assert TIMEOUT_S <= time.monotonic() - started < TIMEOUT_S + 8
+    assert answer.error == "unavailable"
+    assert answer.output.endswith("HaRP (harp_proxy_host) did not answer in time")
+    assert berthd.call("ping").output == "pong"
 
 
 def test_harp_down_is_unavailable_and_berthd_still_serves(berthd: Berthd, harp: FakeHarp) -> None:
