@@ -256,7 +256,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        status = 0
+
+        def recorded(status: int) -> int:
+            harp.record(Recorded(self.command, path or parts.path, parts.query, headers, body, status))
+            return status
+
         try:
             if path is None:
                 raise HttpError(404, "404 Not Found")
@@ -267,15 +271,13 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None:
                 raise HttpError(*fault)
             if ENGINE_PORT_HEADER in headers and not path.startswith("/docker/"):
-                status = self._pass_through(path, parts.query)
+                recorded(self._pass_through(path, parts.query))  # a stream: recorded once it ends
                 return
             status, answer = self._route(path, body, headers)
-            self._answer(status, answer)
         except HttpError as error:
-            status = error.status
-            self._answer(error.status, error.text)
-        finally:
-            harp.record(Recorded(self.command, path or parts.path, parts.query, headers, body, status))
+            status, answer = error.status, error.text
+        # recorded before the answer is sent: a client that has its answer finds its request recorded
+        self._answer(recorded(status), answer)
 
     def _answer(self, status: int, answer: Any) -> None:
         if answer is None:
