@@ -173,7 +173,7 @@ def test_register_list_check_unregister_on_the_engine_socket(
     row = listing.output.splitlines()[4]
     assert [c.strip() for c in row.strip("|").split("|")] == [
         "*", "docker_local", "Docker Local", "docker-install", "http", path, "http://nextcloud.local",
-        "no", "(none)", "(none)", "(none)",
+        "no", "(none)", "(none)", "(none)", "(none)",
     ]  # fmt: skip
     (shown,) = listing.data
     assert shown["name"] == "docker_local" and shown["is_default"] is True and shown["host"] == path
@@ -239,22 +239,6 @@ def test_docker_socket_proxy_with_the_right_and_a_wrong_password(berthd: Berthd,
 
     register(berthd, "dsp_none", proxies.dsp)
     assert berthd.call("daemons:check dsp_none").error == "unavailable"
-
-
-def test_harp_shared_key_and_headers(berthd: Berthd, proxies: Proxies) -> None:
-    harp = ["--harp", "--harp_frp_address", "127.0.0.1:8782", "--net", "host"]
-    register(berthd, "harp", proxies.harp, *harp, "--harp_shared_key", proxies.harp_key)
-    check = berthd.call("daemons:check harp")
-    assert check.ok, check.output
-    register(berthd, "harp_wrong", proxies.harp, *harp, "--harp_shared_key", "wrong-key")
-    wrong = berthd.call("daemons:check harp_wrong")
-    assert wrong.error == "unavailable"
-    assert (
-        wrong.output
-        == "deploy daemon harp_wrong is unavailable: authentication failed (wrong HaRP shared key?)"
-    )
-    row = next(line for line in berthd.call("daemons:list").output.splitlines() if "| harp " in line)
-    assert [c.strip() for c in row.strip("|").split("|")][7:] == ["yes", "127.0.0.1:8782", "24000", "no"]
 
 
 def test_https_verifies_the_certificate(berthd: Berthd, proxies: Proxies) -> None:
@@ -378,7 +362,7 @@ def test_refusals_of_the_other_arguments(berthd: Berthd) -> None:
     base = ["/run/docker.sock", NC_URL]
     unknown = berthd.call(["daemons:register", "d", "D", "k8s-install", "http", *base])
     assert unknown.error == "invalid_argument"
-    assert "expected docker-install or manual-install" in unknown.output
+    assert "expected docker-install, manual-install or kubernetes-install (with --k8s)" in unknown.output
     protocol = berthd.call(["daemons:register", "d", "D", "docker-install", "ftp", *base])
     assert "the protocol must be `http` or `https`" in protocol.output
     control = berthd.call(["daemons:register", "bad\x01name", "D", "docker-install", "http", *base])

@@ -114,7 +114,9 @@ async def default(ctx: Context, params: DefaultParams) -> Result:
 
 
 @REGISTRY.command(
-    "daemons:check", summary="is a deploy daemon's Docker engine reachable (its _ping)", mutating=False
+    "daemons:check",
+    summary="is a deploy daemon reachable: its Docker engine (_ping), HaRP (/info), its Kubernetes cluster",
+    mutating=False,
 )
 async def check(ctx: Context, params: NameParams) -> Result:
     record = await load_daemon(ctx, params.name)
@@ -127,7 +129,16 @@ async def check(ctx: Context, params: NameParams) -> Result:
     status = await runner.check(record)
     if not status.reachable:
         raise daemon_unavailable(record.name, status.why or "unknown")
-    return Result(
-        f"Deploy daemon {record.name} is reachable: Docker {status.version}",
-        {"name": record.name, "deploy_id": record.deploy_id, "docker_version": status.version},
-    )
+    data: dict[str, object] = {
+        "name": record.name,
+        "deploy_id": record.deploy_id,
+        "docker_version": status.version,
+    }
+    shown = [f"Docker {status.version}"] if status.version else []
+    if status.harp_version is not None:
+        data["harp_version"] = status.harp_version
+        shown.insert(0, f"HaRP {status.harp_version}")
+    if status.kubernetes_reachable is not None:
+        data["kubernetes_reachable"] = status.kubernetes_reachable
+        shown.append("Kubernetes reachable")
+    return Result(f"Deploy daemon {record.name} is reachable: {', '.join(shown) or 'yes'}", data)

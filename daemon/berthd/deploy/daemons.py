@@ -22,11 +22,17 @@ from berthd.apps.settings import DAEMON_NAME
 from berthd.errors import invalid_argument
 from berthd.server.params import Params, about
 from berthd.server.redaction import without_credentials
-from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig
+from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, HarpConfig, KubernetesConfig
 
 DOCKER_INSTALL = "docker-install"
 MANUAL_INSTALL = "manual-install"
-DEPLOY_IDS = (DOCKER_INSTALL, MANUAL_INSTALL)
+KUBERNETES_INSTALL = "kubernetes-install"
+DEPLOY_IDS = (DOCKER_INSTALL, MANUAL_INSTALL, KUBERNETES_INSTALL)
+EXPOSE_TYPES = ("nodeport", "clusterip", "loadbalancer", "manual")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+NODE_PORTS = range(30000, 32768)
+DEFAULT_K8S_NET = "bridge"
 PROTOCOLS = ("http", "https")
 COMPUTE_DEVICES = {"cpu": "CPU", "cuda": "CUDA (NVIDIA)", "rocm": "ROCm (AMD)"}
 DEFAULT_NET = "host"
@@ -61,7 +67,7 @@ class RegisterParams(Params):
 
     name: Annotated[str, about("the daemon's name")]
     display_name: Annotated[str, about("its name for people")]
-    accepts_deploy_id: Annotated[str, about("docker-install or manual-install")]
+    accepts_deploy_id: Annotated[str, about("docker-install, manual-install or kubernetes-install")]
     protocol: Annotated[str, about("http or https")]
     host: Annotated[str, about("the Docker socket, a Docker Socket Proxy's host:port, or null (manual)")]
     nextcloud_url: Annotated[str, about("the Nextcloud the ExApps talk to")]
@@ -76,6 +82,13 @@ class RegisterParams(Params):
         DEFAULT_HARP_DOCKER_SOCKET_PORT
     )
     harp_exapp_direct: Annotated[bool, about("ExApps reached directly, not through HaRP")] = False
+    k8s: Annotated[bool, about("deploy onto Kubernetes through HaRP (needs --harp)")] = False
+    k8s_expose_type: Annotated[str, about("nodeport, clusterip, loadbalancer or manual")] = "clusterip"
+    k8s_node_port: Annotated[str | None, about("30000-32767, for nodeport")] = None
+    k8s_upstream_host: Annotated[str | None, about("where HaRP reaches the app, for manual")] = None
+    k8s_external_traffic_policy: Annotated[str | None, about("Cluster or Local")] = None
+    k8s_load_balancer_ip: Annotated[str | None, about("for loadbalancer")] = None
+    k8s_node_address_type: Annotated[str, about("InternalIP or ExternalIP")] = "InternalIP"
     option: Annotated[list[str], about("a deploy option KEY=VALUE (repeatable)")] = msgspec.field(
         default_factory=list
     )
@@ -110,12 +123,24 @@ def _check_display_name(value: str) -> str:
     return value
 
 
-def _check_deploy_id(value: str) -> str:
+def _check_deploy_id(value: str, k8s: bool) -> tuple[str, list[str]]:
+    """The deploy id as stored, and a note when `--k8s` overrides it (as AppAPI does)."""
+    if k8s:
+        if value == KUBERNETES_INSTALL:
+            return value, []
+        return KUBERNETES_INSTALL, [
+            f'Note: --k8s flag detected. Overriding accepts-deploy-id to "{KUBERNETES_INSTALL}".'
+        ]
+    if value == KUBERNETES_INSTALL:
+        raise invalid_argument(
+            f"accepts-deploy-id {KUBERNETES_INSTALL} is a Kubernetes daemon: register it with --harp --k8s"
+        )
     if value not in DEPLOY_IDS:
         raise invalid_argument(
-            f"invalid accepts-deploy-id {value!r}: expected {DOCKER_INSTALL} or {MANUAL_INSTALL}"
+            f"invalid accepts-deploy-id {value!r}: expected {DOCKER_INSTALL}, {MANUAL_INSTALL} or"
+            f" {KUBERNETES_INSTALL} (with --k8s)"
         )
-    return value
+    return value, []
 
 
 def _check_protocol(value: str) -> str:
@@ -214,6 +239,40 @@ def _check_frp_address(value: str) -> str:
     return value
 
 
+def _one_of(value: str, valid: Sequence[str], what: str) -> str:
+    if value not in valid:
+        raise invalid_argument(f'Invalid {what} "{value}". Must be one of: {", ".join(valid)}')
+    return value
+
+
+def _kubernetes(request: RegisterParams) -> KubernetesConfig:
+    """AppAPI 34's `--k8s_*` options, with its refusals in its order."""
+    expose_type = _one_of(request.k8s_expose_type, EXPOSE_TYPES, "k8s_expose_type")
+    node_port: int | None = None
+    if request.k8s_node_port is not None:
+        if expose_type != "nodeport":
+            raise invalid_argument("--k8s_node_port is only valid with --k8s_expose_type=nodeport")
+        text = request.k8s_node_port
+        if not text.isdigit() or int(text) not in NODE_PORTS:
+            raise invalid_argument("--k8s_node_port must be between 30000 and 32767")
+        node_port = int(text)
+    if request.k8s_load_balancer_ip is not None and expose_type != "loadbalancer":
+        raise invalid_argument("--k8s_load_balancer_ip is only valid with --k8s_expose_type=loadbalancer")
+    upstream_host = request.k8s_upstream_host
+    if expose_type == "manual" and upstream_host is None:
+        raise invalid_argument("--k8s_upstream_host is required for --k8s_expose_type=manual")
+    if upstream_host is not None and (not upstream_host or not BARE_HOST.match(upstream_host)):
+        raise invalid_argument(f"invalid --k8s_upstream_host {upstream_host!r}: a host name or address")
+    policy = request.k8s_external_traffic_policy
+    if policy is not None:
+        _one_of(policy, TRAFFIC_POLICIES, "k8s_external_traffic_policy")
+    lb_ip = request.k8s_load_balancer_ip
+    if lb_ip is not None and (not lb_ip or not BARE_HOST.match(lb_ip)):
+        raise invalid_argument(f"invalid --k8s_load_balancer_ip {lb_ip!r}: an IP address")
+    address_type = _one_of(request.k8s_node_address_type, NODE_ADDRESS_TYPES, "k8s_node_address_type")
+    return KubernetesConfig(expose_type, node_port, upstream_host, policy, lb_ip, address_type)
+
+
 def _parse_options(pairs: Sequence[str]) -> tuple[dict[str, str], str]:
     """`--option KEY=VALUE` pairs: the additional options and the Docker API version."""
     options: dict[str, str] = {}
@@ -246,29 +305,39 @@ def build_daemon(request: RegisterParams) -> tuple[DaemonRecord, list[str]]:
     """
     name = check_name(request.name)
     display_name = _check_display_name(request.display_name)
-    deploy_id = _check_deploy_id(request.accepts_deploy_id)
     protocol = _check_protocol(request.protocol)
-    warnings: list[str] = []
+    if request.k8s and not request.harp:
+        raise invalid_argument("Kubernetes daemon (--k8s) requires --harp flag. K8s always uses HaRP.")
+    deploy_id, warnings = _check_deploy_id(request.accepts_deploy_id, request.k8s)
     harp: HarpConfig | None = None
+    kubernetes: KubernetesConfig | None = None
     if request.harp:
         key, frp_address = request.harp_shared_key, request.harp_frp_address
-        if not key or not frp_address:
+        if not key or (not frp_address and not request.k8s):
             missing = [
-                o for o, v in (("--harp_shared_key", key), ("--harp_frp_address", frp_address)) if not v
+                o
+                for o, v in (("--harp_shared_key", key), ("--harp_frp_address", frp_address or request.k8s))
+                if not v
             ]
             raise invalid_argument(f"a HaRP enabled daemon (--harp) requires {' and '.join(missing)}")
+        if request.k8s:
+            kubernetes = _kubernetes(request)
         harp = HarpConfig(
-            frp_address=_check_frp_address(frp_address),
+            frp_address=_check_frp_address(frp_address) if frp_address else "",
             shared_key=_check_secret(key, "harp_shared_key"),
             docker_socket_port=_check_port(request.harp_docker_socket_port, "--harp_docker_socket_port"),
-            exapp_direct=request.harp_exapp_direct,
+            exapp_direct=request.k8s or request.harp_exapp_direct,  # Kubernetes: Service-based, never FRP
         )
     elif request.harp_shared_key or request.harp_frp_address or request.harp_exapp_direct:
         warnings.append("Note: the --harp_* options are ignored without --harp.")
+    if not request.k8s and _k8s_options_given(request):
+        warnings.append("Note: the --k8s_* options are ignored without --k8s.")
     host, host_warnings = _check_host(request.host, deploy_id, request.harp)
     warnings += host_warnings
-    net = _check_net(request.net if request.net is not None else DEFAULT_NET)
-    if harp is not None and harp.exapp_direct and deploy_id != MANUAL_INSTALL and net == "host":
+    net = _check_net(
+        request.net if request.net is not None else DEFAULT_K8S_NET if request.k8s else DEFAULT_NET
+    )
+    if harp is not None and harp.exapp_direct and deploy_id == DOCKER_INSTALL and net == "host":
         raise invalid_argument(
             "--harp_exapp_direct cannot be used with --net host: setting `net=host` in HaRP is not"
             " supported when communication with ExApps is done directly without FRP; give --net a"
@@ -283,11 +352,21 @@ def build_daemon(request: RegisterParams) -> tuple[DaemonRecord, list[str]]:
         haproxy_password=secret,
         computeDevice=_compute_device(request.compute_device or "cpu"),
         harp=harp,
+        kubernetes=kubernetes,
         additional_options=options,
         docker_api_version=api_version,
     )
     record = DaemonRecord(name, display_name, deploy_id, protocol, host, config, created_at=time.time())
     return record, warnings
+
+
+def _k8s_options_given(request: RegisterParams) -> bool:
+    defaults = RegisterParams("", "", "", "", "", "")
+    return any(
+        getattr(request, field) != getattr(defaults, field)
+        for field in RegisterParams.__struct_fields__
+        if field.startswith("k8s_")
+    )
 
 
 SECRET_KEY = re.compile(r"(?i)pass|secret|token|key|auth|credential|cookie")
@@ -334,6 +413,7 @@ TABLE_HEADERS = (
     "HaRP FRP Address",
     "HaRP Docker Socket Port",
     "HaRP ExApp Direct",
+    "K8s Expose Type",
 )
 
 
@@ -351,6 +431,7 @@ def _row(record: DaemonRecord) -> list[str]:
         harp.frp_address if harp else "(none)",
         harp.docker_socket_port if harp else "(none)",
         ("yes" if harp.exapp_direct else "no") if harp else "(none)",
+        record.deploy_config.kubernetes.expose_type if record.deploy_config.kubernetes else "(none)",
     ]
 
 

@@ -3,7 +3,9 @@
 Name `nc_app_APP`, hostname APP, environment APP_ID, APP_SECRET, APP_DISPLAY_NAME, APP_VERSION, APP_HOST,
 APP_PORT, APP_PERSISTENT_STORAGE, NEXTCLOUD_URL, COMPUTE_DEVICE (in that order), then the app's config;
 volume `nc_app_APP_data` at `/nc_app_APP_data` (a renamed app keeps its old volume); the daemon's
-network; GPUs per its compute device.
+network; GPUs per its compute device. Through HaRP with its FRP tunnel (not `harp_exapp_direct`), the
+app listens on 127.0.0.1 and is given HP_FRP_ADDRESS, HP_FRP_PORT and HP_SHARED_KEY last, as AppAPI
+gives them.
 """
 
 from __future__ import annotations
@@ -60,8 +62,16 @@ def image_version(image: str) -> str:
     return last.split(":", 1)[1] if ":" in last else "latest"
 
 
+def through_frp(daemon: Any) -> bool:
+    harp = daemon.deploy_config.harp
+    return harp is not None and not harp.exapp_direct
+
+
 def app_host(daemon: Any) -> str:
-    """Where the ExApp listens, as AppAPI decides it: OVERRIDE_APP_HOST, else by network."""
+    """Where the ExApp listens, as AppAPI decides it: 127.0.0.1 behind HaRP's FRP tunnel, else
+    OVERRIDE_APP_HOST, else by network."""
+    if through_frp(daemon):
+        return "127.0.0.1"
     override = (daemon.deploy_config.additional_options or {}).get("OVERRIDE_APP_HOST")
     if override:
         return str(override)
@@ -90,8 +100,35 @@ def exapp_env(record: AppRecord, daemon: Any, secret: str, port: int, config: di
     ]
     if compute_device(daemon) == "cuda":
         ordered += NVIDIA_ENV
-    fixed = {line.split("=", 1)[0] for line in ordered}
-    return ordered + [f"{key}={value}" for key, value in config.items() if key not in fixed]
+    harp = harp_env(daemon)
+    fixed = {line.split("=", 1)[0] for line in ordered + harp}
+    return ordered + [f"{key}={value}" for key, value in config.items() if key not in fixed] + harp
+
+
+def harp_env(daemon: Any) -> list[str]:
+    """What an ExApp needs to open its FRP tunnel to HaRP (none when it is reached directly)."""
+    if not through_frp(daemon):
+        return []
+    harp = daemon.deploy_config.harp
+    host, _, port = (
+        harp.frp_address.rpartition(":") if ":" in harp.frp_address else (harp.frp_address, "", "8782")
+    )
+    return [f"HP_FRP_ADDRESS={host}", f"HP_FRP_PORT={port}", f"HP_SHARED_KEY={harp.shared_key}"]
+
+
+WIDE_ADDRESSES = ("0.0.0.0", "127.0.0.1", "::", "::1")
+
+
+def harp_route_host(daemon: Any, app: str) -> str:
+    """The host HaRP routes the app's requests to (AppAPI's `getExAppHost`): 127.0.0.1 through the FRP
+    tunnel; directly, OVERRIDE_APP_HOST when it names one host, else the app's own name (its container's
+    hostname on the daemon's network), and 127.0.0.1 for a process the user runs."""
+    if through_frp(daemon):
+        return "127.0.0.1"
+    override = (daemon.deploy_config.additional_options or {}).get("OVERRIDE_APP_HOST")
+    if override and override not in WIDE_ADDRESSES:
+        return str(override)
+    return "127.0.0.1" if daemon.deploy_id == "manual-install" else app
 
 
 def container_request(

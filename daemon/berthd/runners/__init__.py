@@ -1,6 +1,6 @@
 """The runner interface: how berthd starts, watches and stops one process, wherever it runs.
 
-Every runner (native processes, Docker containers, manual-install ExApps; HaRP and Swarm to come) is one
+Every runner (native processes, Docker containers, manual-install ExApps, ExApps through HaRP; Swarm to come) is one
 sub-folder here behind this one interface, and `berthd.runners.table` picks the runner of an app. As with
 Nomad's task drivers, `start` returns a `Handle` that berthd persists, and `recover(handle)` re-attaches
 after berthd restarts (or reports that the process is gone, so the supervisor starts it anew); each runner
@@ -60,6 +60,8 @@ class DaemonStatus(msgspec.Struct, frozen=True):
     reachable: bool
     version: str | None = None  # the engine's (Docker's) version
     why: str | None = None  # why not reachable
+    harp_version: str | None = None  # HaRP's, for a daemon reached through it
+    kubernetes_reachable: bool | None = None  # for a Kubernetes daemon: HaRP reaches the cluster
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The runner table: which runner runs an app, by the app's source and its deploy daemon's kind.
+"""The runner table: which runner runs an app, by the app's source and its deploy daemon's kind (its
+deploy id, and whether it goes through HaRP).
 
 This is the only place that knows the runners by name. Adding a runner is a new sub-folder of
 `berthd.runners` and one row here.
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from berthd.deploy.daemons import DOCKER_INSTALL, MANUAL_INSTALL
+from berthd.deploy.daemons import DOCKER_INSTALL, KUBERNETES_INSTALL, MANUAL_INSTALL
 from berthd.runners import Runner
 from berthd.runners.docker.runner import DockerRunner
+from berthd.runners.harp.kubernetes import HarpKubernetesRunner
+from berthd.runners.harp.manual import HarpManualRunner
+from berthd.runners.harp.runner import HarpRunner
 from berthd.runners.manual.runner import ManualRunner
 from berthd.runners.native.runner import NativeRunner
 from berthd.store.records import AppRecord, DaemonRecord
@@ -24,12 +28,16 @@ class Row:
     runner: type[Runner]
     through_daemon: bool  # the app is an image, deployed through a deploy daemon
     deploy_id: str | None = None  # the daemon's `accepts-deploy-id`
+    harp: bool = False  # the daemon was registered with --harp
 
 
 ROWS: tuple[Row, ...] = (
     Row(NativeRunner, through_daemon=False),
     Row(DockerRunner, through_daemon=True, deploy_id=DOCKER_INSTALL),
     Row(ManualRunner, through_daemon=True, deploy_id=MANUAL_INSTALL),
+    Row(HarpRunner, through_daemon=True, deploy_id=DOCKER_INSTALL, harp=True),
+    Row(HarpManualRunner, through_daemon=True, deploy_id=MANUAL_INSTALL, harp=True),
+    Row(HarpKubernetesRunner, through_daemon=True, deploy_id=KUBERNETES_INSTALL, harp=True),
 )
 
 RUNNERS: tuple[type[Runner], ...] = tuple(dict.fromkeys(row.runner for row in ROWS))
@@ -56,7 +64,8 @@ def host_runner_class() -> type[Runner]:
 
 def daemon_runner_class(daemon: DaemonRecord) -> type[Runner]:
     """The runner of the apps deployed through `daemon`."""
+    harp = daemon.deploy_config.harp is not None
     for row in ROWS:
-        if row.through_daemon and row.deploy_id == daemon.deploy_id:
+        if row.through_daemon and row.deploy_id == daemon.deploy_id and row.harp == harp:
             return row.runner
     raise LookupError(f"no runner for deploy daemons of kind {daemon.deploy_id}")

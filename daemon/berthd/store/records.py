@@ -119,6 +119,17 @@ class HarpConfig(msgspec.Struct, frozen=True):
     exapp_direct: bool = False
 
 
+class KubernetesConfig(msgspec.Struct, frozen=True):
+    """A `kubernetes-install` daemon (AppAPI 34's `--k8s_*` options): how HaRP exposes its ExApps."""
+
+    expose_type: str = "clusterip"  # nodeport, clusterip, loadbalancer, manual
+    node_port: int | None = None
+    upstream_host: str | None = None
+    external_traffic_policy: str | None = None  # Cluster, Local
+    load_balancer_ip: str | None = None
+    node_address_type: str = "InternalIP"  # InternalIP, ExternalIP
+
+
 class DeployConfig(msgspec.Struct, frozen=True):
     """AppAPI's DeployConfig of a daemon (the seed's JSON; `computeDevice` keeps AppAPI's spelling)."""
 
@@ -127,6 +138,7 @@ class DeployConfig(msgspec.Struct, frozen=True):
     haproxy_password: str = ""
     computeDevice: ComputeDevice = msgspec.field(default_factory=ComputeDevice)
     harp: HarpConfig | None = None
+    kubernetes: KubernetesConfig | None = None
     additional_options: dict[str, str] = msgspec.field(default_factory=dict)
     docker_api_version: str = "auto"
 
@@ -136,7 +148,7 @@ class DaemonRecord(msgspec.Struct, frozen=True):
 
     name: str
     display_name: str
-    deploy_id: str  # docker-install or manual-install
+    deploy_id: str  # docker-install, manual-install or kubernetes-install
     protocol: str  # http or https
     host: str | None
     deploy_config: DeployConfig

@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +50,7 @@ from berthd.runners import (
     RunnerHost,
     Target,
 )
+from berthd.runners.clients import ClientCache
 from berthd.runners.docker import engine
 from berthd.store.records import DaemonRecord
 
@@ -73,36 +73,15 @@ class DockerRunner(Runner):
 
     def __init__(self, host: RunnerHost) -> None:
         super().__init__(host)
-        # one engine client per daemon config, kept while the config is the same (a new client costs a
-        # version round trip that makes dockerd run two programs)
-        self._clients: dict[str, tuple[bytes, Any]] = {}
-        self._clients_lock = threading.Lock()
+        # a new engine client costs a version round trip that makes dockerd run two programs
+        self._clients: ClientCache[Any] = ClientCache(engine.client_for, lambda client: client.close())
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        try:
-            await trio.sleep_forever()
-        finally:
-            with self._clients_lock:
-                clients, self._clients = list(self._clients.values()), {}
-            for _, client in clients:
-                with contextlib.suppress(Exception):
-                    client.close()
+        await self._clients.keep(task_status=task_status)
 
     def _client_for(self, record: DaemonRecord) -> Any:
         """On a worker thread: the engine client of the daemon config."""
-        fingerprint = msgspec.json.encode(record)
-        with self._clients_lock:
-            cached = self._clients.get(record.name)
-            if cached is not None and cached[0] == fingerprint:
-                return cached[1]
-        client = engine.client_for(record)
-        with self._clients_lock:
-            old = self._clients.get(record.name)
-            self._clients[record.name] = (fingerprint, client)
-        if old is not None and old[1] is not client:
-            old[1].close()
-        return client
+        return self._clients.of(record)
 
     async def _call(self, daemon: str, function: Callable[..., Any], *args: Any, abandon: bool = True) -> Any:
         record = await self.host.store.get_daemon(daemon)
@@ -193,18 +172,7 @@ class DockerRunner(Runner):
         return await self.watch(handle, lambda run: None)
 
     async def watch(self, handle: Handle, seen: EngineSink) -> ExitStatus:
-        while True:
-            try:
-                run = await self.look(handle)
-            except (RunnerError, CommandError):
-                await trio.sleep(WATCH)  # the engine is away: the container may well still run
-                continue
-            if run is None:  # removed behind berthd's back (`docker rm -f` kills it)
-                return ExitStatus(None, signal.SIGKILL)
-            seen(run)
-            if run.ended:
-                return run.last_exit or ExitStatus(None, signal.SIGKILL)
-            await trio.sleep(WATCH)
+        return await watch_engine(self.look, handle, seen)
 
     async def look(self, handle: Handle) -> EngineRun | None:
         run: EngineRun | None = await self._call(handle.detail["daemon"], _look, handle.ref)
@@ -269,6 +237,24 @@ class DockerRunner(Runner):
         await self._call(daemon.name, _check_image, image)
 
 
+async def watch_engine(
+    look: Callable[[Handle], Awaitable[EngineRun | None]], handle: Handle, seen: EngineSink
+) -> ExitStatus:
+    """`watch` for a container whose engine restarts it: what `look` says, until the engine gives up."""
+    while True:
+        try:
+            run = await look(handle)
+        except (RunnerError, CommandError):
+            await trio.sleep(WATCH)  # the engine is away: the container may well still run
+            continue
+        if run is None:  # removed behind berthd's back (`docker rm -f` kills it)
+            return ExitStatus(None, signal.SIGKILL)
+        seen(run)
+        if run.ended:
+            return run.last_exit or ExitStatus(None, signal.SIGKILL)
+        await trio.sleep(WATCH)
+
+
 def engine_restart_policy(policy: str | None) -> str:
     """The app's restart policy (berthd's words; none is `always`) as the engine's, which applies it.
 
@@ -316,13 +302,16 @@ def _state(client: Any, name_or_id: str) -> dict[str, Any] | None:
 def _look(client: Any, name_or_id: str) -> EngineRun | None:
     """What the engine says of the container (None: it is gone)."""
     container = _find(client, name_or_id)
-    if container is None:
-        return None
-    state = container.attrs["State"]
+    return None if container is None else engine_run(container.attrs)
+
+
+def engine_run(attrs: dict[str, Any]) -> EngineRun:
+    """What the engine's inspect of a container (`attrs`) says of its run."""
+    state = attrs["State"]
     looked_at = time.monotonic()
     restarting = bool(state.get("Restarting"))
     ended = state.get("Status") in ENDED and not restarting
-    count = int(container.attrs.get("RestartCount") or 0)
+    count = int(attrs.get("RestartCount") or 0)
     return EngineRun(
         looked_at=looked_at,
         restarting=restarting,
