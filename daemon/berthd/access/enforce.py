@@ -75,6 +75,25 @@ def caller_account(peer: Peer) -> str | None:
     return peer.user if primary == peer.gid or peer.group is None else f"{peer.user}:{peer.group}"
 
 
+DECISIONS_KEPT = 4096  # (caller, command, what it names) decisions remembered per set of rules
+
+
+def decide(rules: RuleSet, peer: Peer, command: Command, touches: Touches) -> Decision:
+    """The rules' decision, remembered for the next identical request of the same caller (a decision
+    depends on nothing else; a new set of rules starts with none remembered). One that names an account
+    to run as is judged afresh, since it asks the system's accounts."""
+    if touches.user is not None:
+        return rules.decide(peer, request_of(command, touches, peer))
+    key = (peer.uid, peer.user, peer.group_names, command.name, touches)
+    decision = rules.decisions.get(key)
+    if decision is None:
+        decision = rules.decide(peer, request_of(command, touches, peer))
+        if len(rules.decisions) >= DECISIONS_KEPT:
+            rules.decisions.clear()
+        rules.decisions[key] = decision
+    return decision
+
+
 def request_of(command: Command, touches: Touches, peer: Peer) -> Request:
     as_other = None
     if touches.user is not None and not runs_as(touches.user, peer):
@@ -90,7 +109,7 @@ async def authorize(ctx: Context, command_name: str, touches: Touches) -> None:
         return
     command = REGISTRY.lookup(command_name)
     assert command is not None
-    decision = rules.decide(peer, request_of(command, touches, peer))
+    decision = decide(rules, peer, command, touches)
     if not decision.allowed:
         raise refusal(rules, peer, command, touches.app, decision)
     ctx.access = CallerView(rules, peer, decision)

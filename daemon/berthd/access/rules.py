@@ -150,6 +150,7 @@ class RuleSet:
     rules: tuple[Rule, ...] = ()
     source: str = "the config"
     _bound: dict[tuple[object, ...], tuple[BoundRule, ...]] = field(default_factory=dict)
+    decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict)  # see enforce.decide
 
     @property
     def active(self) -> bool:

@@ -122,11 +122,13 @@ async def _run(
     decision = None
     if rules.active and not peer.is_root:
         touches = bound.params.touches()
-        decision = rules.decide(peer, access.request_of(command, touches, peer))
+        decision = access.decide(rules, peer, command, touches)
         outcome.rule = decision.rule.label if decision.rule else None
         if not decision.allowed:
             outcome.response = _failed(access.refusal(rules, peer, command, touches.app, decision))
             return outcome
+        if touches.app is None or not access.acts_for_owner(command):
+            touches = None  # nothing of an app's own to check against its owner
     ctx = Context(services, peer, emit, client_gone=client_gone, access=CallerView(rules, peer, decision))
 
     async def queued(position: int) -> None:

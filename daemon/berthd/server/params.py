@@ -54,6 +54,8 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
 
     def touches(self) -> Touches:
         """The app (field `app`), deploy daemons (`daemon_fields`) and account (`user`) it names."""
+        if not _may_touch(type(self)):
+            return NO_TOUCHES  # `ping` and the like: nothing to look at
         app = getattr(self, "app", None)
         daemons = tuple(
             value
@@ -64,6 +66,16 @@ class Params(msgspec.Struct, forbid_unknown_fields=True):
         return Touches(
             app if isinstance(app, str) else None, daemons, user if isinstance(user, str) else None
         )
+
+
+NO_TOUCHES = Touches()
+
+
+@cache
+def _may_touch(cls: type[Params]) -> bool:
+    """Has the class a field the access rules judge (an app, a deploy daemon, an account)?"""
+    names = {f.name for f in msgspec.structs.fields(cls)}
+    return bool(names & {"app", "user", *cls.daemon_fields})
 
 
 class NoParams(Params):
