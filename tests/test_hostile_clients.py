@@ -319,6 +319,7 @@ def test_one_user_cannot_take_every_upload_slot_and_root_keeps_one(open_berthd) 
         assert upload_begin_as(bob, daemon, "b0", 10)["ok"]
         last = upload_begin_as(bob, daemon, "b1", 10)  # the last slot is root's
         assert (last["ok"], last["error"]) == (False, "busy"), last
+        assert not any(c.isdigit() for c in last["output"]), last  # nothing of the others' uploads told
         assert upload_begin_as(None, daemon, "r0", 10)["ok"]
         # all of the sessions together must fit on the disk once complete
     # (in chunks whose lines a --max-line of 1 TiB takes: berthd refuses at once chunks it could never read)

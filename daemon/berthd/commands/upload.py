@@ -320,17 +320,16 @@ async def _check_room(ctx: Context, app: str, size: int) -> None:
             f"you (uid {uid}) have {of_uid} unfinished uploads, the most one user may have: end or abort"
             " one (upload:end, upload:abort), or let it expire",
         )
+    # other users' uploads are theirs: root is told the figures, anyone else only that there is no room
     if total >= config.max_uploads or (uid != 0 and total >= config.max_uploads - 1):
-        raise CommandError(
-            "busy", f"{total} unfinished uploads, the most berthd takes at once: try again later"
-        )
+        counted = f"{total} unfinished uploads, the most" if uid == 0 else "as many unfinished uploads as"
+        raise CommandError("busy", f"{counted} berthd takes at once: try again later")
     free = await trio.to_thread.run_sync(_free_bytes, uploads_dir(ctx.services))
     if reserved + size > free:
-        raise CommandError(
-            "busy",
-            f"not enough free disk for {size} more bytes: the unfinished uploads may take {reserved} bytes"
-            f" and {free} are free; try again later",
+        figures = (
+            f": the unfinished uploads may take {reserved} bytes and {free} are free" if uid == 0 else ""
         )
+        raise CommandError("busy", f"not enough free disk for {size} more bytes{figures}; try again later")
 
 
 def _free_bytes(folder: Path) -> int:
