@@ -479,3 +479,32 @@ def test_a_caller_removed_from_a_group_loses_its_rule_on_an_open_connection(
             assert connection.send("apps:list")["error"] == "forbidden"
         finally:
             subprocess.run(["gpasswd", "--add", ops.name, group_of(ops)], check=True, capture_output=True)
+
+
+def test_the_default_deploy_daemon_is_judged_and_not_named_to_who_may_not_use_it(
+    daemon: Berthd, people: tuple[User, User, User]
+) -> None:
+    alice, _, _ = people
+    registered = daemon.call(
+        [
+            "daemons:register",
+            "secretname",
+            "Hidden",
+            "manual-install",
+            "http",
+            "null",
+            "http://nc.local",
+            "--set-default",
+        ]
+    )
+    assert registered.ok, registered.output
+    checked, ran = ask(
+        daemon,
+        alice,
+        f"access:check git:from-image {alice.name}-img busybox",
+        f"git:from-image {alice.name}-img busybox",
+    )
+    assert checked["data"]["allowed"] is False and "default deploy daemon" in checked["data"]["why"], checked
+    assert ran["error"] == "forbidden" and "default deploy daemon" in ran["output"], ran
+    assert "secretname" not in json.dumps([checked, ran])
+    assert daemon.call(f"apps:info {alice.name}-img").error == "not_found"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from berthd.access import enforce
 from berthd.access.rules import CallerView
+from berthd.commands.images import COMMAND as IMAGE_COMMAND
 from berthd.errors import CommandError, forbidden, invalid_argument
 from berthd.server.context import Context
 from berthd.server.params import NoParams, Params, about, bind_tokens
@@ -58,16 +59,24 @@ async def check(ctx: Context, params: CheckParams) -> Result:
     rules, peer = ctx.services.rules, ctx.peer
     decision = rules.decide(peer, enforce.request_of(command, touches, peer))
     allowed, why = decision.allowed, decision.why
+    view = CallerView(rules, peer, decision)
+    if not allowed and touches.app is not None:
+        refusal = enforce.refusal(rules, peer, command, touches.app, decision)
+        if refusal.code == "not_found":
+            why = refusal.message  # what running it would answer: nothing about other apps
     if allowed and touches.app is not None:
-        probe = Context(ctx.services, peer, access=CallerView(rules, peer, decision))
+        probe = Context(ctx.services, peer, access=view)
         try:
             await enforce.check_app_owner(probe, command, touches)
         except CommandError as exc:
             allowed, why = False, exc.message.removeprefix("Forbidden: ")
-    elif not allowed and touches.app is not None:
-        refusal = enforce.refusal(rules, peer, command, touches.app, decision)
-        if refusal.code == "not_found":
-            why = refusal.message  # what running it would answer: nothing about other apps
+    if allowed and command.name == IMAGE_COMMAND and not touches.daemons and not view.unlimited:
+        # the one command that may go through the default daemon without naming it: judged as it would be
+        default = await ctx.store.get_default_daemon()
+        existing = await ctx.store.get_app(touches.app) if touches.app else None
+        named = existing is not None and existing.settings.daemon
+        if not named and default is not None and not view.may_use_daemon(default.name):
+            allowed, why = False, "the access rules do not let you use the default deploy daemon"
     rule = decision.rule.label if decision.rule else None
     verdict = "allowed" if allowed else "denied"
     return Result(

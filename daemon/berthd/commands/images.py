@@ -32,8 +32,11 @@ class FromImageParams(SourceOptions, kw_only=True):
     positional = ("app", "image")
 
 
+COMMAND = "git:from-image"
+
+
 @REGISTRY.command(
-    "git:from-image",
+    COMMAND,
     summary="a Docker image, deployed through the app's daemon",
     mutating=True,
     creates_app=True,
