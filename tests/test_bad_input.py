@@ -141,3 +141,23 @@ def test_a_wrongly_typed_named_argument_gets_a_clean_refusal(berthd: Berthd) -> 
         assert answer["error"] == "invalid_argument"
         assert "Traceback" not in answer["output"]
         assert conn.request(b"ping")["output"] == "pong"
+
+
+def test_a_name_that_ends_in_a_newline_is_refused_wherever_a_name_is_checked(berthd: Berthd) -> None:
+    """`$` in a Python pattern also matches before a last newline: every name check anchors at the very
+    end, so `X\\n` is no variable name and `app\\n` no app (config:export would have written a line of
+    its own, which a shell sourcing it runs)."""
+    assert berthd.call("apps:create nl").ok
+    for words in (
+        ["apps:create", "evil\n"],
+        ["config:set", "nl", "X\n=x/../pwn"],
+        ["config:set", "nl", "--env", "Y\n=1"],
+        ["apps:set", "nl", "restart-policy", "always\n"],
+        ["apps:set", "nl", "user", "root\n"],
+        ["upload:begin", "nl", "run\n", "5", "1"],
+        ["ps:scale", "nl", "main=1\n"],
+    ):
+        answer = berthd.call(words)
+        assert (answer.ok, answer.error) == (False, "invalid_argument"), (words, answer)
+    assert [a["name"] for a in berthd.call("apps:list").data] == ["nl"]
+    assert berthd.call("config:export nl").output.strip() == ""

@@ -43,12 +43,12 @@ from berthd.store import modes
 from berthd.store.records import AppRecord, AppSettings, Mount
 
 PRIVATE_VARIABLES = re.compile(
-    r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)$"
+    r"^(BERTHD_.*|LISTEN_(PID|FDS|FDNAMES)|NOTIFY_SOCKET|INVOCATION_ID|WATCHDOG_.*)\Z"
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LANG = "C.UTF-8"  # in every glibc since 2.35 and in musl; a config or the app may say otherwise
 MAIN = "main"
-PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index>[1-9][0-9]{0,3})$")
+PROCESS_NAME = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})\.(?P<index>[1-9][0-9]{0,3})\Z")
 
 
 @dataclass(frozen=True)

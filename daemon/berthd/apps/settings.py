@@ -29,9 +29,9 @@ SETTING_KEYS = (
     "mount",
 )
 
-RESTART_POLICY = re.compile(r"^(no|always|on-failure(:[1-9][0-9]{0,5})?)$")
-USER_SPEC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
-DAEMON_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+RESTART_POLICY = re.compile(r"^(no|always|on-failure(:[1-9][0-9]{0,5})?)\Z")
+USER_SPEC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?\Z")
+DAEMON_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
 MAX_DESCRIPTION = 4096
 
 
@@ -203,7 +203,7 @@ def describe_settings(settings: AppSettings) -> list[tuple[str, str]]:
     return rows
 
 
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def check_variable_name(key: str) -> str:

@@ -45,7 +45,7 @@ from berthd.supervision.jobs import execute
 
 DEFAULT_BUILD_TIMEOUT = 300
 MAX_ENTRIES = 100_000
-REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}$")
+REF = re.compile(r"^[A-Za-z0-9._/@{}^~+-]{1,255}\Z")
 
 
 # archives

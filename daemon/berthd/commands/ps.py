@@ -32,7 +32,7 @@ from berthd.supervision.manager import RUNNING
 from berthd.supervision.supervisor import RestartPolicy, State
 
 START_WAIT = 3.0  # how long ps:start waits to see each process leave STARTING
-SCALE_PAIR = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})=(?P<count>-?[0-9]+)$")
+SCALE_PAIR = re.compile(r"^(?P<type>[A-Za-z0-9][A-Za-z0-9_-]{0,62})=(?P<count>-?[0-9]+)\Z")
 MAX_SCALE = 100
 MAX_STAGE = 200  # characters of a progress stage: the engine's text, held in a bounded channel
 

@@ -50,11 +50,11 @@ from berthd.sources.extract import ArchiveError, Extractor, entry_parts
 from berthd.store import modes
 from berthd.store.records import AppSettings, AppSource, UploadRecord
 
-FILENAME = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
-SESSION = re.compile(r"^up-[A-Za-z0-9_-]{16}$")
+FILENAME = re.compile(r"^[A-Za-z0-9._+-]{1,255}\Z")
+SESSION = re.compile(r"^up-[A-Za-z0-9_-]{16}\Z")
 MAX_CHUNKS = 1_000_000
-SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-GROUP = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}\Z")
+GROUP = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 MAX_GROUP_FILES = 10_000
 READ_BLOCK = 1024 * 1024
 

@@ -48,11 +48,11 @@ MAX_DISPLAY_NAME = 255
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its NUL
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})$")
-BARE_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
-NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-API_VERSION = re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}$")
+HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})\Z")
+BARE_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*)\Z")
+NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+API_VERSION = re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}\Z")
 
 HOST_FORMS = (
     "the path of a Docker socket (/var/run/docker.sock), HOST:PORT of a Docker Socket Proxy or HaRP"

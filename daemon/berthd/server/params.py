@@ -207,7 +207,7 @@ def _option_lookup(cls: type[Params]) -> dict[str, FieldSpec]:
     return table
 
 
-SHORT_FLAG = re.compile(r"^-[A-Za-z]$")
+SHORT_FLAG = re.compile(r"^-[A-Za-z]\Z")
 HELP_FLAG = "--help"
 
 
@@ -350,7 +350,7 @@ def _usage_error(command: str, cls: type[Params], problem: str) -> CommandError:
 AppName = typing.Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        pattern=r"^[a-z][a-z0-9-]{0,62}\Z",
         description="lowercase letters, digits and dashes, starting with a letter, at most 63 characters",
     ),
 ]

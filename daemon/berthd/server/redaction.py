@@ -21,7 +21,7 @@ MIN_SCRUBBED = 4
 # A URL's authority runs from `//` to the first `/`, `?`, `#` (RFC 3986) or blank; its user and password
 # end at the authority's *last* `@`, so a password holding an `@` is hidden whole.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
-_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def without_credentials(text: str) -> str:

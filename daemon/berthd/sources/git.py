@@ -19,7 +19,7 @@ from berthd.server.redaction import without_credentials
 
 ALLOWED_PROTOCOLS = "http:https:ssh:git:file"
 SCHEMES = ("http", "https", "ssh", "git", "file")
-SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/][^\s]*$")
+SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/][^\s]*\Z")
 ASKPASS = """#!/bin/sh
 case "$1" in
   Username*) printf '%s\\n' "$BERTH_GIT_USERNAME" ;;

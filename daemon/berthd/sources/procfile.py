@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
 ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 MAX_PROCFILE = 256 * 1024
 MAX_LINE = 64 * 1024

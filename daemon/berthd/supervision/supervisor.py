@@ -50,7 +50,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FAILED: frozenset({State.STARTING, State.STOPPED}),
 }
 
-_POLICY = re.compile(r"^(no|always|on-failure)(?::([1-9][0-9]*))?$")
+_POLICY = re.compile(r"^(no|always|on-failure)(?::([1-9][0-9]*))?\Z")
 
 
 @dataclass(frozen=True)
