@@ -26,6 +26,7 @@ from berthd.log import LOG, set_log_level, setup_logging
 from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
+from berthd.server.metrics_http import MetricsHttp
 from berthd.server.notify import sd_notify
 from berthd.store import Store, modes, trees
 from berthd.supervision.jobs import prune_jobs_forever
@@ -162,6 +163,11 @@ def build_parser() -> ArgumentParser:
         dest="mount_roots",
         metavar="DIR",
         help="a folder where a --mount is the path it names, not one under the app's (repeatable)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="ADDR:PORT",
+        help="serve the metrics at http://ADDR:PORT/metrics (default off; unauthenticated: keep it local)",
     )
     return parser
 
@@ -383,6 +389,8 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
                     nursery.start_soon(expire_uploads, services)
                     nursery.start_soon(prune_jobs_forever, processes)
                     nursery.start_soon(_reload_on_sighup, services, settings)
+                    if config.metrics_listen:
+                        await nursery.start(MetricsHttp(services, config.metrics_listen).serve)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",
