@@ -11,11 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.daemon_proc import Berthd
-from tests.test_native_runner import create, state_of, wait_for
+from tests.test_native_runner import create, script, state_of, wait_for
 from tests.wire import RawConnection
 
 
@@ -108,6 +109,8 @@ def test_the_metrics_command_answers_openmetrics_that_promtool_accepts(berthd: B
         "berthd_connections_accepted",
         "berthd_connections_refused",
         "berthd_processes",
+        "berthd_process_restarts",
+        "berthd_process_give_ups",
     ):
         assert f"# TYPE {family} " in answer.output, family
     assert sample(answer.output, "berthd_connections_open") == 1  # this caller's own
@@ -190,3 +193,15 @@ def test_metrics_listen_is_off_by_default_and_refuses_a_bad_address(
     assert "metrics at http" not in berthd.log()
     with pytest.raises(RuntimeError, match="metrics_listen"):
         start_berthd("bad", extra_args=["--metrics-listen", "no-port-here"])
+
+
+def test_restarts_and_give_ups_are_counted(berthd: Berthd, tmp_path: Path) -> None:
+    crash = script(tmp_path, "crash.sh", "#!/bin/sh\nexit 1\n")
+    create(berthd, "quitter", crash, "--restart-policy", "on-failure:2")
+    assert berthd.call("ps:start quitter").ok
+    wait_for(lambda: state_of(berthd, "quitter") == "FAILED")
+    page = berthd.call("metrics").output
+    check_openmetrics(page)
+    assert sample(page, "berthd_process_restarts_total") == 1  # two runs in all
+    assert sample(page, "berthd_process_give_ups_total") == 1
+    assert sample(page, "berthd_processes", state="FAILED") == 1

@@ -69,6 +69,16 @@ def families(metrics: Metrics, processes: ProcessManager) -> Iterator[Metric]:
     for state in State:
         by_state.add_metric([str(state)], states[str(state)])
     yield by_state
+    yield CounterMetricFamily(
+        "berthd_process_restarts",
+        "Restarts of supervised processes, by berthd or by their engine",
+        value=processes.counts.restarts,
+    )
+    yield CounterMetricFamily(
+        "berthd_process_give_ups",
+        "Times a supervised process entered FAILED (its restart policy or supervision gave up)",
+        value=processes.counts.give_ups,
+    )
 
 
 def render(metrics: Metrics, processes: ProcessManager, openmetrics: bool = True) -> str:

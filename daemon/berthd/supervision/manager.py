@@ -23,7 +23,7 @@ from berthd.runners.table import RUNNERS, daemon_runner_class, host_runner_class
 from berthd.store import Store
 from berthd.store.records import AppRecord, DaemonRecord
 from berthd.supervision.logs import LogFile
-from berthd.supervision.supervisor import RestartPolicy, State, SupervisedProcess
+from berthd.supervision.supervisor import RestartPolicy, State, SupervisedProcess, SupervisionCounts
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -37,6 +37,7 @@ class ProcessManager:
         self.processes: dict[tuple[str, str], SupervisedProcess] = {}
         self.logs: dict[tuple[str, str], LogFile] = {}
         self.ports: dict[tuple[str, str], int] = {}  # the PORT of each process of a Procfile type
+        self.counts = SupervisionCounts()  # restarts and give-ups of all processes, for the metrics
         self._nursery: trio.Nursery | None = None
         host = RunnerHost(config, store, data_dir)
         self.runners: dict[type[Runner], Runner] = {kind: kind(host) for kind in RUNNERS}
@@ -276,6 +277,7 @@ class ProcessManager:
             ended=ended,
             stop_timeout=self.config.stop_timeout,
             config_generation=lambda: self.store.config_generation(app),
+            counts=self.counts,
         )
         self.processes[(app, name)] = process
         await self._nursery.start(process.supervise)
