@@ -205,3 +205,7 @@ def test_restarts_and_give_ups_are_counted(berthd: Berthd, tmp_path: Path) -> No
     assert sample(page, "berthd_process_restarts_total") == 1  # two runs in all
     assert sample(page, "berthd_process_give_ups_total") == 1
     assert sample(page, "berthd_processes", state="FAILED") == 1
+    # berthd's own notes (STARTING, RUNNING, the exits, FAILED) are lines of the process's log too
+    log = (berthd.data_dir / "apps" / "quitter" / "logs" / "main.1.log").read_bytes()
+    assert sample(page, "berthd_log_written_bytes_total") == len(log)
+    assert sample(page, "berthd_log_written_lines_total") == log.count(b"\n")

@@ -79,6 +79,16 @@ def families(metrics: Metrics, processes: ProcessManager) -> Iterator[Metric]:
         "Times a supervised process entered FAILED (its restart policy or supervision gave up)",
         value=processes.counts.give_ups,
     )
+    yield CounterMetricFamily(
+        "berthd_log_written_bytes",
+        "Bytes written to the supervised processes' logs (prefixes included)",
+        value=processes.log_counts.bytes_written,
+    )
+    yield CounterMetricFamily(
+        "berthd_log_written_lines",
+        "Lines written to the supervised processes' logs",
+        value=processes.log_counts.lines_written,
+    )
 
 
 def render(metrics: Metrics, processes: ProcessManager, openmetrics: bool = True) -> str:

@@ -22,7 +22,7 @@ from berthd.runners import DaemonStatus, Handle, ProcessSpec, Runner, RunnerHost
 from berthd.runners.table import RUNNERS, daemon_runner_class, host_runner_class, runner_class, through_daemon
 from berthd.store import Store
 from berthd.store.records import AppRecord, DaemonRecord
-from berthd.supervision.logs import LogFile
+from berthd.supervision.logs import LogCounts, LogFile
 from berthd.supervision.supervisor import RestartPolicy, State, SupervisedProcess, SupervisionCounts
 
 RUNNING = "running"
@@ -38,6 +38,7 @@ class ProcessManager:
         self.logs: dict[tuple[str, str], LogFile] = {}
         self.ports: dict[tuple[str, str], int] = {}  # the PORT of each process of a Procfile type
         self.counts = SupervisionCounts()  # restarts and give-ups of all processes, for the metrics
+        self.log_counts = LogCounts()  # what all their logs wrote, for the metrics
         self._nursery: trio.Nursery | None = None
         host = RunnerHost(config, store, data_dir)
         self.runners: dict[type[Runner], Runner] = {kind: kind(host) for kind in RUNNERS}
@@ -129,7 +130,9 @@ class ProcessManager:
         key = (app, process)
         if key not in self.logs:
             path = self.data_dir / "apps" / app / "logs" / f"{process}.log"
-            self.logs[key] = LogFile(path, self.config.log_max_bytes, self.config.log_backups)
+            self.logs[key] = LogFile(
+                path, self.config.log_max_bytes, self.config.log_backups, counts=self.log_counts
+            )
         return self.logs[key]
 
     def processes_of(self, app: str) -> list[SupervisedProcess]:
