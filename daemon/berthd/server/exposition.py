@@ -54,14 +54,6 @@ def families(metrics: Metrics, processes: ProcessManager) -> Iterator[Metric]:
     lock_wait.add_metric([], _histogram_buckets(metrics.lock_wait), metrics.lock_wait.total)
     yield lock_wait
     yield GaugeMetricFamily("berthd_connections_open", "Connections open now", value=metrics.connections_open)
-    yield CounterMetricFamily(
-        "berthd_connections_accepted", "Connections accepted", value=metrics.connections_accepted
-    )
-    yield CounterMetricFamily(
-        "berthd_connections_refused",
-        "Connections refused (too many clients)",
-        value=metrics.connections_refused,
-    )
     states: Counter[str] = Counter()
     for app in sorted({app for app, _ in processes.processes}):
         states.update(str(row["state"]) for row in processes.report(app))
@@ -69,26 +61,28 @@ def families(metrics: Metrics, processes: ProcessManager) -> Iterator[Metric]:
     for state in State:
         by_state.add_metric([str(state)], states[str(state)])
     yield by_state
-    yield CounterMetricFamily(
-        "berthd_process_restarts",
-        "Restarts of supervised processes, by berthd or by their engine",
-        value=processes.counts.restarts,
-    )
-    yield CounterMetricFamily(
-        "berthd_process_give_ups",
-        "Times a supervised process entered FAILED (its restart policy or supervision gave up)",
-        value=processes.counts.give_ups,
-    )
-    yield CounterMetricFamily(
-        "berthd_log_written_bytes",
-        "Bytes written to the supervised processes' logs (prefixes included)",
-        value=processes.log_counts.bytes_written,
-    )
-    yield CounterMetricFamily(
-        "berthd_log_written_lines",
-        "Lines written to the supervised processes' logs",
-        value=processes.log_counts.lines_written,
-    )
+    counters = {
+        "berthd_connections_accepted": ("Connections accepted", metrics.connections_accepted),
+        "berthd_connections_refused": ("Connections refused (too many clients)", metrics.connections_refused),
+        "berthd_process_restarts": (
+            "Restarts of supervised processes, by berthd or by their engine",
+            processes.counts.restarts,
+        ),
+        "berthd_process_give_ups": (
+            "Times a supervised process entered FAILED (its restart policy or supervision gave up)",
+            processes.counts.give_ups,
+        ),
+        "berthd_log_written_bytes": (
+            "Bytes written to the supervised processes' logs (prefixes included)",
+            processes.log_counts.bytes_written,
+        ),
+        "berthd_log_written_lines": (
+            "Lines written to the supervised processes' logs",
+            processes.log_counts.lines_written,
+        ),
+    }
+    for name, (documentation, value) in counters.items():
+        yield CounterMetricFamily(name, documentation, value=value)
 
 
 def render(metrics: Metrics, processes: ProcessManager, openmetrics: bool = True) -> str:
