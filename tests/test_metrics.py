@@ -17,6 +17,7 @@ import pytest
 
 from tests.daemon_proc import Berthd
 from tests.test_native_runner import create, script, state_of, wait_for
+from tests.test_uploads import b64, fixed_chunks, payload
 from tests.wire import RawConnection
 
 
@@ -111,12 +112,24 @@ def test_the_metrics_command_answers_openmetrics_that_promtool_accepts(berthd: B
         "berthd_processes",
         "berthd_process_restarts",
         "berthd_process_give_ups",
+        "berthd_log_written_bytes",
+        "berthd_log_written_lines",
+        "berthd_upload_received_bytes",
     ):
         assert f"# TYPE {family} " in answer.output, family
-    assert sample(answer.output, "berthd_connections_open") == 1  # this caller's own
+    # this caller's own (the start's readiness probe may be closing still)
+    wait_for(lambda: sample(berthd.call("metrics").output, "berthd_connections_open") == 1)
 
 
 def test_counters_move_with_the_commands_sent(berthd: Berthd) -> None:
+    calls = 0
+
+    def settled() -> bool:
+        nonlocal calls
+        calls += 1
+        return sample(berthd.call("metrics").output, "berthd_connections_accepted_total") == calls + 1
+
+    wait_for(settled)  # the start's readiness probe is counted too, a moment after it connected
     before = berthd.call("metrics").output
     with berthd.client() as client:
         for _ in range(3):
@@ -209,3 +222,15 @@ def test_restarts_and_give_ups_are_counted(berthd: Berthd, tmp_path: Path) -> No
     log = (berthd.data_dir / "apps" / "quitter" / "logs" / "main.1.log").read_bytes()
     assert sample(page, "berthd_log_written_bytes_total") == len(log)
     assert sample(page, "berthd_log_written_lines_total") == log.count(b"\n")
+
+
+def test_upload_bytes_are_counted(berthd: Berthd) -> None:
+    data = payload(100_000)
+    pieces = fixed_chunks(data, 64_000)
+    session = berthd.call(["upload:begin", "metered", "app", str(len(data)), "2"]).data["session_id"]
+    for index, piece in enumerate(pieces):
+        assert berthd.call(["upload:chunk", session, str(index), b64(piece)]).ok
+    assert berthd.call(["upload:chunk", session, "9", "!!"]).error == "invalid_argument"  # not stored
+    page = berthd.call("metrics").output
+    assert sample(page, "berthd_upload_received_bytes_total") == len(data)
+    assert sample(page, "berthd_commands_total", command="upload:chunk", result="ok") == 2

@@ -64,6 +64,7 @@ def families(metrics: Metrics, processes: ProcessManager) -> Iterator[Metric]:
     counters = {
         "berthd_connections_accepted": ("Connections accepted", metrics.connections_accepted),
         "berthd_connections_refused": ("Connections refused (too many clients)", metrics.connections_refused),
+        "berthd_upload_received_bytes": ("Bytes of upload chunks stored", metrics.upload_bytes),
         "berthd_process_restarts": (
             "Restarts of supervised processes, by berthd or by their engine",
             processes.counts.restarts,

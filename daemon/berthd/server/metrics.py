@@ -50,6 +50,7 @@ class Metrics:
     connections_open: int = 0
     connections_accepted: int = 0
     connections_refused: int = 0
+    upload_bytes: int = 0  # of the chunks stored (decoded: what reached the disk)
 
     def served(self, command: str, result: str, seconds: float, lock_waited: float | None) -> None:
         """One command answered: `result` is "ok" or its error code; `lock_waited`: None for a command
