@@ -200,12 +200,20 @@ def test_a_slow_or_oversized_http_request_does_not_hold_berthd(served: tuple[Ber
     assert status == 200
 
 
-def test_metrics_listen_is_off_by_default_and_refuses_a_bad_address(
+def test_metrics_listen_is_off_by_default_and_a_bad_or_taken_address_stops_the_start(
     start_berthd: Callable[..., Berthd], berthd: Berthd
 ) -> None:
     assert "metrics at http" not in berthd.log()
     with pytest.raises(RuntimeError, match="metrics_listen"):
         start_berthd("bad", extra_args=["--metrics-listen", "no-port-here"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(
+            RuntimeError, match=f"cannot serve the metrics at {address}: Address already in use"
+        ):
+            start_berthd("taken", extra_args=["--metrics-listen", address])
 
 
 def test_restarts_and_give_ups_are_counted(berthd: Berthd, tmp_path: Path) -> None:

@@ -383,14 +383,17 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)
+                metrics_http = (
+                    await MetricsHttp.open(services, config.metrics_listen) if config.metrics_listen else None
+                )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
                     nursery.start_soon(capabilities.run)
                     nursery.start_soon(expire_uploads, services)
                     nursery.start_soon(prune_jobs_forever, processes)
                     nursery.start_soon(_reload_on_sighup, services, settings)
-                    if config.metrics_listen:
-                        await nursery.start(MetricsHttp(services, config.metrics_listen).serve)
+                    if metrics_http is not None:
+                        await nursery.start(metrics_http.serve)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",

@@ -52,16 +52,26 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
 
 
 class MetricsHttp:
-    def __init__(self, services: Services, address: str) -> None:
+    """Opened before berthd serves (a taken or bad address stops the start, as the socket's would)."""
+
+    def __init__(self, services: Services, listeners: list[trio.SocketListener]) -> None:
         self.services = services
-        self.host, self.port = parse_address(address)
+        self.listeners = listeners
         self.slots = trio.Semaphore(MAX_CONNECTIONS)
 
+    @classmethod
+    async def open(cls, services: Services, address: str) -> MetricsHttp:
+        host, port = parse_address(address)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve the metrics at {address}: {exc.strerror}") from None
+        LOG.info("metrics at http://%s/metrics", address)
+        return cls(services, listeners)
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)  # a taken port: berthd stops
-        LOG.info("metrics at http://%s:%d/metrics", self.host, self.port)
         task_status.started()
-        await trio.serve_listeners(self._serve_one, listeners)
+        await trio.serve_listeners(self._serve_one, self.listeners)
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         async with stream:
