@@ -9,6 +9,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v busybox >/dev/null || need+=(busybox-static)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v promtool >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "test-deps: missing ${need[*]} and cannot install them (not root or no apt-get); dependent tests skip" >&2

@@ -22,6 +22,7 @@ from berthd.commands.git import SyncParams
 from berthd.log import LOG, RedactingFormatter
 from berthd.server.context import Context
 from berthd.server.dispatch import dispatch
+from berthd.server.metrics import Metrics
 from berthd.server.params import Params, bind_named, bind_tokens
 from berthd.server.peercred import Peer
 from berthd.server.redaction import Scrubber, without_credentials
@@ -225,7 +226,8 @@ def test_an_internal_error_logs_its_traceback_without_the_request_secrets() -> N
 
     try:
         line = b"test:boom http://alice:URLPASS9@h/x --password OPTPASS9"
-        services: Any = types.SimpleNamespace(rules=RuleSet(), audit=None)  # all this command reaches
+        # all this command reaches
+        services: Any = types.SimpleNamespace(rules=RuleSet(), audit=None, metrics=Metrics())
         answer = trio.run(dispatch, services, line, Peer(1, 0, 0), emit)
     finally:
         LOG.removeHandler(handler)

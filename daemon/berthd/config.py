@@ -19,6 +19,7 @@ from berth.paths import default_socket_path
 from berthd.access.rules import AccessSpec, line_of_rule
 
 MIB = 1024 * 1024
+METRICS_ADDRESS = r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):[0-9]{1,5}$"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,6 +64,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cwd_roots: list[str] = msgspec.field(default_factory=list)
     # folders where a --mount may be the path it names (none: every mount is under the app's folder)
     mount_roots: list[str] = msgspec.field(default_factory=list)
+    # ADDR:PORT ([IPV6]:PORT) of the HTTP metrics page; None: none
+    metrics_listen: Annotated[str, msgspec.Meta(pattern=METRICS_ADDRESS)] | None = None
     # who may do what (see berthd.access.rules); read from the TOML file only
     access: AccessSpec = msgspec.field(default_factory=AccessSpec)
 
@@ -139,6 +142,7 @@ RESTART_ONLY = frozenset(
         "pass_env",
         "cwd_roots",
         "mount_roots",
+        "metrics_listen",
     }
 )
 PATH_LIST_SETTINGS = ("cwd_roots", "mount_roots")
@@ -184,6 +188,7 @@ ENVIRONMENT = {
     "BERTHD_PASS_ENV": "pass_env",
     "BERTHD_CWD_ROOTS": "cwd_roots",
     "BERTHD_MOUNT_ROOTS": "mount_roots",
+    "BERTHD_METRICS_LISTEN": "metrics_listen",
 }
 
 

@@ -26,6 +26,7 @@ from berthd.log import LOG, set_log_level, setup_logging
 from berthd.server.connections import Server
 from berthd.server.context import Services
 from berthd.server.listener import ListenerError, open_listener
+from berthd.server.metrics_http import MetricsHttp
 from berthd.server.notify import sd_notify
 from berthd.store import Store, modes, trees
 from berthd.supervision.jobs import prune_jobs_forever
@@ -162,6 +163,11 @@ def build_parser() -> ArgumentParser:
         dest="mount_roots",
         metavar="DIR",
         help="a folder where a --mount is the path it names, not one under the app's (repeatable)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="ADDR:PORT",
+        help="serve the metrics at http://ADDR:PORT/metrics (default off; unauthenticated: keep it local)",
     )
     return parser
 
@@ -377,12 +383,17 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)
+                metrics_http = (
+                    await MetricsHttp.open(services, config.metrics_listen) if config.metrics_listen else None
+                )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
                     nursery.start_soon(capabilities.run)
                     nursery.start_soon(expire_uploads, services)
                     nursery.start_soon(prune_jobs_forever, processes)
                     nursery.start_soon(_reload_on_sighup, services, settings)
+                    if metrics_http is not None:
+                        await nursery.start(metrics_http.serve)
                     await nursery.start(server.serve)
                     LOG.info(
                         "berthd %s listening on %s (data in %s)",

@@ -369,6 +369,7 @@ async def chunk(ctx: Context, params: ChunkParams) -> Result:
 
     await trio.to_thread.run_sync(write)
     await ctx.store.mark_chunk(upload.id, params.index, chunk_size)
+    ctx.services.metrics.upload_bytes += len(data)
     return Result(f"chunk {params.index} stored", {"index": params.index, "bytes": len(data)})
 
 

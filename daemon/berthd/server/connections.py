@@ -205,6 +205,7 @@ class Server:
             refusal = self._refusal(peer)
             if refusal is not None:
                 LOG.warning("refusing %s: %s", peer, refusal)
+                self.services.metrics.refused()
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(encode_line(busy(refusal)))
                 return
@@ -213,11 +214,13 @@ class Server:
             if not self.per_uid[peer.uid]:
                 self.rates.connected(peer.uid)
             self.per_uid[peer.uid] += 1
+            self.services.metrics.accepted()
             try:
                 await connection.serve()
             except Exception:
                 logging.getLogger("berthd").exception("connection of %s failed", peer)
             finally:
+                self.services.metrics.closed()
                 self.connections.discard(connection)
                 self.per_uid[peer.uid] -= 1
                 if not self.per_uid[peer.uid]:

@@ -16,6 +16,7 @@ from berthd.access.rules import CallerView, RuleSet
 from berthd.config import Config
 from berthd.host.capabilities import CapabilityCache
 from berthd.server.lock import CommandLock
+from berthd.server.metrics import Metrics
 from berthd.server.peercred import Peer
 from berthd.store import Store
 from berthd.supervision.manager import ProcessManager
@@ -44,6 +45,7 @@ class Services:
     deploy_threads: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(DEPLOY_THREADS))
     deploy_shares: dict[int, trio.CapacityLimiter] = field(default_factory=dict)
     rules: RuleSet = field(default_factory=RuleSet)  # replaced whole when the config is reloaded
+    metrics: Metrics = field(default_factory=Metrics)
 
     def app_dir(self, app: str) -> Path:
         return self.data_dir / "apps" / app

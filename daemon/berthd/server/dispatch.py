@@ -28,6 +28,7 @@ from berthd.server.redaction import NO_SECRETS, Scrubber, without_credentials
 from berthd.server.registry import REGISTRY, Command, Result
 
 INVALID_COMMAND = "Invalid command"
+UNKNOWN_COMMAND = "<unknown>"  # the metrics' name for every unknown command: what a line asks is unbounded
 
 
 async def dispatch(
@@ -45,6 +46,7 @@ async def dispatch(
         response = Response(False, f"Line too long: the limit is {raw.limit} bytes", error="line_too_long")
         _log(peer, "<line too long>", response, started)
         _audit(services, peer, "<line too long>", "<not shown>", response, started)
+        _count(services, "<line too long>", response, started)
         return response
     try:
         request = parse_request(raw)
@@ -53,12 +55,14 @@ async def dispatch(
         response = refusal or Response(False, f"Invalid request: {exc}", error="invalid_request")
         _log(peer, f"<invalid request, {len(raw)} bytes>", response, started)
         _audit(services, peer, "<invalid request>", f"<{len(raw)} bytes, not shown>", response, started)
+        _count(services, "<invalid request>", response, started)
         return response
     if request is None:
         return None
     if pace is not None and (refusal := pace.refusal(started)) is not None:
         refusal.id = request.id
         _log(peer, f"{request.cmd[:80]!r} (over the rate)", refusal, started)
+        _count(services, "<over the rate>", refusal, started)
         return refusal
     outcome = await _run(services, request, peer, emit, client_gone)
     response = outcome.response
@@ -69,6 +73,8 @@ async def dispatch(
     response.id = request.id
     _log(peer, outcome.shown, response, started, outcome.output_size_only, outcome.held, outcome.scrubber)
     _audit(services, peer, outcome.command, outcome.arguments, response, started, outcome.rule)
+    known = response.error != "invalid_command"
+    _count(services, outcome.command if known else UNKNOWN_COMMAND, response, started, outcome.lock_waited)
     return response
 
 
@@ -80,6 +86,7 @@ class Outcome:
     arguments: list[str] | str = field(kw_only=True)  # redacted; a string says why they are not shown
     output_size_only: bool = False  # the log gets the size of a successful answer's output, not its text
     held: tuple[int, int] | None = None  # monotonic ns span during which the command held the lock
+    lock_waited: float | None = None  # seconds the command waited for the lock, if it took it
     scrubber: Scrubber = NO_SECRETS
     rule: str | None = None  # the access rule that decided, when rules are set
 
@@ -137,8 +144,10 @@ async def _run(
 
     try:
         if command.mutating:
+            asked = time.monotonic_ns()
             await services.lock.acquire(queued)
             began = time.monotonic_ns()
+            outcome.lock_waited = (began - asked) / 1e9
 
             def unlock() -> None:
                 outcome.held = (began, time.monotonic_ns())
@@ -225,6 +234,13 @@ def _log(
         answer = scrubber.text(answer)  # the answer only: the caller, the timing and the lock span are ours
     line = f"{peer} cmd={json.dumps(shown)} -> {answer} ({elapsed_ms:.1f} ms){lock}"
     COMMAND_LOG.write(without_credentials(line) if "@" in line else line)
+
+
+def _count(
+    services: Services, command: str, response: Response, started: float, lock_waited: float | None = None
+) -> None:
+    result = "ok" if response.ok else response.error or "failed"
+    services.metrics.served(command, result, time.perf_counter() - started, lock_waited)
 
 
 def _audit(

@@ -116,6 +116,14 @@ def _character_boundary(data: bytes, cut: int, start: int) -> int:
     return cut
 
 
+@dataclass(slots=True)
+class LogCounts:
+    """Since berthd started, over all process logs (for the metrics)."""
+
+    bytes_written: int = 0
+    lines_written: int = 0
+
+
 @dataclass
 class LogFile:
     """The log of one process: `NAME.log`, rotated to `NAME.log.1` ... `NAME.log.BACKUPS`."""
@@ -126,6 +134,7 @@ class LogFile:
     generation: int = 0
     lines_written: int = 0  # since this berthd opened the log
     first_line: dict[int, int] = field(default_factory=lambda: {0: 0})  # of the generations that exist
+    counts: LogCounts = field(default_factory=LogCounts)  # the manager's, shared by all logs
     _size: int = -1
     _fd: int = -1
     _cutter: LineCutter = field(init=False)
@@ -183,8 +192,11 @@ class LogFile:
                     self._rotate()
                     continue
                 stop = prefixed.index(b"\n", start) + 1  # a line larger than a file: lines are cut, so never
-            self._size += os.writev(self._fd, [head, view[start:stop]])
-            self.lines_written += prefixed.count(b"\n", start, stop)
+            written, lines = os.writev(self._fd, [head, view[start:stop]]), prefixed.count(b"\n", start, stop)
+            self._size += written
+            self.lines_written += lines
+            self.counts.bytes_written += written
+            self.counts.lines_written += lines
             head, start = b"", stop
             if self._size >= self.max_bytes:
                 self._rotate()

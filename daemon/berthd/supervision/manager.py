@@ -22,8 +22,8 @@ from berthd.runners import DaemonStatus, Handle, ProcessSpec, Runner, RunnerHost
 from berthd.runners.table import RUNNERS, daemon_runner_class, host_runner_class, runner_class, through_daemon
 from berthd.store import Store
 from berthd.store.records import AppRecord, DaemonRecord
-from berthd.supervision.logs import LogFile
-from berthd.supervision.supervisor import RestartPolicy, State, SupervisedProcess
+from berthd.supervision.logs import LogCounts, LogFile
+from berthd.supervision.supervisor import RestartPolicy, State, SupervisedProcess, SupervisionCounts
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -37,6 +37,8 @@ class ProcessManager:
         self.processes: dict[tuple[str, str], SupervisedProcess] = {}
         self.logs: dict[tuple[str, str], LogFile] = {}
         self.ports: dict[tuple[str, str], int] = {}  # the PORT of each process of a Procfile type
+        self.counts = SupervisionCounts()  # restarts and give-ups of all processes, for the metrics
+        self.log_counts = LogCounts()  # what all their logs wrote, for the metrics
         self._nursery: trio.Nursery | None = None
         host = RunnerHost(config, store, data_dir)
         self.runners: dict[type[Runner], Runner] = {kind: kind(host) for kind in RUNNERS}
@@ -128,7 +130,9 @@ class ProcessManager:
         key = (app, process)
         if key not in self.logs:
             path = self.data_dir / "apps" / app / "logs" / f"{process}.log"
-            self.logs[key] = LogFile(path, self.config.log_max_bytes, self.config.log_backups)
+            self.logs[key] = LogFile(
+                path, self.config.log_max_bytes, self.config.log_backups, counts=self.log_counts
+            )
         return self.logs[key]
 
     def processes_of(self, app: str) -> list[SupervisedProcess]:
@@ -276,6 +280,7 @@ class ProcessManager:
             ended=ended,
             stop_timeout=self.config.stop_timeout,
             config_generation=lambda: self.store.config_generation(app),
+            counts=self.counts,
         )
         self.processes[(app, name)] = process
         await self._nursery.start(process.supervise)

@@ -97,6 +97,15 @@ HandleSaver = Callable[[Handle | None], Awaitable[None]]
 Ended = Callable[[], Awaitable[None]]
 
 
+@dataclass(slots=True)
+class SupervisionCounts:
+    """Since berthd started, over all processes (for the metrics): restarts, berthd's or an engine's,
+    and give-ups (a process that entered FAILED)."""
+
+    restarts: int = 0
+    give_ups: int = 0
+
+
 @dataclass
 class SupervisedProcess:
     app: str
@@ -109,6 +118,7 @@ class SupervisedProcess:
     ended: Ended  # told when the policy lets the process stay ended: it stays so across restarts
     stop_timeout: float = 10.0
     config_generation: Generation = lambda: 0
+    counts: SupervisionCounts = field(default_factory=SupervisionCounts)  # the manager's, shared
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -133,6 +143,8 @@ class SupervisedProcess:
         if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"{self.app}/{self.name}: no transition {self.state} -> {new}")
         self.state = new
+        if new == State.FAILED:
+            self.counts.give_ups += 1
         self.history.append((time.monotonic(), new))
         del self.history[:-50]
         message = f"{new}" + (f": {why}" if why else "")
@@ -201,6 +213,7 @@ class SupervisedProcess:
                 self.next_start_at = None
                 if self._wanted:
                     self.restarts += 1
+                    self.counts.restarts += 1
             if self.state != State.STOPPED:
                 self._enter(State.STOPPED)
         except Exception as exc:  # noqa: BLE001 - one broken process must not take berthd down
@@ -214,6 +227,7 @@ class SupervisedProcess:
             self.failure = failure
             self.last_error = f"supervision failed: {getattr(failure, 'message', failure)}"
             self.state = State.FAILED
+            self.counts.give_ups += 1
             self.log.note(f"FAILED: {self.last_error}")
         finally:
             self._finished.set()
@@ -265,6 +279,7 @@ class SupervisedProcess:
             return  # stopping (the engine's word no longer matters), or an older look than one applied
         self._engine_looked_at = run.looked_at
         before, self.restarts = self.restarts, self._restarts_at_start + run.restarts
+        self.counts.restarts += max(0, self.restarts - before)
         if run.last_exit is not None:
             self.last_exit = run.last_exit
         if run.restarting:
