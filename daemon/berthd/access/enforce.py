@@ -13,6 +13,8 @@ import grp
 import os
 import pwd
 
+import trio
+
 from berthd.access.rules import CallerView, Decision, Request, RuleSet
 from berthd.errors import CommandError, forbidden, not_found
 from berthd.runners.table import through_daemon
@@ -147,7 +149,8 @@ async def check_app_owner(ctx: Context, command: Command, touches: Touches) -> N
     rule = caller.decision.rule.label if caller.decision and caller.decision.rule else "no rule"
     data = {"rules": caller.rules.source, "rule": rule}
     owner = record.settings.user
-    if not runs_as(owner, ctx.peer) and not caller.may_run_as_other:
+    # the system's accounts may be LDAP's: asked off the event loop
+    if not caller.may_run_as_other and not await trio.to_thread.run_sync(runs_as, owner, ctx.peer):
         raise forbidden(
             f"Forbidden: {record.name} runs as {account_shown(owner)}, and {rule} lets you act only on apps "
             "that run as you (run_as_other is false)",
