@@ -380,12 +380,13 @@ async def serve(config: Config, settings: Settings | None = None) -> int:
             await sweep_interrupted_deploys(store, services.app_dir)
             await fix_file_modes(services)
             await trio.to_thread.run_sync(modes.make_public_folders, config.socket_path().parent)
+            # the metrics port too: an address that cannot be had stops berthd before any client connects
+            metrics_http = (
+                await MetricsHttp.open(services, config.metrics_listen) if config.metrics_listen else None
+            )
             listener = open_listener(config.socket_path(), config.socket_mode_bits, config.socket_group)
             try:
                 server = Server(services, listener.sock)
-                metrics_http = (
-                    await MetricsHttp.open(services, config.metrics_listen) if config.metrics_listen else None
-                )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(processes.run)
                     nursery.start_soon(capabilities.run)
