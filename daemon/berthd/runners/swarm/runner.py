@@ -198,8 +198,11 @@ def _ensure_service(client: Any, request: ServiceRequest) -> tuple[str, bool]:
             return str(service.id), False
         options.pop("name")
         options.pop("networks")
-        service.update(**options)
-        return str(service.id), True
+        # a stopped service (scaled to 0) has no task to update: it comes back with the update
+        running = _replicas(service)
+        replicas = running or max(1, request.replicas)
+        service.update(mode=docker.types.ServiceMode("replicated", replicas=replicas), **options)
+        return str(service.id), running > 0  # from zero tasks there is nothing to roll: a create
     except docker.errors.APIError as exc:
         raise RunnerError(f"cannot deploy the service of {request.app}: {exc.explanation or exc}") from None
 
