@@ -37,7 +37,9 @@ def swarm(docker_host: str, docker_client: docker.DockerClient) -> docker.Docker
 
 
 @pytest.fixture
-def manager(start_berthd: Callable[..., Berthd], docker_host: str, swarm: docker.DockerClient) -> Iterator[Berthd]:
+def manager(
+    start_berthd: Callable[..., Berthd], docker_host: str, swarm: docker.DockerClient
+) -> Iterator[Berthd]:
     berthd = start_berthd(extra_args=["--stop-timeout", "1"])
     answer = berthd.call(
         ["daemons:register", "cluster", "Cluster", "swarm-install", "http", socket_path(docker_host), NC_URL,

@@ -73,9 +73,15 @@ class SwarmRunner(DockerRunner):
         config = await self.host.store.get_config(record.name)
         container: ContainerRequest = container_request(record, daemon, secret, port, config)
         request = ServiceRequest(
-            daemon=daemon.name, app=record.name, image=container.image, env=container.env, command=container.command
+            daemon=daemon.name,
+            app=record.name,
+            image=container.image,
+            env=container.env,
+            command=container.command,
         )
-        return ProcessSpec(app=record.name, process=process, argv=[], options={"service": msgspec.to_builtins(request)})
+        return ProcessSpec(
+            app=record.name, process=process, argv=[], options={"service": msgspec.to_builtins(request)}
+        )
 
     async def start(self, spec: ProcessSpec, output: OutputSink) -> Handle:
         request = msgspec.convert(spec.options["service"], ServiceRequest)
@@ -100,7 +106,7 @@ class SwarmRunner(DockerRunner):
                 LOG.info("swarm service of %s: update %s", app, state or "none")
                 last = state
             if updating and state in DONE_STATES:
-                return state
+                return str(state)
             if not updating and await self._call(daemon, _running_tasks, service_id) >= 1:
                 return "created"
             if trio.current_time() >= deadline:
@@ -114,7 +120,9 @@ class SwarmRunner(DockerRunner):
         found = await self._call(handle.detail["daemon"], _find_service, handle.detail["name"])
         if found is None:
             return None
-        return EngineRun(looked_at=time.monotonic(), restarting=False, restarts=0, started_at=handle.started_at)
+        return EngineRun(
+            looked_at=time.monotonic(), restarting=False, restarts=0, started_at=handle.started_at
+        )
 
     async def restart_policy_changed(self, handle: Handle, policy: str) -> None:
         return None
