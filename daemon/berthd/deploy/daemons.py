@@ -138,7 +138,7 @@ def _check_deploy_id(value: str, k8s: bool) -> tuple[str, list[str]]:
         )
     if value not in DEPLOY_IDS:
         raise invalid_argument(
-            f"invalid accepts-deploy-id {value!r}: expected {DOCKER_INSTALL}, {MANUAL_INSTALL}, {SWARM_INSTALL} or"
+            f"invalid accepts-deploy-id {value!r}: expected {DOCKER_INSTALL}, {MANUAL_INSTALL} or"
             f" {KUBERNETES_INSTALL} (with --k8s)"
         )
     return value, []
