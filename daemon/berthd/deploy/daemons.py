@@ -27,7 +27,8 @@ from berthd.store.records import ComputeDevice, DaemonRecord, DeployConfig, Harp
 DOCKER_INSTALL = "docker-install"
 MANUAL_INSTALL = "manual-install"
 KUBERNETES_INSTALL = "kubernetes-install"
-DEPLOY_IDS = (DOCKER_INSTALL, MANUAL_INSTALL, KUBERNETES_INSTALL)
+SWARM_INSTALL = "swarm-install"  # berthd's own: a Docker Swarm manager, apps as services
+DEPLOY_IDS = (DOCKER_INSTALL, MANUAL_INSTALL, KUBERNETES_INSTALL, SWARM_INSTALL)
 EXPOSE_TYPES = ("nodeport", "clusterip", "loadbalancer", "manual")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from berthd.deploy.daemons import DOCKER_INSTALL, KUBERNETES_INSTALL, MANUAL_INSTALL
+from berthd.deploy.daemons import DOCKER_INSTALL, KUBERNETES_INSTALL, MANUAL_INSTALL, SWARM_INSTALL
 from berthd.runners import Runner
 from berthd.runners.docker.runner import DockerRunner
 from berthd.runners.harp.kubernetes import HarpKubernetesRunner
@@ -17,6 +17,7 @@ from berthd.runners.harp.manual import HarpManualRunner
 from berthd.runners.harp.runner import HarpRunner
 from berthd.runners.manual.runner import ManualRunner
 from berthd.runners.native.runner import NativeRunner
+from berthd.runners.swarm.runner import SwarmRunner
 from berthd.store.records import AppRecord, DaemonRecord
 
 IMAGE = "image"
@@ -35,6 +36,7 @@ ROWS: tuple[Row, ...] = (
     Row(NativeRunner, through_daemon=False),
     Row(DockerRunner, through_daemon=True, deploy_id=DOCKER_INSTALL),
     Row(ManualRunner, through_daemon=True, deploy_id=MANUAL_INSTALL),
+    Row(SwarmRunner, through_daemon=True, deploy_id=SWARM_INSTALL),
     Row(HarpRunner, through_daemon=True, deploy_id=DOCKER_INSTALL, harp=True),
     Row(HarpManualRunner, through_daemon=True, deploy_id=MANUAL_INSTALL, harp=True),
     Row(HarpKubernetesRunner, through_daemon=True, deploy_id=KUBERNETES_INSTALL, harp=True),

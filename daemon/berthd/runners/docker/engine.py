@@ -22,7 +22,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from berthd.deploy.daemons import DOCKER_INSTALL, TLS_CA_FILE_OPTION, is_socket_path
+from berthd.deploy.daemons import DOCKER_INSTALL, SWARM_INSTALL, TLS_CA_FILE_OPTION, is_socket_path
 from berthd.errors import CommandError, daemon_unavailable, invalid_argument
 from berthd.store.records import DaemonRecord
 
@@ -49,7 +49,7 @@ class Endpoint:
 
 
 def endpoint_of(daemon: DaemonRecord) -> Endpoint:
-    if daemon.deploy_id != DOCKER_INSTALL or daemon.host is None:
+    if daemon.deploy_id not in (DOCKER_INSTALL, SWARM_INSTALL) or daemon.host is None:
         raise invalid_argument(
             f"deploy daemon {daemon.name} is {daemon.deploy_id}: it has no Docker engine to talk to"
         )

@@ -1,0 +1,1 @@
+"""Apps as Docker Swarm services, through a swarm manager registered as a `swarm-install` daemon."""
