@@ -53,8 +53,22 @@ def test_berth_json_prints_raw_lines_and_uses_the_environment(berthd: Berthd) ->
 
 def test_berth_without_a_daemon_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = berth("--socket", str(tmp_path / "none.sock"), "ping")
-    assert result.returncode == 1
-    assert "cannot talk to berthd" in result.stderr
+    assert result.returncode == 3
+    assert f"cannot reach berthd at {tmp_path / 'none.sock'}" in result.stderr
+    assert "BERTHD_SOCK_PATH" in result.stderr
+
+
+def test_berth_alone_lists_usage_and_exits_2() -> None:
+    result = berth()
+    assert result.returncode == 2
+    assert "usage: berth" in result.stdout
+
+
+def test_berth_version_names_client_and_daemon(berthd: Berthd) -> None:
+    result = berth("--socket", str(berthd.socket), "--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("berth ")
+    assert "berthd 0." in result.stdout and "None" not in result.stdout
 
 
 def test_blocking_client_keeps_one_connection_and_can_check(berthd: Berthd) -> None:

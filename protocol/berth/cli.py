@@ -20,6 +20,7 @@ import msgspec
 
 from berth.client import Client, CommandFailed
 from berth.messages import Response
+from berth.paths import client_socket_path
 from berth.upload import DEFAULT_CHUNK, upload_files
 
 
@@ -112,19 +113,65 @@ def _upload(socket: str | None, args: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="berth", description="Send one command to berthd.")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+ALIASES = {"-f": "--tail", "--follow": "--tail"}  # for `logs`, as docker and journalctl spell following
+
+
+def _client_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("berthd")
+    except PackageNotFoundError:  # not installed as a distribution (run from a source tree)
+        return "unknown"
+
+
+def _unreachable(path: str, exc: BaseException) -> int:
+    print(
+        f"berth: cannot reach berthd at {path}: {exc}\n"
+        "berth: start berthd, or name its socket with --socket PATH or BERTHD_SOCK_PATH",
+        file=sys.stderr,
+    )
+    return EXIT_UNREACHABLE
+
+
+def _version(socket: str | None) -> int:
+    print(f"berth {_client_version()}")
+    try:
+        with Client(socket) as client:
+            answer = client.call("version")
+        if answer.ok and answer.data:
+            print(f"berthd {answer.data.get('version')}")
+    except (OSError, ConnectionError):
+        print("berthd: not reachable")
+    return EXIT_OK
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="berth",
+        description="Send one command to berthd. Exit codes: 0 ok, 1 the command failed, 2 usage,"
+        " 3 cannot reach berthd, 130 interrupted.",
+    )
     parser.add_argument("--socket", metavar="PATH", help="berthd's socket (default: $BERTHD_SOCK_PATH, ...)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON lines")
-    parser.add_argument("command", help="a berthd command, such as apps:create")
+    parser.add_argument("--version", action="store_true", help="the client's version and berthd's")
+    parser.add_argument("command", nargs="?", help="a berthd command, such as apps:create")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(argv)
+    if options.version:
+        return _version(options.socket)
+    if options.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     if options.command == "upload":
         return _upload(options.socket, options.args)
-    words = [options.command, *options.args]
+    args = [ALIASES.get(word, word) for word in options.args] if options.command == "logs" else options.args
+    words = [options.command, *args]
+    path = str(options.socket or client_socket_path())
+    response: Response | None = None
     try:
-        with Client(options.socket) as client:
-            response: Response | None = None
+        with Client(path) as client:
             for message in client.stream(words):
                 if options.json:
                     sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
@@ -134,15 +181,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif not options.json:
                     _print_event(message)
     except (OSError, ConnectionError) as exc:
-        print(
-            f"berth: cannot talk to berthd at {options.socket or 'the default socket'}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    assert response is not None
+        return _unreachable(path, exc)
+    if response is None:
+        return _unreachable(path, ConnectionError("the connection closed before an answer"))
     if not options.json and response.output:
         print(response.output, file=sys.stdout if response.ok else sys.stderr)
-    return 0 if response.ok else 1
+    return EXIT_OK if response.ok else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; Ctrl-C and a closed reader (`| head`) end it quietly."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away: stop writing, and keep Python's flush at exit from complaining
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
